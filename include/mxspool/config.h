@@ -1,0 +1,128 @@
+/*
+ * config.h - the validated, immutable configuration of one mxspoold.
+ *
+ * config_load() parses the INI file with inih into a struct config that is
+ * never modified afterwards: a reload builds a new one and swaps the pointer,
+ * so anything holding the old one (a running delivery) keeps a consistent
+ * view until it lets go.  All sizes are bytes, all durations milliseconds.
+ */
+#ifndef MXSPOOL_CONFIG_H
+#define MXSPOOL_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_TENANT_NAME_MAX 64
+#define CONFIG_HOST_MAX 255
+
+/* A host[:port] or [v6]:port pair as written; host is not resolved here. */
+struct config_hostport {
+	char host[CONFIG_HOST_MAX + 1];
+	uint16_t port;
+};
+
+/* An address or CIDR for etrn_from: family is AF_INET or AF_INET6. */
+struct config_cidr {
+	int family;
+	uint8_t addr[16];
+	unsigned prefix;
+};
+
+enum config_tls_outbound {
+	CONFIG_TLS_OUT_NONE,
+	CONFIG_TLS_OUT_OPPORTUNISTIC,
+	CONFIG_TLS_OUT_REQUIRED,
+	CONFIG_TLS_OUT_VERIFY,
+};
+
+struct config_tenant {
+	char name[CONFIG_TENANT_NAME_MAX + 1];
+	char **domains;               /* lower case, no trailing dot */
+	size_t ndomains;
+	bool primary_mx;              /* primary = mx */
+	struct config_hostport *primaries;
+	size_t nprimaries;
+	char *recipients_file;        /* NULL: recipients = any */
+	char **recipients;            /* sorted, lower case: "user@dom" or "@dom" */
+	size_t nrecipients;
+	uint64_t quota;
+	uint64_t quota_messages;
+	double drain_rate;            /* messages per second, the ceiling */
+	double drain_initial_rate;
+	double drain_burst;           /* 0 = one second's worth */
+	uint64_t drain_bandwidth;     /* bytes per second, 0 = unlimited */
+	unsigned drain_concurrency;
+	uint64_t drain_ramp_ms;
+	unsigned messages_per_connection;
+	uint64_t probe_interval_ms;
+	unsigned probe_up_after;
+	struct config_cidr *etrn_from;
+	size_t netrn_from;
+};
+
+struct config {
+	char *path;
+	char *hostname;
+	struct config_hostport *listen;
+	size_t nlisten;
+	char *spool_dir;
+	char *control_socket;
+	bool has_metrics;
+	struct config_hostport metrics_listen;
+	char *user;                   /* NULL: no privilege drop */
+	unsigned max_connections;
+	unsigned max_connections_per_ip;
+	uint64_t max_message_size;
+	unsigned max_recipients;
+	unsigned max_line_length;     /* text lines in DATA, RFC 5321 4.5.3.1.6 */
+	unsigned max_errors;          /* bad commands before 421 */
+	uint64_t smtp_timeout_ms;
+	uint64_t disk_reserve;
+	uint64_t queue_lifetime_ms;
+	uint64_t delay_warning_ms;    /* 0 = off */
+	struct config_hostport *dns_servers;
+	size_t ndns_servers;
+	uint16_t mx_port;
+	bool has_bounce_relay;
+	struct config_hostport bounce_relay;
+	uint64_t commit_window_ms;
+
+	char *tls_cert;               /* NULL unless configured */
+	char *tls_key;
+	char *tls_ca_file;
+	enum config_tls_outbound tls_outbound;
+
+	struct config_tenant *tenants;
+	size_t ntenants;
+};
+
+/*
+ * Parse and validate FILE.  On success returns 0 and stores a new config in
+ * *out (free with config_free()).  On failure returns -1 and writes one line
+ * "FILE:LINE: what is wrong and what is allowed" into err (LINE is 0 when the
+ * problem is not tied to a line, e.g. a missing required key).
+ */
+int config_load(const char *path, struct config **out, char *err, size_t errlen);
+void config_free(struct config *cfg);
+
+/* Tenant serving DOMAIN (case-insensitive, trailing dot ignored), or NULL. */
+const struct config_tenant *config_tenant_for_domain(const struct config *cfg,
+    const char *domain, size_t len);
+const struct config_tenant *config_tenant_by_name(const struct config *cfg,
+    const char *name);
+
+/* Is ADDR (user@domain, any case) accepted by the tenant's recipients list? */
+bool config_tenant_accepts(const struct config_tenant *t, const char *addr);
+
+/* Value parsers, exported for the control socket's "set" and for tests.
+ * Each returns 0 or -1 and never accepts trailing garbage. */
+int config_parse_size(const char *s, uint64_t *out);
+int config_parse_duration(const char *s, uint64_t *out_ms);
+int config_parse_hostport(const char *s, uint16_t default_port,
+    struct config_hostport *out);
+int config_parse_cidr(const char *s, struct config_cidr *out);
+bool config_cidr_match(const struct config_cidr *c, int family,
+    const void *addr);
+
+#endif

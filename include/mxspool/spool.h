@@ -1,0 +1,203 @@
+/*
+ * spool.h - the durable message journal.
+ *
+ * Every accepted message is one record in an append-only journal of segment
+ * files under DIR/journal/; later records change recipient state (delivered,
+ * bounced, deferred), hold a tenant, or delete a message.  The on-disk format
+ * and the durability argument are documented at the top of relay/spool.c.
+ *
+ * Threading: every function here is called on the loop thread.  Disk I/O runs
+ * on the libuv threadpool; callbacks come back on the loop thread.
+ *
+ * The spool knows nothing of SMTP: an envelope is strings and flags.
+ */
+#ifndef MXSPOOL_SPOOL_H
+#define MXSPOOL_SPOOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct spool;
+struct spool_tx;
+struct spool_msg;
+
+/* Queue ids are time ordered and unique: ms since the epoch << 20 | sequence. */
+typedef uint64_t spool_qid;
+#define SPOOL_QID_STRLEN 16           /* uppercase hex, no NUL */
+void spool_qid_format(spool_qid qid, char buf[SPOOL_QID_STRLEN + 1]);
+int spool_qid_parse(const char *s, spool_qid *out);
+
+enum spool_status {
+	SPOOL_OK = 0,
+	SPOOL_PENDING = 1,            /* spool_tx_write: wait for the callback */
+	SPOOL_EQUOTA = -1001,         /* tenant quota (bytes or messages) full */
+	SPOOL_ENOSPC = -1002,         /* free disk space below disk_reserve */
+	SPOOL_EIO = -1003,            /* write or fsync failed: not stored */
+	SPOOL_ENOENT = -1004,         /* no such queue id / nothing due */
+	SPOOL_ECORRUPT = -1005,       /* record failed its CRC on read */
+	SPOOL_ENOMEM = -1006,
+	SPOOL_EINVAL = -1007,
+	SPOOL_ECLOSED = -1008,        /* spool is shutting down */
+};
+const char *spool_strerror(int status);
+
+/* DSN NOTIFY bits (RFC 3461); 0 = not given. */
+#define SPOOL_NOTIFY_NEVER   0x1
+#define SPOOL_NOTIFY_SUCCESS 0x2
+#define SPOOL_NOTIFY_FAILURE 0x4
+#define SPOOL_NOTIFY_DELAY   0x8
+
+enum spool_ret { SPOOL_RET_NONE, SPOOL_RET_FULL, SPOOL_RET_HDRS };
+enum spool_body { SPOOL_BODY_7BIT, SPOOL_BODY_8BITMIME, SPOOL_BODY_BINARYMIME };
+
+struct spool_rcpt {
+	char *addr;                   /* forward-path without <> */
+	char *orcpt;                  /* DSN ORCPT value as received, or NULL */
+	unsigned notify;              /* SPOOL_NOTIFY_* bits */
+};
+
+struct spool_envelope {
+	char *tenant;
+	char *sender;                 /* "" is the null reverse-path */
+	char *envid;                  /* DSN ENVID as received, or NULL */
+	enum spool_ret ret;
+	enum spool_body body;
+	bool smtputf8;
+	int64_t arrival_ms;           /* set by the spool at commit if 0 */
+	char *client;                 /* "helo [addr]" for logs and DSNs, or NULL */
+	size_t nrcpt;
+	struct spool_rcpt *rcpt;
+};
+
+enum spool_rcpt_state {
+	SPOOL_RCPT_PENDING,
+	SPOOL_RCPT_DELIVERED,
+	SPOOL_RCPT_BOUNCED,
+};
+
+struct spool_options {
+	const char *dir;              /* spool_dir; journal/ and tmp/ go below */
+	uint64_t disk_reserve;        /* bytes of free space to keep */
+	uint64_t commit_window_ms;    /* extra wait to batch fsyncs; 0 = none */
+	uint64_t segment_size;        /* 0 = default (64 MiB) */
+	int64_t (*now_ms)(void);      /* wall clock; NULL = real time */
+};
+
+struct spool_recovery_stats {
+	uint64_t segments, records, messages, bytes;
+	uint64_t torn_bytes;          /* cut from a segment's tail */
+	uint64_t corrupt_records;     /* set aside from a segment's middle */
+	uint64_t duration_ms;
+};
+
+/*
+ * Open the spool at opts->dir, creating it if needed, and recover it
+ * synchronously (before the loop serves anyone).  Returns 0 or a negative
+ * spool_status / -errno.  Takes no lock: the daemon locks spool_dir itself.
+ */
+int spool_open(uv_loop_t *loop, const struct spool_options *opts,
+    struct spool **out, struct spool_recovery_stats *stats);
+/* Stop taking work, wait for in-flight commits, then call DONE (may be NULL). */
+void spool_close(struct spool *sp, void (*done)(void *arg), void *arg);
+
+/* Per-tenant limits, from the config; a tenant never set has no limit. */
+void spool_set_quota(struct spool *sp, const char *tenant, uint64_t bytes,
+    uint64_t messages);
+void spool_set_disk_reserve(struct spool *sp, uint64_t bytes);
+
+/* Admission: could TENANT take one more message of SIZE bytes right now?
+ * Returns 0, SPOOL_EQUOTA or SPOOL_ENOSPC. */
+int spool_check(struct spool *sp, const char *tenant, uint64_t size);
+
+/*
+ * Writing a message.  begin copies ENV; its queue id is known at once.  write
+ * absorbs data into a bounded buffer and returns 0 (write more), SPOOL_PENDING
+ * (absorbed, but the buffer is being spilled: make no call on this tx until CB
+ * runs with the status of the spill) or a negative error.  commit hands the tx
+ * to the journal and consumes it: CB runs exactly once, later, with 0 only
+ * after the fdatasync covering the record returned success.  abort consumes
+ * the tx and leaves no live record, whatever state it is in.
+ */
+typedef void (*spool_done_cb)(void *arg, int status);
+typedef void (*spool_commit_cb)(void *arg, int status, spool_qid qid);
+int spool_tx_begin(struct spool *sp, const struct spool_envelope *env,
+    struct spool_tx **out);
+spool_qid spool_tx_qid(const struct spool_tx *tx);
+uint64_t spool_tx_size(const struct spool_tx *tx);
+int spool_tx_write(struct spool_tx *tx, const void *buf, size_t len,
+    spool_done_cb cb, void *arg);
+int spool_tx_commit(struct spool_tx *tx, spool_commit_cb cb, void *arg);
+void spool_tx_abort(struct spool_tx *tx);
+
+/*
+ * Draining.  claim_next returns the oldest message of TENANT whose next
+ * attempt is due at NOW_MS and that nobody has claimed, and marks it claimed;
+ * SPOOL_ENOENT when there is none.  A claimed message stays claimed until
+ * spool_release(), spool_defer() or its last recipient is finished.
+ */
+int spool_claim_next(struct spool *sp, const char *tenant, int64_t now_ms,
+    spool_qid *out);
+void spool_release(struct spool *sp, spool_qid qid);
+/* Earliest next attempt among TENANT's unclaimed messages, or -1 if none. */
+int64_t spool_next_due_ms(struct spool *sp, const char *tenant);
+
+/* Load a message's envelope and recipient states (threadpool read). */
+typedef void (*spool_load_cb)(void *arg, int status, struct spool_msg *msg);
+int spool_load(struct spool *sp, spool_qid qid, spool_load_cb cb, void *arg);
+const struct spool_envelope *spool_msg_envelope(const struct spool_msg *m);
+enum spool_rcpt_state spool_msg_rcpt_state(const struct spool_msg *m, size_t i);
+unsigned spool_msg_attempts(const struct spool_msg *m);
+spool_qid spool_msg_qid(const struct spool_msg *m);
+uint64_t spool_msg_size(const struct spool_msg *m);  /* message bytes */
+/* Read up to MAX message bytes from OFFSET; CB gets len 0 at the end.  BUF
+ * is valid only during CB. */
+typedef void (*spool_read_cb)(void *arg, int status, const void *buf,
+    size_t len);
+int spool_msg_read(struct spool_msg *m, uint64_t offset, size_t max,
+    spool_read_cb cb, void *arg);
+void spool_msg_free(struct spool_msg *m);
+
+/*
+ * State records.  They are journaled and group-committed like messages; CB
+ * (may be NULL) gets the commit status.  Losing one in a crash may cause a
+ * duplicate delivery, never a loss.  When every recipient of a message is
+ * delivered or bounced the message is gone from the index.
+ */
+int spool_mark_rcpt(struct spool *sp, spool_qid qid, size_t rcpt,
+    enum spool_rcpt_state state, spool_done_cb cb, void *arg);
+int spool_defer(struct spool *sp, spool_qid qid, int64_t next_attempt_ms,
+    spool_done_cb cb, void *arg);
+int spool_delete(struct spool *sp, spool_qid qid, spool_done_cb cb, void *arg);
+int spool_set_held(struct spool *sp, const char *tenant, bool held,
+    spool_done_cb cb, void *arg);
+bool spool_is_held(struct spool *sp, const char *tenant);
+
+/* Figures for status, metrics and quota. */
+struct spool_tenant_stats {
+	uint64_t messages;
+	uint64_t bytes;
+	int64_t oldest_arrival_ms;    /* -1 when empty */
+};
+void spool_tenant_stats(struct spool *sp, const char *tenant,
+    struct spool_tenant_stats *out);
+uint64_t spool_total_bytes(struct spool *sp);
+uint64_t spool_total_messages(struct spool *sp);
+
+struct spool_item {
+	spool_qid qid;
+	const char *tenant;
+	int64_t arrival_ms;
+	int64_t next_attempt_ms;
+	uint64_t size;
+	unsigned attempts;
+	bool claimed;
+};
+/* Visit TENANT's messages (all tenants if NULL), oldest first; stop when CB
+ * returns non-zero. */
+void spool_foreach(struct spool *sp, const char *tenant,
+    int (*cb)(void *arg, const struct spool_item *item), void *arg);
+int spool_find(struct spool *sp, spool_qid qid, struct spool_item *out);
+
+#endif
