@@ -1,0 +1,47 @@
+/*
+ * drain.h - the per-tenant delivery scheduler.
+ *
+ * One scheduler per tenant probes the primary, and while it is up forwards
+ * the tenant's queue oldest first under the rate limit, ramp and back-off of
+ * drain_policy.h.  Tenants are kept by name: a reload re-applies settings.
+ */
+#ifndef MXSPOOL_DRAIN_H
+#define MXSPOOL_DRAIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct relay;
+struct drain;
+
+int drain_new(struct relay *r, struct drain **out);
+/* (Re)apply r->cfg: new tenants start, removed tenants stop, settings of the
+ * others change at once; runtime "set" overrides are dropped. */
+void drain_apply_config(struct drain *d);
+/* A message was queued for TENANT: deliver at once if the primary is up. */
+void drain_kick(struct drain *d, const char *tenant);
+/* ETRN / mxspoolctl flush: probe now (TENANT NULL = all). Returns the number
+ * of tenants affected. */
+int drain_flush(struct drain *d, const char *tenant);
+/* mxspoolctl set TENANT KEY=VALUE: 0, or -1 with ERR.  With CHECK_ONLY the
+ * pair is validated and nothing changes (so a list applies all or nothing).
+ * Keys: drain_rate, drain_initial_rate, drain_burst, drain_bandwidth,
+ * drain_concurrency, drain_ramp, messages_per_connection, probe_interval. */
+int drain_set(struct drain *d, const char *tenant, const char *key,
+    const char *value, char *err, size_t errlen, bool check_only);
+/* mxspoolctl bounce QUEUEID: return the message to its sender now.  Returns
+ * 0 or a spool_status. */
+int drain_bounce(struct drain *d, uint64_t qid);
+void drain_close(struct drain *d, void (*done)(void *arg), void *arg);
+
+struct drain_status {
+	const char *primary_state;    /* "up" | "down" | "unknown" */
+	double drain_rate;            /* measured over the last 10 s */
+	double drain_rate_limit;      /* allowed right now */
+	unsigned in_flight;
+	int64_t eta_s;                /* -1 = null */
+};
+int drain_status(struct drain *d, const char *tenant, struct drain_status *out);
+
+#endif

@@ -1,0 +1,179 @@
+/*
+ * log.c - one key=value line per event on stderr.
+ *
+ * The daemon runs under systemd (stderr -> journald) or in a terminal; both
+ * want one self-contained line per event so that grep and log shippers can
+ * key on event=NAME and qid=ID.  A line is written with a single write(2) so
+ * lines from the loop thread and the threadpool never interleave.
+ */
+#include "config.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mxspool/log.h"
+
+#define LOG_LINE_MAX 4096
+
+static const char *log_progname = "mxspool";
+static int log_debug_on;
+static int log_stamp = 1;
+
+static const char *const log_level_names[] = {
+	[LOG_LEVEL_DEBUG] = "debug",
+	[LOG_LEVEL_INFO] = "info",
+	[LOG_LEVEL_WARN] = "warn",
+	[LOG_LEVEL_ERR] = "err",
+};
+
+void
+log_init(const char *progname, int debug)
+{
+	log_progname = progname;
+	log_debug_on = debug;
+	/* journald stamps every line itself; a second stamp is noise. */
+	log_stamp = getenv("JOURNAL_STREAM") == NULL;
+}
+
+static size_t
+log_prefix(char *buf, size_t len, enum log_level level)
+{
+	int n = 0;
+
+	if (log_stamp) {
+		struct timespec ts;
+		struct tm tm;
+		char when[32];
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		gmtime_r(&ts.tv_sec, &tm);
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+		n = snprintf(buf, len, "%s.%03ldZ %s[%ld]: ", when,
+		    ts.tv_nsec / 1000000, log_progname, (long)getpid());
+	}
+	if (n < 0)
+		n = 0;
+	n += snprintf(buf + n, len - (size_t)n, "level=%s ", log_level_names[level]);
+	return (size_t)n < len ? (size_t)n : len - 1;
+}
+
+static void
+log_write(char *buf, size_t n, size_t len)
+{
+	ssize_t w;
+	size_t off = 0;
+
+	if (n >= len - 1)
+		n = len - 2;
+	buf[n++] = '\n';
+	while (off < n) {
+		w = write(STDERR_FILENO, buf + off, n - off);
+		if (w <= 0)
+			return; /* nowhere left to complain */
+		off += (size_t)w;
+	}
+}
+
+void
+log_event(enum log_level level, const char *event, const char *fmt, ...)
+{
+	char buf[LOG_LINE_MAX];
+	size_t n;
+	va_list ap;
+	int m;
+
+	if (level == LOG_LEVEL_DEBUG && !log_debug_on)
+		return;
+	n = log_prefix(buf, sizeof(buf), level);
+	m = snprintf(buf + n, sizeof(buf) - n, "event=%s%s", event,
+	    fmt && *fmt ? " " : "");
+	if (m > 0)
+		n += (size_t)m;
+	if (n < sizeof(buf) && fmt && *fmt) {
+		va_start(ap, fmt);
+		m = vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
+		va_end(ap);
+		if (m > 0)
+			n += (size_t)m;
+	}
+	if (n > sizeof(buf) - 2)
+		n = sizeof(buf) - 2;
+	log_write(buf, n, sizeof(buf));
+}
+
+void
+log_fatal(int code, const char *fmt, ...)
+{
+	char buf[LOG_LINE_MAX];
+	size_t n;
+	va_list ap;
+	int m;
+
+	n = log_prefix(buf, sizeof(buf), LOG_LEVEL_ERR);
+	m = snprintf(buf + n, sizeof(buf) - n, "event=fatal ");
+	if (m > 0)
+		n += (size_t)m;
+	va_start(ap, fmt);
+	m = vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
+	va_end(ap);
+	if (m > 0)
+		n += (size_t)m;
+	if (n > sizeof(buf) - 2)
+		n = sizeof(buf) - 2;
+	log_write(buf, n, sizeof(buf));
+	exit(code);
+}
+
+static int
+log_is_plain(const char *s)
+{
+	if (*s == '\0')
+		return 0;
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c <= ' ' || c == '"' || c == '\\' || c == '=' || c >= 0x7f)
+			return 0;
+	}
+	return 1;
+}
+
+const char *
+log_quote(char *buf, size_t len, const char *s)
+{
+	size_t o = 0;
+
+	if (len == 0)
+		return buf;
+	if (s == NULL)
+		s = "";
+	if (log_is_plain(s)) {
+		snprintf(buf, len, "%s", s);
+		return buf;
+	}
+	/* Room for the closing quote and NUL is kept back at every step. */
+	if (len < 3) {
+		buf[0] = '\0';
+		return buf;
+	}
+	buf[o++] = '"';
+	for (; *s && o + 5 < len; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\') {
+			buf[o++] = '\\';
+			buf[o++] = (char)c;
+		} else if (c < ' ' || c == 0x7f) {
+			o += (size_t)snprintf(buf + o, len - o, "\\x%02x", c);
+		} else {
+			buf[o++] = (char)c;
+		}
+	}
+	buf[o++] = '"';
+	buf[o] = '\0';
+	return buf;
+}
