@@ -159,7 +159,9 @@ void drain_policy_configure(struct drain_policy *p,
 /* The primary went up (from down or unknown): start the ramp again at NOW
  * and forget AIMD history.  Call it on every transition into UP. */
 void drain_policy_restart(struct drain_policy *p, int64_t now);
-/* The limit in force at NOW, msg/s: min(ramp, AIMD).  Never > drain_rate. */
+/* The limit in force at NOW, msg/s: min(ramp, AIMD), never above drain_rate
+ * and never below min(drain_rate, DRAIN_AIMD_FLOOR) (so an initial rate of
+ * 0 still lets mail out). */
 double drain_policy_limit(const struct drain_policy *p, int64_t now);
 /* May a message of SIZE bytes leave at NOW?  Takes one message token and
  * SIZE byte tokens together, or nothing. */
