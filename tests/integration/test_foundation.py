@@ -7,10 +7,9 @@ loosely (event=reload with result=ok / anything else, event=stop, ...).
 """
 
 import configparser
+import json
 import os
 import re
-import shutil
-import signal
 import stat
 import subprocess
 import time
@@ -245,7 +244,6 @@ def test_ctl_finds_socket_from_config(daemon):
     # mxspoolctl -c FILE finds the control socket named in the config.
     r = daemon.ctl("status", "--json", use_config=True)
     assert r.returncode == 0, r.stderr
-    import json
     check_status_shape(json.loads(r.stdout))
 
 

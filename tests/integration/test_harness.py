@@ -360,3 +360,124 @@ def test_dns_fixture(dns):
     # The dns fixture starts a DNS server on a local port (skipped until dnsserver.py exists).
     s = dns({})
     assert isinstance(s.port, int) and s.port > 0
+
+
+# ---- Daemon lifecycle against stand-in programs --------------------------
+# A few lines of Python play mxspoold and mxspoolctl so that start, ready,
+# reload, stop and the kill path of Daemon are tested before (and
+# independently of) the real daemon.
+
+FAKE_DAEMON = r'''#!/usr/bin/python3
+import configparser, json, os, signal, socket, sys, time
+cfg = sys.argv[sys.argv.index("-c") + 1]
+cp = configparser.ConfigParser(inline_comment_prefixes=(";",))
+cp.read(cfg)
+sock_path = cp["server"]["control_socket"]
+mode = os.environ.get("FAKE_MODE", "")
+if mode == "exit":
+    print("level=err event=fatal error=\"%s:1: nope\"" % cfg, file=sys.stderr, flush=True)
+    sys.exit(78)
+def log(s):
+    print("2024-01-01T00:00:00.000Z mxspoold[%d]: level=info %s" % (os.getpid(), s),
+          file=sys.stderr, flush=True)
+def hup(*_):
+    log("event=reload result=ok file=%s" % cfg)
+def term(*_):
+    if mode == "ignore-term":
+        log("event=stop note=\"ignoring SIGTERM\"")
+        return
+    log("event=stop result=ok")
+    os.unlink(sock_path)
+    sys.exit(0)
+signal.signal(signal.SIGHUP, hup)
+signal.signal(signal.SIGTERM, term)
+if mode == "slow-start":
+    time.sleep(0.5)
+s = socket.socket(socket.AF_UNIX)
+s.bind(sock_path)
+s.listen(5)
+log("event=ready")
+while True:
+    c, _ = s.accept()
+    line = c.makefile().readline().strip()
+    body = json.dumps({"tenants": [{"name": n[7:]} for n in cp.sections() if n.startswith("tenant:")],
+                       "line": line})
+    c.sendall(("ok\n" + body + "\n").encode())
+    c.close()
+'''
+
+FAKE_CTL = r'''#!/usr/bin/python3
+import socket, sys
+a = sys.argv[1:]
+assert a[0] == "-s"
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(a[1])
+except OSError as e:
+    print("mxspoolctl: %s: %s" % (a[1], e), file=sys.stderr)
+    sys.exit(69)
+s.sendall((" ".join(a[2:]) + "\n").encode())
+data = s.makefile().read()
+status, _, body = data.partition("\n")
+sys.stdout.write(body)
+sys.exit(0 if status == "ok" else 1)
+'''
+
+
+@pytest.fixture
+def fake_build(tmp_path, monkeypatch):
+    b = tmp_path / "fakebuild"
+    b.mkdir()
+    for name, text in (("mxspoold", FAKE_DAEMON), ("mxspoolctl", FAKE_CTL)):
+        p = b / name
+        p.write_text(text)
+        p.chmod(0o755)
+    monkeypatch.setattr(mxtest, "BUILDDIR", str(b))
+    return b
+
+
+def test_daemon_lifecycle_with_stand_in(fake_build, daemon_factory):
+    # Daemon starts, waits for status, runs ctl, sees reload lines, and stops by SIGTERM with exit 0.
+    d = daemon_factory(env={"FAKE_MODE": "slow-start"})
+    assert d.running
+    st = d.status()
+    assert st["tenants"] == [{"name": "demo"}]
+    assert st["line"] == "status --json"
+    mark = d.mark()
+    d.reload()
+    (line,) = d.wait_log("reload", after=mark, result="ok", timeout=5)
+    assert line["file"] == d.config_path
+    assert d.log_lines("ready")
+    assert d.stop() == 0
+    assert not d.running and d.returncode == 0
+    d.start()
+    d.kill9()
+    assert d.returncode == -9 and d.killed
+
+
+def test_daemon_early_exit_is_reported(fake_build, daemon_factory):
+    # A daemon that exits before it is ready raises DaemonError carrying its log.
+    d = daemon_factory(start=False, env={"FAKE_MODE": "exit"})
+    with pytest.raises(mxtest.DaemonError) as ei:
+        d.start()
+    assert "exited with 78" in str(ei.value) and "nope" in str(ei.value)
+
+
+def test_daemon_stop_kills_and_fails_when_term_ignored(fake_build, daemon_factory, monkeypatch):
+    # stop() kills a daemon that ignores SIGTERM past the bound, and reports it as a failure.
+    monkeypatch.setattr(mxtest, "STOP_TIMEOUT", 0.5)
+    d = daemon_factory(env={"FAKE_MODE": "ignore-term"})
+    t0 = time.monotonic()
+    with pytest.raises(mxtest.DaemonError) as ei:
+        d.stop()
+    assert "did not exit" in str(ei.value)
+    assert time.monotonic() - t0 < 5
+    assert not d.running and d.killed
+
+
+def test_daemon_wait_log_bounded(fake_build, daemon_factory):
+    # wait_log gives up after its timeout with the log in the message.
+    d = daemon_factory()
+    with pytest.raises(mxtest.DaemonError) as ei:
+        d.wait_log("never", timeout=0.3)
+    assert "event=ready" in str(ei.value)
