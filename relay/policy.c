@@ -1,0 +1,95 @@
+/*
+ * policy.c - relay control, recipient validation and ETRN access.
+ *
+ * Every decision is a pure function of the config and the parsed input, so
+ * the unit tests can enumerate them; the SMTP server turns verdicts into
+ * replies and log lines.
+ */
+#include "config.h"
+
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "mxspool/policy.h"
+
+enum policy_verdict
+policy_check_rcpt(const struct config *cfg, const struct smtp_path *to,
+    const char *tx_tenant, const struct config_tenant **tenant)
+{
+	const struct config_tenant *t;
+
+	*tenant = NULL;
+	if (to->postmaster)
+		return POLICY_POSTMASTER;
+	/* The parser refuses literals for RCPT; a second guard costs nothing
+	 * and an address literal is never one of our domains. */
+	if (to->null || to->ip_literal || to->domain[0] == '\0')
+		return POLICY_RELAY_DENIED;
+	t = config_tenant_for_domain(cfg, to->domain, strlen(to->domain));
+	if (t == NULL)
+		return POLICY_RELAY_DENIED;
+	if (!config_tenant_accepts(t, to->addr))
+		return POLICY_UNKNOWN_USER;
+	if (tx_tenant[0] != '\0' && strcmp(tx_tenant, t->name) != 0)
+		return POLICY_OTHER_TENANT;
+	*tenant = t;
+	return POLICY_OK;
+}
+
+int
+policy_reply(enum policy_verdict v, const char *addr, char *buf, size_t len)
+{
+	switch (v) {
+	case POLICY_OK:
+		return snprintf(buf, len, "250 2.1.5 Ok");
+	case POLICY_RELAY_DENIED:
+		return snprintf(buf, len, "550 5.7.1 <%s>: Relay access denied", addr);
+	case POLICY_UNKNOWN_USER:
+		return snprintf(buf, len, "550 5.1.1 <%s>: Recipient address rejected: "
+		    "User unknown in relay recipient table", addr);
+	case POLICY_OTHER_TENANT:
+		return snprintf(buf, len, "452 4.5.3 <%s>: Recipient of another "
+		    "destination: send it in a new transaction", addr);
+	case POLICY_POSTMASTER:
+		return snprintf(buf, len, "550 5.1.1 <postmaster>: This host has no "
+		    "mailboxes: use postmaster@ a domain it relays for");
+	}
+	return snprintf(buf, len, "451 4.3.0 Error: internal error");
+}
+
+enum policy_etrn
+policy_check_etrn(const struct config *cfg, const char *node,
+    const struct sockaddr *sa, const struct config_tenant **tenant)
+{
+	const struct config_tenant *t;
+	const void *addr;
+	int family = sa->sa_family;
+
+	*tenant = NULL;
+	t = config_tenant_for_domain(cfg, node, strlen(node));
+	if (t == NULL)
+		return POLICY_ETRN_UNKNOWN_NODE;
+	if (family == AF_INET) {
+		addr = &((const struct sockaddr_in *)sa)->sin_addr;
+	} else if (family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+
+		addr = &s6->sin6_addr;
+		/* A v4 client on a dual-stack socket arrives as ::ffff:a.b.c.d;
+		 * etrn_from lists it as a.b.c.d. */
+		if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+			family = AF_INET;
+			addr = &s6->sin6_addr.s6_addr[12];
+		}
+	} else {
+		return POLICY_ETRN_DENIED;
+	}
+	for (size_t i = 0; i < t->netrn_from; i++) {
+		if (config_cidr_match(&t->etrn_from[i], family, addr)) {
+			*tenant = t;
+			return POLICY_ETRN_OK;
+		}
+	}
+	return POLICY_ETRN_DENIED;
+}
