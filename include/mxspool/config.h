@@ -12,9 +12,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define CONFIG_TENANT_NAME_MAX 64
 #define CONFIG_HOST_MAX 255
+/* A buffer this large holds any config_load() message uncut. */
+#define CONFIG_ERRLEN 1024
 
 /* A host[:port] or [v6]:port pair as written; host is not resolved here. */
 struct config_hostport {
@@ -95,6 +98,12 @@ struct config {
 
 	struct config_tenant *tenants;
 	size_t ntenants;
+
+	/* Private to config.c: every tenant domain, sorted, for the binary
+	 * search in config_tenant_for_domain().  NULL in a config built by
+	 * hand (tests of other modules); lookups then scan the tenants. */
+	struct config_domain_ref *domain_index;
+	size_t ndomain_index;
 };
 
 /*
@@ -104,6 +113,11 @@ struct config {
  * problem is not tied to a line, e.g. a missing required key).
  */
 int config_load(const char *path, struct config **out, char *err, size_t errlen);
+/* The same for an open stream (not closed here); NAME is used in messages
+ * and as cfg->path.  For the fuzz target and for callers that opened the
+ * file themselves. */
+int config_load_stream(FILE *fp, const char *name, struct config **out,
+    char *err, size_t errlen);
 void config_free(struct config *cfg);
 
 /* Tenant serving DOMAIN (case-insensitive, trailing dot ignored), or NULL. */

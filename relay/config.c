@@ -1,0 +1,1950 @@
+/*
+ * config.c - the INI file (inih) turned into a validated struct config.
+ *
+ * inih splits lines into section / name / value and strips comments, but the
+ * system build (Debian, r55) has three limits we must work around:
+ *
+ *  - its handler gets no line number, so we feed inih through our own
+ *    ini_reader (loader_read) which counts the lines it hands out; every
+ *    handler call belongs to the line handed out last;
+ *  - lines longer than its 200-byte buffer are silently cut in two and the
+ *    tail is parsed as a line of its own, so the reader refuses such lines
+ *    itself with a message that names the cure (continuation lines);
+ *  - section names are cut at 49 bytes (too short for [tenant:NAME] with a
+ *    64-byte NAME), so the reader parses section headers itself and hands
+ *    inih a stub "[s]" that only resets its continuation state.
+ *
+ * The reader therefore classifies each line exactly as inih's
+ * ini_parse_stream does (comment, continuation, section, name=value), in the
+ * same order, so that it knows whether the next handler call is a new key or
+ * an indented continuation of the previous one.  The first error stops the
+ * parse: the reader returns NULL once one is recorded.
+ *
+ * Ownership: a struct config and everything it points to is allocated here
+ * and freed by config_free().  Memory comes from the x-allocators (abort on
+ * exhaustion), which util.h allows for configuration data.  The loader never
+ * logs; it reports one "FILE:LINE: message" line through the caller's buffer.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "mxspool/config.h"
+#include "mxspool/util.h"
+
+/* An entry of the domain index: the domain string belongs to the tenant. */
+struct config_domain_ref {
+	const char *domain;
+	const struct config_tenant *tenant;
+};
+
+/* Limits of values we accept; the unit is in the name. */
+#define RATE_MAX 1000000.0            /* messages per second */
+#define ADDR_MAX 1024                 /* longest address config_tenant_accepts() looks up */
+#define TOKEN_MAX 256                 /* longest list item (a line is shorter) */
+#define SOCKET_PATH_MAX (sizeof(((struct sockaddr_un *)0)->sun_path) - 1)
+
+/* Defaults from DESIGN.md "Config file". */
+#define DEF_LISTEN_PORT 25
+#define DEF_METRICS_PORT 9325
+#define DEF_DNS_PORT 53
+#define DEF_SMTP_PORT 25
+#define KIB 1024ULL
+#define MIB (1024ULL * KIB)
+#define GIB (1024ULL * MIB)
+#define SEC_MS 1000ULL
+#define MIN_MS (60 * SEC_MS)
+#define HOUR_MS (60 * MIN_MS)
+#define DAY_MS (24 * HOUR_MS)
+
+/* ---- ASCII helpers (the locale must not change how a config parses) ---- */
+
+static bool
+ch_space(int c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' ||
+	    c == '\f';
+}
+
+static bool
+ch_digit(int c)
+{
+	return c >= '0' && c <= '9';
+}
+
+static bool
+ch_alnum(int c)
+{
+	return ch_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static int
+ch_lower(int c)
+{
+	return c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c;
+}
+
+static bool
+str_ieq(const char *a, const char *b)
+{
+	size_t la = strlen(a);
+
+	return la == strlen(b) && util_strncasecmp(a, b, la) == 0;
+}
+
+/* Grow an array by one element, doubling its capacity at powers of two. */
+static void *
+array_grow(void *arr, size_t n, size_t elsize)
+{
+	if (n == 0 || (n & (n - 1)) == 0)
+		arr = xrealloc(arr, (n ? 2 * n : 1) * elsize);
+	return arr;
+}
+
+/* ---- value parsers: each returns NULL or the reason the value is bad ---- */
+
+/* Decimal digits only, no sign, no overflow. */
+static const char *
+parse_u64(const char *s, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if (!ch_digit((unsigned char)*s))
+		return "not a number";
+	for (; ch_digit((unsigned char)*s); s++) {
+		unsigned d = (unsigned)(*s - '0');
+
+		if (v > (UINT64_MAX - d) / 10)
+			return "too large";
+		v = v * 10 + d;
+	}
+	if (*s != '\0')
+		return "not a number";
+	*out = v;
+	return NULL;
+}
+
+/* DIGITS[.DIGITS], computed by hand so that LC_NUMERIC cannot interfere. */
+static const char *
+parse_decimal(const char *s, double *out)
+{
+	double v = 0, scale = 1;
+
+	if (!ch_digit((unsigned char)*s))
+		return "not a number";
+	for (; ch_digit((unsigned char)*s); s++) {
+		v = v * 10 + (*s - '0');
+		if (v > 1e15)
+			return "too large";
+	}
+	if (*s == '.') {
+		s++;
+		if (!ch_digit((unsigned char)*s))
+			return "not a number";
+		for (; ch_digit((unsigned char)*s); s++) {
+			scale /= 10;
+			v += (*s - '0') * scale;
+		}
+	}
+	if (*s != '\0')
+		return "not a number";
+	*out = v;
+	return NULL;
+}
+
+static const char *
+size_parse(const char *s, uint64_t *out)
+{
+	uint64_t v = 0, mult = 1;
+
+	if (!ch_digit((unsigned char)*s))
+		return "not a size";
+	for (; ch_digit((unsigned char)*s); s++) {
+		unsigned d = (unsigned)(*s - '0');
+
+		if (v > (UINT64_MAX - d) / 10)
+			return "too large";
+		v = v * 10 + d;
+	}
+	while (*s == ' ' || *s == '\t')
+		s++;
+	switch (ch_lower((unsigned char)*s)) {
+	case 'k': mult = KIB; s++; break;
+	case 'm': mult = MIB; s++; break;
+	case 'g': mult = GIB; s++; break;
+	case 't': mult = 1024 * GIB; s++; break;
+	default: break;
+	}
+	/* "10G", "10GB" and "10GiB" all mean 10 * 2^30; a plain "100B" is bytes. */
+	if (mult != 1 && ch_lower((unsigned char)*s) == 'i' &&
+	    ch_lower((unsigned char)s[1]) == 'b')
+		s += 2;
+	else if (ch_lower((unsigned char)*s) == 'b')
+		s++;
+	if (*s != '\0')
+		return "not a size";
+	if (v > UINT64_MAX / mult)
+		return "too large";
+	*out = v * mult;
+	return NULL;
+}
+
+/*
+ * A duration is one or more NUMBER UNIT pairs ("90s", "1h30m"); a lone bare
+ * number means seconds, as in Postfix.  Units are lower case, again as in
+ * Postfix, so that "5M" is not mistaken for months or megabytes.
+ */
+static const char *
+duration_parse(const char *s, uint64_t *out_ms)
+{
+	uint64_t total = 0;
+	bool bare_ok = true;
+
+	if (*s == '\0')
+		return "not a duration";
+	while (*s != '\0') {
+		uint64_t v = 0, unit;
+
+		if (!ch_digit((unsigned char)*s))
+			return "not a duration";
+		for (; ch_digit((unsigned char)*s); s++) {
+			unsigned d = (unsigned)(*s - '0');
+
+			if (v > (UINT64_MAX - d) / 10)
+				return "too large";
+			v = v * 10 + d;
+		}
+		if (s[0] == 'm' && s[1] == 's') {
+			unit = 1;
+			s += 2;
+		} else {
+			switch (*s) {
+			case 's': unit = SEC_MS; break;
+			case 'm': unit = MIN_MS; break;
+			case 'h': unit = HOUR_MS; break;
+			case 'd': unit = DAY_MS; break;
+			case 'w': unit = 7 * DAY_MS; break;
+			case '\0':
+				if (!bare_ok)
+					return "not a duration";
+				unit = SEC_MS;
+				break;
+			default:
+				return "not a duration";
+			}
+			if (*s != '\0')
+				s++;
+		}
+		bare_ok = false;
+		if (v > UINT64_MAX / unit || v * unit > UINT64_MAX - total)
+			return "too large";
+		total += v * unit;
+	}
+	*out_ms = total;
+	return NULL;
+}
+
+static bool
+all_digits_and_dots(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (!ch_digit((unsigned char)s[i]) && s[i] != '.')
+			return false;
+	return true;
+}
+
+/*
+ * A DNS name as mail software sees it: labels of letters, digits and
+ * hyphens (IDNs in their xn-- form), 1-63 bytes each, 253 in all, one
+ * optional trailing dot.
+ */
+static const char *
+domain_reason(const char *s, size_t len)
+{
+	size_t label = 0;
+
+	if (len > 0 && s[len - 1] == '.')
+		len--;
+	if (len == 0)
+		return "is empty";
+	if (len > 253)
+		return "is longer than 253 characters";
+	for (size_t i = 0; i < len; i++) {
+		int c = (unsigned char)s[i];
+
+		if (c == '.') {
+			if (label == 0)
+				return "has an empty label";
+			if (s[i - 1] == '-')
+				return "has a label ending in -";
+			label = 0;
+			continue;
+		}
+		if (!ch_alnum(c) && c != '-')
+			return "may only hold letters, digits, - and .";
+		if (c == '-' && label == 0)
+			return "has a label starting with -";
+		if (++label > 63)
+			return "has a label longer than 63 characters";
+	}
+	if (s[len - 1] == '-')
+		return "has a label ending in -";
+	return NULL;
+}
+
+static const char *
+port_parse(const char *s, uint16_t *out)
+{
+	uint64_t v;
+
+	if (*s == '\0')
+		return "has no port after the colon";
+	if (parse_u64(s, &v) != NULL)
+		return "has a port that is not a number";
+	if (v == 0 || v > 65535)
+		return "has a port out of range (1-65535)";
+	*out = (uint16_t)v;
+	return NULL;
+}
+
+/*
+ * host, host:port, [v6] or [v6]:port.  DEFPORT 0 means the port is required.
+ * A bare IPv6 address is refused: "::1:25" cannot be read unambiguously.
+ */
+static const char *
+hostport_reason(const char *s, uint16_t defport, struct config_hostport *out)
+{
+	const char *host, *port = NULL, *colon;
+	size_t hlen;
+	char tmp[CONFIG_HOST_MAX + 1];
+	unsigned char bin[16];
+
+	if (*s == '\0')
+		return "is empty";
+	if (*s == '[') {
+		const char *end = strchr(s, ']');
+
+		if (end == NULL)
+			return "has no ] after the IPv6 address";
+		host = s + 1;
+		hlen = (size_t)(end - host);
+		if (hlen == 0 || hlen >= sizeof(tmp))
+			return "has no IPv6 address inside [ ]";
+		memcpy(tmp, host, hlen);
+		tmp[hlen] = '\0';
+		if (inet_pton(AF_INET6, tmp, bin) != 1)
+			return "has no valid IPv6 address inside [ ]";
+		if (end[1] == ':')
+			port = end + 2;
+		else if (end[1] != '\0')
+			return "has text after ] that is not :port";
+	} else {
+		host = s;
+		colon = strchr(s, ':');
+		if (colon != NULL && strchr(colon + 1, ':') != NULL)
+			return "looks like a bare IPv6 address: write it in brackets, e.g. [::1]:25";
+		hlen = colon ? (size_t)(colon - s) : strlen(s);
+		if (colon != NULL)
+			port = colon + 1;
+		if (hlen == 0)
+			return "has no host before the colon";
+		if (hlen > CONFIG_HOST_MAX)
+			return "has a host name longer than 255 characters";
+		memcpy(tmp, host, hlen);
+		tmp[hlen] = '\0';
+		if (all_digits_and_dots(tmp, hlen)) {
+			if (inet_pton(AF_INET, tmp, bin) != 1)
+				return "has an invalid IPv4 address";
+		} else if (domain_reason(tmp, hlen) != NULL) {
+			return "has an invalid host name (letters, digits, - and . only)";
+		}
+	}
+	if (port != NULL) {
+		const char *why = port_parse(port, &out->port);
+
+		if (why != NULL)
+			return why;
+	} else if (defport == 0) {
+		return "has no :port";
+	} else {
+		out->port = defport;
+	}
+	memcpy(out->host, tmp, hlen + 1);
+	return NULL;
+}
+
+/* ADDR, ADDR/PREFIX, [V6ADDR]/PREFIX (Postfix mynetworks style). */
+static const char *
+cidr_reason(const char *s, struct config_cidr *out)
+{
+	char tmp[64];
+	const char *slash = strchr(s, '/');
+	size_t alen = slash ? (size_t)(slash - s) : strlen(s);
+	unsigned maxbits;
+	uint64_t prefix;
+
+	if (alen == 0)
+		return "has no address";
+	if (s[0] == '[') {
+		if (alen < 3 || s[alen - 1] != ']')
+			return "has a [ without a matching ]";
+		s++;
+		alen -= 2;
+	}
+	if (alen >= sizeof(tmp))
+		return "is not an IPv4 or IPv6 address";
+	memcpy(tmp, s, alen);
+	tmp[alen] = '\0';
+	memset(out, 0, sizeof(*out));
+	if (inet_pton(AF_INET, tmp, out->addr) == 1) {
+		out->family = AF_INET;
+		maxbits = 32;
+	} else if (inet_pton(AF_INET6, tmp, out->addr) == 1) {
+		out->family = AF_INET6;
+		maxbits = 128;
+	} else {
+		return "is not an IPv4 or IPv6 address";
+	}
+	prefix = maxbits;
+	if (slash != NULL) {
+		if (parse_u64(slash + 1, &prefix) != NULL || prefix > maxbits)
+			return out->family == AF_INET ?
+			    "has a prefix length that is not 0-32" :
+			    "has a prefix length that is not 0-128";
+	}
+	out->prefix = (unsigned)prefix;
+	/* 10.1.2.3/8 is almost always a typo for 10.0.0.0/8 or 10.1.2.3/32. */
+	for (unsigned bit = out->prefix; bit < maxbits; bit++)
+		if (out->addr[bit / 8] & (0x80 >> (bit % 8)))
+			return "has address bits set beyond the prefix length";
+	return NULL;
+}
+
+int
+config_parse_size(const char *s, uint64_t *out)
+{
+	return s != NULL && size_parse(s, out) == NULL ? 0 : -1;
+}
+
+int
+config_parse_duration(const char *s, uint64_t *out_ms)
+{
+	return s != NULL && duration_parse(s, out_ms) == NULL ? 0 : -1;
+}
+
+int
+config_parse_hostport(const char *s, uint16_t default_port,
+    struct config_hostport *out)
+{
+	return s != NULL && hostport_reason(s, default_port, out) == NULL ? 0 : -1;
+}
+
+int
+config_parse_cidr(const char *s, struct config_cidr *out)
+{
+	return s != NULL && cidr_reason(s, out) == NULL ? 0 : -1;
+}
+
+static bool
+prefix_equal(const uint8_t *a, const uint8_t *b, unsigned bits)
+{
+	unsigned whole = bits / 8, rest = bits % 8;
+
+	if (memcmp(a, b, whole) != 0)
+		return false;
+	if (rest == 0)
+		return true;
+	return ((a[whole] ^ b[whole]) & (uint8_t)(0xff << (8 - rest))) == 0;
+}
+
+bool
+config_cidr_match(const struct config_cidr *c, int family, const void *addr)
+{
+	static const uint8_t v4mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+	const uint8_t *a = addr;
+
+	/* A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d. */
+	if (family == AF_INET6 && c->family == AF_INET &&
+	    memcmp(a, v4mapped, sizeof(v4mapped)) == 0)
+		return prefix_equal(c->addr, a + 12, c->prefix);
+	if (family != c->family)
+		return false;
+	return prefix_equal(c->addr, a, c->prefix);
+}
+
+/* ---- the key tables ---- */
+
+enum section_kind { SECT_NONE, SECT_SERVER, SECT_TLS, SECT_TENANT };
+
+enum key_kind {
+	KIND_UINT,          /* unsigned, range min..max */
+	KIND_U64,           /* uint64_t count, range min..max */
+	KIND_SIZE,          /* uint64_t bytes, at least min */
+	KIND_DURATION,      /* uint64_t ms, at least min */
+	KIND_RATE,          /* double > 0 */
+	KIND_BURST,         /* double, 0 or >= 1 */
+	KIND_PORT,          /* uint16_t */
+	KIND_HOSTNAME,      /* char *, a DNS name */
+	KIND_PATH,          /* char *, not empty */
+	KIND_SOCKET,        /* char *, fits in sun_path */
+	KIND_USER,          /* char *, empty: NULL */
+	KIND_FILE,          /* char *, readable regular file; empty: NULL */
+	KIND_HOSTPORT,      /* struct config_hostport + bool has_ at off2 */
+	KIND_HOSTPORT_LIST, /* struct config_hostport * + size_t count at off2 */
+	KIND_DNS_LIST,      /* same, IP literals only */
+	KIND_TLS_OUTBOUND,
+	KIND_DOMAINS,
+	KIND_PRIMARY,
+	KIND_RECIPIENTS,
+	KIND_CIDR_LIST,
+};
+
+struct key {
+	const char *name;
+	enum key_kind kind;
+	size_t off;
+	size_t off2;
+	uint64_t min, max;
+	uint16_t defport;
+};
+
+#define S(f) offsetof(struct config, f)
+#define T(f) offsetof(struct config_tenant, f)
+
+static const struct key server_keys[] = {
+	{ "hostname", KIND_HOSTNAME, S(hostname), 0, 0, 0, 0 },
+	{ "listen", KIND_HOSTPORT_LIST, S(listen), S(nlisten), 0, 0, DEF_LISTEN_PORT },
+	{ "spool_dir", KIND_PATH, S(spool_dir), 0, 0, 0, 0 },
+	{ "control_socket", KIND_SOCKET, S(control_socket), 0, 0, 0, 0 },
+	{ "metrics_listen", KIND_HOSTPORT, S(metrics_listen), S(has_metrics), 0, 0, DEF_METRICS_PORT },
+	{ "user", KIND_USER, S(user), 0, 0, 0, 0 },
+	{ "max_connections", KIND_UINT, S(max_connections), 0, 1, UINT32_MAX, 0 },
+	{ "max_connections_per_ip", KIND_UINT, S(max_connections_per_ip), 0, 1, UINT32_MAX, 0 },
+	{ "max_message_size", KIND_SIZE, S(max_message_size), 0, 1, 0, 0 },
+	{ "max_recipients", KIND_UINT, S(max_recipients), 0, 1, UINT32_MAX, 0 },
+	/* RFC 5321 4.5.3.1.6: a server must take text lines of 1000 octets. */
+	{ "max_line_length", KIND_UINT, S(max_line_length), 0, 1000, 1048576, 0 },
+	{ "max_errors", KIND_UINT, S(max_errors), 0, 1, UINT32_MAX, 0 },
+	{ "smtp_timeout", KIND_DURATION, S(smtp_timeout_ms), 0, 1, 0, 0 },
+	{ "disk_reserve", KIND_SIZE, S(disk_reserve), 0, 0, 0, 0 },
+	{ "queue_lifetime", KIND_DURATION, S(queue_lifetime_ms), 0, 1, 0, 0 },
+	{ "delay_warning", KIND_DURATION, S(delay_warning_ms), 0, 0, 0, 0 },
+	{ "dns_servers", KIND_DNS_LIST, S(dns_servers), S(ndns_servers), 0, 0, DEF_DNS_PORT },
+	{ "mx_port", KIND_PORT, S(mx_port), 0, 0, 0, 0 },
+	{ "bounce_relay", KIND_HOSTPORT, S(bounce_relay), S(has_bounce_relay), 0, 0, DEF_SMTP_PORT },
+	{ "commit_window", KIND_DURATION, S(commit_window_ms), 0, 0, 0, 0 },
+};
+
+static const struct key tls_keys[] = {
+	{ "cert", KIND_FILE, S(tls_cert), 0, 0, 0, 0 },
+	{ "key", KIND_FILE, S(tls_key), 0, 0, 0, 0 },
+	{ "outbound", KIND_TLS_OUTBOUND, S(tls_outbound), 0, 0, 0, 0 },
+	{ "ca_file", KIND_FILE, S(tls_ca_file), 0, 0, 0, 0 },
+};
+
+static const struct key tenant_keys[] = {
+	{ "domains", KIND_DOMAINS, T(domains), T(ndomains), 0, 0, 0 },
+	{ "primary", KIND_PRIMARY, T(primaries), T(nprimaries), 0, 0, DEF_SMTP_PORT },
+	{ "recipients", KIND_RECIPIENTS, T(recipients_file), 0, 0, 0, 0 },
+	{ "quota", KIND_SIZE, T(quota), 0, 1, 0, 0 },
+	{ "quota_messages", KIND_U64, T(quota_messages), 0, 1, UINT64_MAX, 0 },
+	{ "drain_rate", KIND_RATE, T(drain_rate), 0, 0, 0, 0 },
+	{ "drain_bandwidth", KIND_SIZE, T(drain_bandwidth), 0, 0, 0, 0 },
+	{ "drain_concurrency", KIND_UINT, T(drain_concurrency), 0, 1, 10000, 0 },
+	{ "drain_ramp", KIND_DURATION, T(drain_ramp_ms), 0, 0, 0, 0 },
+	{ "drain_initial_rate", KIND_RATE, T(drain_initial_rate), 0, 0, 0, 0 },
+	{ "drain_burst", KIND_BURST, T(drain_burst), 0, 0, 0, 0 },
+	{ "messages_per_connection", KIND_UINT, T(messages_per_connection), 0, 1, UINT32_MAX, 0 },
+	{ "probe_interval", KIND_DURATION, T(probe_interval_ms), 0, 1, 0, 0 },
+	{ "probe_up_after", KIND_UINT, T(probe_up_after), 0, 1, 1000, 0 },
+	{ "etrn_from", KIND_CIDR_LIST, T(etrn_from), T(netrn_from), 0, 0, 0 },
+};
+
+#undef S
+#undef T
+
+#define NSERVER (sizeof(server_keys) / sizeof(server_keys[0]))
+#define NTLS (sizeof(tls_keys) / sizeof(tls_keys[0]))
+#define NTENANT (sizeof(tenant_keys) / sizeof(tenant_keys[0]))
+
+/* Indexes into tenant_keys / server_keys that the cross-checks name. */
+enum {
+	TK_DOMAINS = 0, TK_PRIMARY = 1, TK_RECIPIENTS = 2, TK_QUOTA = 3,
+	TK_DRAIN_RATE = 5, TK_DRAIN_INITIAL_RATE = 9,
+};
+enum { SK_LISTEN = 1, SK_MAX_MESSAGE_SIZE = 8 };
+enum { TLSK_CERT = 0, TLSK_KEY = 1 };
+
+/* ---- the loader ---- */
+
+/* Where a tenant's section and keys were written, for later messages. */
+struct tenant_meta {
+	unsigned section_line;
+	unsigned lines[NTENANT];
+};
+
+/* A domain and the line it was written on, for the duplicate check. */
+struct domain_seen {
+	const char *domain;           /* owned by the tenant's domains[] */
+	size_t tenant;
+	unsigned line;
+};
+
+struct loader {
+	const char *name;             /* the file name in messages */
+	FILE *fp;
+	char *buf;                    /* getline() buffer */
+	size_t bufcap;
+	unsigned lineno;              /* the line handed to inih last */
+
+	/* Mirror of inih's state: is there a key an indented line continues? */
+	bool have_prev_key;
+	bool cont;                    /* the current line is a continuation */
+	const struct key *prev_key;
+
+	enum section_kind sect;
+	size_t tenant;                /* current tenant when sect == SECT_TENANT */
+	unsigned server_line, tls_line;
+	unsigned server_lines[NSERVER];
+	unsigned tls_lines[NTLS];
+	struct tenant_meta *tmeta;
+	struct domain_seen *doms;
+	size_t ndoms;
+
+	struct config *cfg;
+	char *err;
+	size_t errlen;
+	bool failed;
+	unsigned err_line;
+};
+
+static int loader_fail(struct loader *ld, unsigned line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Record the first error as "FILE:LINE: message"; later ones are dropped. */
+static int
+loader_fail(struct loader *ld, unsigned line, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (ld->failed)
+		return -1;
+	ld->failed = true;
+	ld->err_line = line;
+	if (ld->err == NULL || ld->errlen == 0)
+		return -1;
+	n = snprintf(ld->err, ld->errlen, "%s:%u: ", ld->name, line);
+	if (n < 0 || (size_t)n >= ld->errlen)
+		return -1;
+	va_start(ap, fmt);
+	vsnprintf(ld->err + n, ld->errlen - (size_t)n, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/*
+ * Render S for a message: in double quotes, with control bytes escaped and
+ * long values cut, so that a binary file cannot garble the error line.
+ */
+static const char *
+quote(char *buf, size_t len, const char *s)
+{
+	size_t o = 0;
+
+	buf[o++] = '"';
+	for (; *s != '\0' && o + 8 < len; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\') {
+			buf[o++] = '\\';
+			buf[o++] = (char)c;
+		} else if (c < 0x20 || c == 0x7f) {
+			o += (size_t)snprintf(buf + o, len - o, "\\x%02x", c);
+		} else {
+			buf[o++] = (char)c;
+		}
+	}
+	if (*s != '\0') {
+		memcpy(buf + o, "...", 3);
+		o += 3;
+	}
+	buf[o++] = '"';
+	buf[o] = '\0';
+	return buf;
+}
+
+#define QBUF 80
+
+static const struct key *
+section_keys(enum section_kind sect, size_t *n)
+{
+	switch (sect) {
+	case SECT_SERVER: *n = NSERVER; return server_keys;
+	case SECT_TLS: *n = NTLS; return tls_keys;
+	case SECT_TENANT: *n = NTENANT; return tenant_keys;
+	default: *n = 0; return NULL;
+	}
+}
+
+static unsigned *
+section_lines(struct loader *ld)
+{
+	switch (ld->sect) {
+	case SECT_SERVER: return ld->server_lines;
+	case SECT_TLS: return ld->tls_lines;
+	case SECT_TENANT: return ld->tmeta[ld->tenant].lines;
+	default: return NULL;
+	}
+}
+
+static void *
+section_base(struct loader *ld)
+{
+	if (ld->sect == SECT_TENANT)
+		return &ld->cfg->tenants[ld->tenant];
+	return ld->cfg;
+}
+
+static const char *
+section_label(struct loader *ld, char *buf, size_t len)
+{
+	switch (ld->sect) {
+	case SECT_SERVER: return "[server]";
+	case SECT_TLS: return "[tls]";
+	case SECT_TENANT:
+		snprintf(buf, len, "[tenant:%s]", ld->cfg->tenants[ld->tenant].name);
+		return buf;
+	default: return "(no section)";
+	}
+}
+
+/* Levenshtein distance, capped: enough to suggest "listen" for "listn". */
+static unsigned
+edit_distance(const char *a, const char *b)
+{
+	unsigned row[64];
+	size_t la = strlen(a), lb = strlen(b);
+
+	if (la >= 63 || lb >= 63)
+		return 99;
+	for (size_t j = 0; j <= lb; j++)
+		row[j] = (unsigned)j;
+	for (size_t i = 1; i <= la; i++) {
+		unsigned diag = row[0];
+
+		row[0] = (unsigned)i;
+		for (size_t j = 1; j <= lb; j++) {
+			unsigned up = row[j];
+			unsigned cost = ch_lower((unsigned char)a[i - 1]) ==
+			    ch_lower((unsigned char)b[j - 1]) ? 0 : 1;
+			unsigned best = diag + cost;
+
+			if (up + 1 < best)
+				best = up + 1;
+			if (row[j - 1] + 1 < best)
+				best = row[j - 1] + 1;
+			row[j] = best;
+			diag = up;
+		}
+	}
+	return row[lb];
+}
+
+static int
+fail_unknown_key(struct loader *ld, const char *name)
+{
+	char q[QBUF], label[96], allowed[512], hint[128] = "";
+	size_t n, o = 0;
+	const struct key *keys = section_keys(ld->sect, &n);
+	unsigned best = 3;
+
+	allowed[0] = '\0';
+	for (size_t i = 0; i < n; i++) {
+		unsigned d = edit_distance(name, keys[i].name);
+
+		if (d < best) {
+			best = d;
+			snprintf(hint, sizeof(hint), "; did you mean \"%s\"?", keys[i].name);
+		}
+		o += (size_t)snprintf(allowed + o, sizeof(allowed) - o, "%s%s",
+		    i ? ", " : "", keys[i].name);
+		if (o >= sizeof(allowed))
+			break;
+	}
+	if (*name == '\0')
+		return loader_fail(ld, ld->lineno,
+		    "missing key name before \"=\" in %s (allowed: %s)",
+		    section_label(ld, label, sizeof(label)), allowed);
+	return loader_fail(ld, ld->lineno, "unknown key %s in %s%s (allowed: %s)",
+	    quote(q, sizeof(q), name), section_label(ld, label, sizeof(label)),
+	    hint, allowed);
+}
+
+static int
+fail_value(struct loader *ld, const struct key *k, const char *value,
+    const char *what)
+{
+	char q[QBUF];
+
+	return loader_fail(ld, ld->lineno, "%s: %s %s", k->name,
+	    quote(q, sizeof(q), value), what);
+}
+
+/* Render a byte count the way a postmaster wrote it: 50M, not 52428800. */
+static const char *
+fmt_size(char *buf, size_t len, uint64_t v)
+{
+	if (v != 0 && v % GIB == 0)
+		snprintf(buf, len, "%lluG", (unsigned long long)(v / GIB));
+	else if (v != 0 && v % MIB == 0)
+		snprintf(buf, len, "%lluM", (unsigned long long)(v / MIB));
+	else if (v != 0 && v % KIB == 0)
+		snprintf(buf, len, "%lluK", (unsigned long long)(v / KIB));
+	else
+		snprintf(buf, len, "%llu bytes", (unsigned long long)v);
+	return buf;
+}
+
+/* ---- setters: one per kind; FIRST is false for a continuation line ---- */
+
+#define FIELD(base, off, type) ((type *)(void *)((char *)(base) + (off)))
+
+static int
+set_number(struct loader *ld, const struct key *k, void *base, const char *v)
+{
+	uint64_t n;
+	char what[160];
+
+	if (parse_u64(v, &n) != NULL || n < k->min || n > k->max) {
+		if (k->max == UINT32_MAX || k->max == UINT64_MAX)
+			snprintf(what, sizeof(what), "must be a whole number >= %llu",
+			    (unsigned long long)k->min);
+		else
+			snprintf(what, sizeof(what),
+			    "must be a whole number from %llu to %llu",
+			    (unsigned long long)k->min, (unsigned long long)k->max);
+		return fail_value(ld, k, v, what);
+	}
+	if (k->kind == KIND_UINT)
+		*FIELD(base, k->off, unsigned) = (unsigned)n;
+	else
+		*FIELD(base, k->off, uint64_t) = n;
+	return 0;
+}
+
+static int
+set_size(struct loader *ld, const struct key *k, void *base, const char *v)
+{
+	uint64_t n;
+
+	if (size_parse(v, &n) != NULL)
+		return fail_value(ld, k, v,
+		    "is not a size: write a number of bytes with an optional "
+		    "K, M or G suffix (powers of 1024), e.g. 50M or 10G");
+	if (n < k->min)
+		return fail_value(ld, k, v, "must be larger than 0");
+	*FIELD(base, k->off, uint64_t) = n;
+	return 0;
+}
+
+static int
+set_duration(struct loader *ld, const struct key *k, void *base, const char *v)
+{
+	uint64_t ms;
+
+	if (duration_parse(v, &ms) != NULL)
+		return fail_value(ld, k, v,
+		    "is not a duration: write a number with a unit ms, s, m, h, "
+		    "d or w, e.g. 30s, 5m, 4h, 5d (a bare number means seconds)");
+	if (ms < k->min)
+		return fail_value(ld, k, v, "must be longer than 0");
+	*FIELD(base, k->off, uint64_t) = ms;
+	return 0;
+}
+
+static int
+set_rate(struct loader *ld, const struct key *k, void *base, const char *v)
+{
+	double r;
+
+	if (parse_decimal(v, &r) != NULL || r > RATE_MAX)
+		return fail_value(ld, k, v,
+		    k->kind == KIND_BURST ?
+		    "must be a number of messages: 0 (one second's worth) or 1 to 1000000" :
+		    "must be a number > 0 (messages per second, up to 1000000)");
+	if (k->kind == KIND_RATE && r <= 0)
+		return fail_value(ld, k, v, "must be a number > 0");
+	/* A bucket shallower than one message could never send anything. */
+	if (k->kind == KIND_BURST && r > 0 && r < 1)
+		return fail_value(ld, k, v,
+		    "must be 0 (one second's worth) or at least 1 message");
+	*FIELD(base, k->off, double) = r;
+	return 0;
+}
+
+static int
+set_port(struct loader *ld, const struct key *k, void *base, const char *v)
+{
+	uint16_t p;
+
+	if (port_parse(v, &p) != NULL)
+		return fail_value(ld, k, v, "must be a port number from 1 to 65535");
+	*FIELD(base, k->off, uint16_t) = p;
+	return 0;
+}
+
+static void
+set_string(void *base, const struct key *k, const char *v)
+{
+	char **field = FIELD(base, k->off, char *);
+
+	free(*field);
+	*field = *v ? xstrdup(v) : NULL;
+}
+
+static int
+set_hostname(struct loader *ld, const struct key *k, void *base, const char *v)
+{
+	const char *why = domain_reason(v, strlen(v));
+	char what[160];
+
+	if (why != NULL) {
+		snprintf(what, sizeof(what),
+		    "is not a host name: it %s (write the name this relay's "
+		    "address resolves to, e.g. backup-mx.example.net)", why);
+		return fail_value(ld, k, v, what);
+	}
+	/* Stored without the root dot: it goes into EHLO and Received:. */
+	free(*FIELD(base, k->off, char *));
+	*FIELD(base, k->off, char *) = xstrndup(v,
+	    strlen(v) - (v[strlen(v) - 1] == '.'));
+	return 0;
+}
+
+static int
+set_path(struct loader *ld, const struct key *k, void *base, const char *v)
+{
+	if (*v == '\0')
+		return loader_fail(ld, ld->lineno, "%s: must not be empty: write a path",
+		    k->name);
+	if (k->kind == KIND_SOCKET && strlen(v) > SOCKET_PATH_MAX)
+		return loader_fail(ld, ld->lineno,
+		    "%s: path is %zu characters long; a unix socket path may "
+		    "have at most %zu", k->name, strlen(v), SOCKET_PATH_MAX);
+	set_string(base, k, v);
+	return 0;
+}
+
+static int
+set_user(struct loader *ld, const struct key *k, void *base, const char *v)
+{
+	for (const char *p = v; *p != '\0'; p++)
+		if (!ch_alnum((unsigned char)*p) && *p != '_' && *p != '-' &&
+		    *p != '.')
+			return fail_value(ld, k, v,
+			    "is not a user name (letters, digits, _, - and .)");
+	if (*v == '-')
+		return fail_value(ld, k, v, "is not a user name");
+	set_string(base, k, v);
+	return 0;
+}
+
+/*
+ * A certificate, key or CA file must be readable now: finding out at the
+ * first STARTTLS, hours later, is the worst time.  Only regular files are
+ * taken, so that a path to a FIFO or device cannot hang the loader.
+ */
+static int
+check_readable(struct loader *ld, const struct key *k, const char *path,
+    unsigned line)
+{
+	char q[QBUF];
+	struct stat st;
+	FILE *fp = fopen(path, "re");
+
+	if (fp == NULL)
+		return loader_fail(ld, line, "%s: cannot read %s: %s", k->name,
+		    quote(q, sizeof(q), path), strerror(errno));
+	if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
+		fclose(fp);
+		return loader_fail(ld, line, "%s: %s is not a regular file",
+		    k->name, quote(q, sizeof(q), path));
+	}
+	fclose(fp);
+	return 0;
+}
+
+static int
+set_file(struct loader *ld, const struct key *k, void *base, const char *v)
+{
+	if (*v != '\0' && check_readable(ld, k, v, ld->lineno) != 0)
+		return -1;
+	set_string(base, k, v);
+	return 0;
+}
+
+static int
+set_hostport(struct loader *ld, const struct key *k, void *base, const char *v)
+{
+	struct config_hostport hp;
+	const char *why;
+	char what[200];
+
+	if (*v == '\0') {
+		*FIELD(base, k->off2, bool) = false;
+		return 0;
+	}
+	why = hostport_reason(v, k->defport, &hp);
+	if (why != NULL) {
+		snprintf(what, sizeof(what),
+		    "is not host[:port] or [IPv6]:port: it %s", why);
+		return fail_value(ld, k, v, what);
+	}
+	*FIELD(base, k->off, struct config_hostport) = hp;
+	*FIELD(base, k->off2, bool) = true;
+	return 0;
+}
+
+static int
+set_tls_outbound(struct loader *ld, const struct key *k, void *base, const char *v)
+{
+	static const char *const names[] = { "none", "opportunistic", "required", "verify" };
+	static const enum config_tls_outbound vals[] = {
+		CONFIG_TLS_OUT_NONE, CONFIG_TLS_OUT_OPPORTUNISTIC,
+		CONFIG_TLS_OUT_REQUIRED, CONFIG_TLS_OUT_VERIFY,
+	};
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		if (str_ieq(v, names[i])) {
+			*FIELD(base, k->off, enum config_tls_outbound) = vals[i];
+			return 0;
+		}
+	}
+	return fail_value(ld, k, v,
+	    "must be one of none, opportunistic, required, verify");
+}
+
+static int
+set_recipients(struct loader *ld, const struct key *k, void *base, const char *v)
+{
+	if (*v == '\0')
+		return loader_fail(ld, ld->lineno,
+		    "recipients: must not be empty: write any, or the path of a "
+		    "file with one address or @domain per line");
+	if (str_ieq(v, "any"))
+		v = "";
+	set_string(base, k, v);
+	return 0;
+}
+
+/* -- lists: items are separated by commas and/or white space -- */
+
+static void
+list_clear(struct loader *ld, const struct key *k, void *base)
+{
+	size_t *n = FIELD(base, k->off2, size_t);
+
+	if (k->kind == KIND_DOMAINS) {
+		char **doms = *FIELD(base, k->off, char **);
+
+		for (size_t i = 0; i < *n; i++)
+			free(doms[i]);
+		/* The duplicate check must forget the domains of this tenant. */
+		size_t keep = 0;
+		for (size_t i = 0; i < ld->ndoms; i++)
+			if (ld->doms[i].tenant != ld->tenant)
+				ld->doms[keep++] = ld->doms[i];
+		ld->ndoms = keep;
+	}
+	free(*FIELD(base, k->off, void *));
+	*FIELD(base, k->off, void *) = NULL;
+	*n = 0;
+}
+
+static int
+item_hostport(struct loader *ld, const struct key *k, void *base, const char *tok)
+{
+	struct config_hostport hp, **arr = FIELD(base, k->off, struct config_hostport *);
+	size_t *n = FIELD(base, k->off2, size_t);
+	unsigned char bin[16];
+	const char *why;
+	char what[200];
+
+	if (k->kind == KIND_PRIMARY) {
+		struct config_tenant *t = base;
+
+		if (str_ieq(tok, "mx")) {
+			if (*n > 0 || t->primary_mx)
+				return loader_fail(ld, ld->lineno,
+				    "primary: \"mx\" stands alone: write either "
+				    "primary = mx or a list of host[:port]");
+			t->primary_mx = true;
+			return 0;
+		}
+		if (t->primary_mx)
+			return loader_fail(ld, ld->lineno,
+			    "primary: \"mx\" stands alone: write either "
+			    "primary = mx or a list of host[:port]");
+	}
+	why = hostport_reason(tok, k->defport, &hp);
+	if (why != NULL) {
+		snprintf(what, sizeof(what),
+		    "is not host[:port] or [IPv6]:port: it %s", why);
+		return fail_value(ld, k, tok, what);
+	}
+	/* c-ares takes server addresses, not names it would have to resolve. */
+	if (k->kind == KIND_DNS_LIST && inet_pton(AF_INET, hp.host, bin) != 1 &&
+	    inet_pton(AF_INET6, hp.host, bin) != 1)
+		return fail_value(ld, k, tok,
+		    "is not an IP address: name servers are given as "
+		    "address[:port] or [IPv6]:port");
+	*arr = array_grow(*arr, *n, sizeof(**arr));
+	(*arr)[(*n)++] = hp;
+	return 0;
+}
+
+static int
+item_domain(struct loader *ld, const struct key *k, void *base, const char *tok)
+{
+	struct config_tenant *t = base;
+	size_t len = strlen(tok);
+	const char *why = domain_reason(tok, len);
+	char what[160], *d;
+
+	if (why == NULL && all_digits_and_dots(tok, len))
+		why = "looks like an IP address";
+	if (why != NULL) {
+		snprintf(what, sizeof(what), "is not a mail domain: it %s", why);
+		return fail_value(ld, k, tok, what);
+	}
+	if (tok[len - 1] == '.')
+		len--;
+	d = xstrndup(tok, len);
+	util_lower(d);
+	t->domains = array_grow(t->domains, t->ndomains, sizeof(*t->domains));
+	t->domains[t->ndomains] = d;
+	ld->doms = array_grow(ld->doms, ld->ndoms, sizeof(*ld->doms));
+	ld->doms[ld->ndoms++] = (struct domain_seen){
+		.domain = d, .tenant = ld->tenant, .line = ld->lineno,
+	};
+	t->ndomains++;
+	return 0;
+}
+
+static int
+item_cidr(struct loader *ld, const struct key *k, void *base, const char *tok)
+{
+	struct config_cidr c, **arr = FIELD(base, k->off, struct config_cidr *);
+	size_t *n = FIELD(base, k->off2, size_t);
+	const char *why = cidr_reason(tok, &c);
+	char what[200];
+
+	if (why != NULL) {
+		snprintf(what, sizeof(what),
+		    "is not an address or CIDR (e.g. 192.0.2.0/24, 2001:db8::/32): it %s",
+		    why);
+		return fail_value(ld, k, tok, what);
+	}
+	*arr = array_grow(*arr, *n, sizeof(**arr));
+	(*arr)[(*n)++] = c;
+	return 0;
+}
+
+static int
+set_list(struct loader *ld, const struct key *k, void *base, const char *v,
+    bool first)
+{
+	char tok[TOKEN_MAX];
+
+	if (first) {
+		list_clear(ld, k, base);
+		if (k->kind == KIND_PRIMARY)
+			((struct config_tenant *)base)->primary_mx = false;
+	}
+	/* A continuation line that looks like a key almost always lost its way. */
+	if (!first && strchr(v, '=') != NULL)
+		return loader_fail(ld, ld->lineno,
+		    "this indented line continues %s from an earlier line, but "
+		    "looks like a new key: remove the indentation", k->name);
+	while (*v != '\0') {
+		size_t len = 0;
+		int r;
+
+		while (*v == ',' || ch_space((unsigned char)*v))
+			v++;
+		while (v[len] != '\0' && v[len] != ',' &&
+		    !ch_space((unsigned char)v[len]))
+			len++;
+		if (len == 0)
+			break;
+		if (len >= sizeof(tok))
+			return loader_fail(ld, ld->lineno, "%s: item too long", k->name);
+		memcpy(tok, v, len);
+		tok[len] = '\0';
+		v += len;
+		switch (k->kind) {
+		case KIND_DOMAINS: r = item_domain(ld, k, base, tok); break;
+		case KIND_CIDR_LIST: r = item_cidr(ld, k, base, tok); break;
+		default: r = item_hostport(ld, k, base, tok); break;
+		}
+		if (r != 0)
+			return -1;
+	}
+	return 0;
+}
+
+static bool
+key_is_list(const struct key *k)
+{
+	switch (k->kind) {
+	case KIND_HOSTPORT_LIST:
+	case KIND_DNS_LIST:
+	case KIND_DOMAINS:
+	case KIND_PRIMARY:
+	case KIND_CIDR_LIST:
+		return true;
+	default:
+		return false;
+	}
+}
+
+static int
+key_apply(struct loader *ld, const struct key *k, const char *v, bool first)
+{
+	void *base = section_base(ld);
+
+	if (key_is_list(k))
+		return set_list(ld, k, base, v, first);
+	if (!first)
+		return loader_fail(ld, ld->lineno,
+		    "this indented line continues %s, which takes a single value "
+		    "(only lists may go on over indented lines): remove the "
+		    "indentation", k->name);
+	switch (k->kind) {
+	case KIND_UINT:
+	case KIND_U64: return set_number(ld, k, base, v);
+	case KIND_SIZE: return set_size(ld, k, base, v);
+	case KIND_DURATION: return set_duration(ld, k, base, v);
+	case KIND_RATE:
+	case KIND_BURST: return set_rate(ld, k, base, v);
+	case KIND_PORT: return set_port(ld, k, base, v);
+	case KIND_HOSTNAME: return set_hostname(ld, k, base, v);
+	case KIND_PATH:
+	case KIND_SOCKET: return set_path(ld, k, base, v);
+	case KIND_USER: return set_user(ld, k, base, v);
+	case KIND_FILE: return set_file(ld, k, base, v);
+	case KIND_HOSTPORT: return set_hostport(ld, k, base, v);
+	case KIND_TLS_OUTBOUND: return set_tls_outbound(ld, k, base, v);
+	case KIND_RECIPIENTS: return set_recipients(ld, k, base, v);
+	default: return loader_fail(ld, ld->lineno, "%s: internal error", k->name);
+	}
+}
+
+/* inih's handler: one call per name=value line and per continuation line. */
+static int
+loader_handle(void *user, const char *section, const char *name,
+    const char *value)
+{
+	struct loader *ld = user;
+	const struct key *keys;
+	size_t n;
+	unsigned *lines;
+	char q[QBUF], label[96];
+
+	if (ld->failed)
+		return 0;
+	if (ld->cont)
+		return key_apply(ld, ld->prev_key, value, false) == 0;
+	if (ld->sect == SECT_NONE) {
+		loader_fail(ld, ld->lineno,
+		    "%s is outside any section: put it under [server], [tls] "
+		    "or [tenant:NAME]", quote(q, sizeof(q), name));
+		return 0;
+	}
+	keys = section_keys(ld->sect, &n);
+	lines = section_lines(ld);
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(name, keys[i].name) != 0)
+			continue;
+		if (lines[i] != 0) {
+			loader_fail(ld, ld->lineno,
+			    "duplicate key \"%s\" in %s (first set at line %u): "
+			    "set each key once; continue a list on indented lines",
+			    name, section_label(ld, label, sizeof(label)), lines[i]);
+			return 0;
+		}
+		lines[i] = ld->lineno;
+		ld->prev_key = &keys[i];
+		return key_apply(ld, &keys[i], value, true) == 0;
+	}
+	fail_unknown_key(ld, name);
+	return 0;
+}
+
+static void
+tenant_defaults(struct config_tenant *t)
+{
+	memset(t, 0, sizeof(*t));
+	t->primary_mx = true;
+	t->quota = 10 * GIB;
+	t->quota_messages = 1000000;
+	t->drain_rate = 50;
+	t->drain_initial_rate = 2;
+	t->drain_burst = 0;
+	t->drain_bandwidth = 0;
+	t->drain_concurrency = 4;
+	t->drain_ramp_ms = 5 * MIN_MS;
+	t->messages_per_connection = 100;
+	t->probe_interval_ms = 30 * SEC_MS;
+	t->probe_up_after = 2;
+	t->etrn_from = xcalloc(1, sizeof(*t->etrn_from));
+	t->netrn_from = 1;
+	(void)cidr_reason("127.0.0.1", &t->etrn_from[0]);
+}
+
+static int
+enter_tenant(struct loader *ld, const char *tname, unsigned line)
+{
+	struct config *cfg = ld->cfg;
+	size_t len = strlen(tname);
+	char q[QBUF];
+
+	if (len == 0 || len > CONFIG_TENANT_NAME_MAX)
+		return loader_fail(ld, line,
+		    "tenant name %s must have 1 to %d characters from a-z, 0-9, _ and -",
+		    quote(q, sizeof(q), tname), CONFIG_TENANT_NAME_MAX);
+	for (size_t i = 0; i < len; i++) {
+		int c = (unsigned char)tname[i];
+
+		if (!((c >= 'a' && c <= 'z') || ch_digit(c) || c == '_' || c == '-'))
+			return loader_fail(ld, line,
+			    "tenant name %s may only use a-z, 0-9, _ and - "
+			    "(lower case; it appears in logs, metrics and mxspoolctl)",
+			    quote(q, sizeof(q), tname));
+	}
+	for (size_t i = 0; i < cfg->ntenants; i++)
+		if (strcmp(cfg->tenants[i].name, tname) == 0)
+			return loader_fail(ld, line,
+			    "duplicate section [tenant:%s] (first at line %u): "
+			    "put all of a tenant's keys in one section",
+			    tname, ld->tmeta[i].section_line);
+	cfg->tenants = array_grow(cfg->tenants, cfg->ntenants, sizeof(*cfg->tenants));
+	ld->tmeta = array_grow(ld->tmeta, cfg->ntenants, sizeof(*ld->tmeta));
+	tenant_defaults(&cfg->tenants[cfg->ntenants]);
+	memcpy(cfg->tenants[cfg->ntenants].name, tname, len + 1);
+	memset(&ld->tmeta[cfg->ntenants], 0, sizeof(ld->tmeta[0]));
+	ld->tmeta[cfg->ntenants].section_line = line;
+	ld->tenant = cfg->ntenants++;
+	ld->sect = SECT_TENANT;
+	return 0;
+}
+
+static int
+enter_section(struct loader *ld, const char *name, unsigned line)
+{
+	char q[QBUF];
+	unsigned *seen = NULL;
+	enum section_kind kind = SECT_NONE;
+
+	if (strcmp(name, "server") == 0) {
+		seen = &ld->server_line;
+		kind = SECT_SERVER;
+	} else if (strcmp(name, "tls") == 0) {
+		seen = &ld->tls_line;
+		kind = SECT_TLS;
+	} else if (strncmp(name, "tenant:", 7) == 0) {
+		return enter_tenant(ld, name + 7, line);
+	}
+	if (seen == NULL) {
+		const char *hint = "";
+
+		char label[QBUF];
+
+		if (str_ieq(name, "server"))
+			hint = "; did you mean [server]?";
+		else if (str_ieq(name, "tls"))
+			hint = "; did you mean [tls]?";
+		else if (util_strncasecmp(name, "tenant", 6) == 0)
+			hint = "; a tenant section is written [tenant:NAME], e.g. [tenant:example]";
+		snprintf(label, sizeof(label), "[%s]", name);
+		return loader_fail(ld, line,
+		    "unknown section %s%s (allowed: [server], [tls], [tenant:NAME])",
+		    quote(q, sizeof(q), label), hint);
+	}
+	if (*seen != 0)
+		return loader_fail(ld, line,
+		    "duplicate section [%s] (first at line %u): put all its keys "
+		    "in one section", name, *seen);
+	*seen = line;
+	ld->sect = kind;
+	return 0;
+}
+
+/*
+ * Parse "[name]" the way inih does (the first ']' that is not inside an
+ * inline comment closes it), but without its 49-byte cut, and refuse
+ * trailing text that inih would silently ignore.
+ */
+static int
+parse_header(struct loader *ld, char *start)
+{
+	char *p = start + 1, *end, *after;
+	bool was_space = false;
+
+	for (end = p; *end != '\0' && *end != ']'; end++) {
+		if (was_space && *end == ';')
+			break;
+		was_space = ch_space((unsigned char)*end);
+	}
+	if (*end != ']')
+		return loader_fail(ld, ld->lineno,
+		    "section header has no closing ]: write [server], [tls] or [tenant:NAME]");
+	*end = '\0';
+	for (after = end + 1; ch_space((unsigned char)*after); after++)
+		;
+	if (*after != '\0' && *after != ';' && *after != '#')
+		return loader_fail(ld, ld->lineno,
+		    "unexpected text after the section header [%s]", p);
+	return enter_section(ld, p, ld->lineno);
+}
+
+/*
+ * The ini_reader: hands inih one line at a time and classifies it the way
+ * ini_parse_stream will (same order of tests), so that loader_handle knows
+ * what the next call means.  Returns NULL at end of file or after an error.
+ */
+static char *
+loader_read(char *str, int num, void *stream)
+{
+	struct loader *ld = stream;
+	ssize_t got;
+	size_t len;
+	char *line, *start;
+
+	if (ld->failed)
+		return NULL;
+	errno = 0;
+	got = getline(&ld->buf, &ld->bufcap, ld->fp);
+	if (got < 0) {
+		if (ferror(ld->fp))
+			loader_fail(ld, ld->lineno + 1, "read error: %s",
+			    strerror(errno ? errno : EIO));
+		return NULL;
+	}
+	ld->lineno++;
+	line = ld->buf;
+	len = (size_t)got;
+	if (memchr(line, '\0', len) != NULL) {
+		loader_fail(ld, ld->lineno,
+		    "line contains a NUL byte: is this a text file?");
+		return NULL;
+	}
+	while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+		line[--len] = '\0';
+	if (ld->lineno == 1 && len >= 3 && memcmp(line, "\xef\xbb\xbf", 3) == 0) {
+		line += 3;
+		len -= 3;
+	}
+	for (start = line; ch_space((unsigned char)*start); start++)
+		;
+	ld->cont = false;
+	if (num < 4)
+		return NULL;
+	if (*start == '\0' || *start == ';' || *start == '#') {
+		/* Comments may be as long as they like: inih gets an empty line. */
+		str[0] = '\0';
+		return str;
+	}
+	if ((size_t)num - 2 < len) {
+		loader_fail(ld, ld->lineno,
+		    "line too long (%zu characters, max %d): split the list over "
+		    "indented continuation lines", len, num - 2);
+		return NULL;
+	}
+	if (start > line && ld->have_prev_key) {
+		ld->cont = true;
+		/* inih r55 strips "; comment" from name=value lines but not from
+		 * continuation lines; do it here so both read alike. */
+		for (char *p = start + 1; *p != '\0'; p++) {
+			if (*p == ';' && ch_space((unsigned char)p[-1])) {
+				*p = '\0';
+				len = (size_t)(p - line);
+				break;
+			}
+		}
+	} else if (*start == '[') {
+		ld->have_prev_key = false;
+		if (parse_header(ld, start) != 0)
+			return NULL;
+		/* inih only needs to see a section start to reset its state. */
+		memcpy(str, "[s]\n", 5);
+		return str;
+	} else {
+		ld->have_prev_key = true;
+	}
+	memcpy(str, line, len);
+	str[len] = '\n';
+	str[len + 1] = '\0';
+	return str;
+}
+
+/* ---- after the parse: defaults that need the whole file, cross-checks ---- */
+
+static int
+cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static bool
+tenant_has_domain(const struct config_tenant *t, const char *d, size_t len)
+{
+	for (size_t i = 0; i < t->ndomains; i++)
+		if (strlen(t->domains[i]) == len && memcmp(t->domains[i], d, len) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Load a recipients file: one "user@domain" or "@domain" per line, '#'
+ * comments, blank lines, any case.  Errors name the recipients file and its
+ * line, and the config line that points to it.
+ */
+static int
+load_recipients(struct loader *ld, struct config_tenant *t, unsigned cfgline)
+{
+	const char *path = t->recipients_file;
+	struct stat st;
+	char *buf = NULL, q[QBUF], where[300];
+	size_t cap = 0, keep;
+	unsigned line = 0;
+	ssize_t got;
+	int rc = -1;
+	FILE *fp = fopen(path, "re");
+
+	if (fp == NULL)
+		return loader_fail(ld, cfgline, "recipients: cannot read %s: %s",
+		    quote(q, sizeof(q), path), strerror(errno));
+	if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
+		loader_fail(ld, cfgline, "recipients: %s is not a regular file",
+		    quote(q, sizeof(q), path));
+		goto done;
+	}
+	snprintf(where, sizeof(where), "(recipients of [tenant:%s], %s:%u)",
+	    t->name, ld->name, cfgline);
+	while ((got = getline(&buf, &cap, fp)) >= 0) {
+		char *s = buf, *e, *at;
+
+		line++;
+		if (memchr(buf, '\0', (size_t)got) != NULL) {
+			ld->name = path;
+			loader_fail(ld, line, "contains a NUL byte %s", where);
+			goto done;
+		}
+		while (ch_space((unsigned char)*s))
+			s++;
+		/* '#' starts a comment at the start of a line or after a blank. */
+		for (e = s; *e != '\0'; e++)
+			if (*e == '#' && (e == s || ch_space((unsigned char)e[-1])))
+				break;
+		while (e > s && ch_space((unsigned char)e[-1]))
+			e--;
+		*e = '\0';
+		if (*s == '\0')
+			continue;
+		at = strrchr(s, '@');
+		if (at == NULL || at[1] == '\0' || strpbrk(s, " \t") != NULL ||
+		    (size_t)(e - s) >= ADDR_MAX) {
+			ld->name = path;
+			loader_fail(ld, line,
+			    "%s is not a recipient: write user@domain or @domain, one per line %s",
+			    quote(q, sizeof(q), s), where);
+			goto done;
+		}
+		if (e[-1] == '.')
+			*--e = '\0';
+		util_lower(s);
+		if (domain_reason(at + 1, strlen(at + 1)) != NULL ||
+		    !tenant_has_domain(t, at + 1, strlen(at + 1))) {
+			ld->name = path;
+			loader_fail(ld, line,
+			    "%s: the domain is not one of the tenant's domains %s",
+			    quote(q, sizeof(q), s), where);
+			goto done;
+		}
+		t->recipients = array_grow(t->recipients, t->nrecipients,
+		    sizeof(*t->recipients));
+		t->recipients[t->nrecipients++] = xstrdup(s);
+	}
+	if (ferror(fp)) {
+		loader_fail(ld, cfgline, "recipients: read error on %s",
+		    quote(q, sizeof(q), path));
+		goto done;
+	}
+	if (t->nrecipients > 0)
+		qsort(t->recipients, t->nrecipients, sizeof(*t->recipients), cmp_str);
+	/* Duplicates are harmless; drop them so that the array stays a set. */
+	keep = 0;
+	for (size_t i = 0; i < t->nrecipients; i++) {
+		if (keep > 0 && strcmp(t->recipients[keep - 1], t->recipients[i]) == 0)
+			free(t->recipients[i]);
+		else
+			t->recipients[keep++] = t->recipients[i];
+	}
+	t->nrecipients = keep;
+	rc = 0;
+done:
+	free(buf);
+	fclose(fp);
+	return rc;
+}
+
+/* Order by domain, then by line, so that a duplicate is reported where it
+ * is written the second time. */
+static int
+cmp_domain_seen(const void *a, const void *b)
+{
+	const struct domain_seen *x = a, *y = b;
+	int c = strcmp(x->domain, y->domain);
+
+	if (c != 0)
+		return c;
+	return x->line < y->line ? -1 : x->line > y->line;
+}
+
+static int
+build_domain_index(struct loader *ld)
+{
+	struct config *cfg = ld->cfg;
+
+	/* Sort (domain, line) pairs built while parsing; neighbours collide. */
+	if (ld->ndoms > 1)
+		qsort(ld->doms, ld->ndoms, sizeof(*ld->doms), cmp_domain_seen);
+	for (size_t i = 1; i < ld->ndoms; i++) {
+		const struct domain_seen *p = &ld->doms[i - 1], *c = &ld->doms[i];
+		const char *d = c->domain;
+
+		if (strcmp(d, p->domain) != 0)
+			continue;
+		if (p->tenant == c->tenant)
+			return loader_fail(ld, c->line,
+			    "domains: %s is listed twice in [tenant:%s] (also at line %u)",
+			    d, cfg->tenants[c->tenant].name, p->line);
+		return loader_fail(ld, c->line,
+		    "domains: %s is already served by [tenant:%s] (line %u): "
+		    "each domain belongs to exactly one tenant",
+		    d, cfg->tenants[p->tenant].name, p->line);
+	}
+	cfg->ndomain_index = ld->ndoms;
+	cfg->domain_index = xcalloc(ld->ndoms, sizeof(*cfg->domain_index));
+	/* ld->doms is sorted by domain already, and now free of duplicates. */
+	for (size_t i = 0; i < ld->ndoms; i++) {
+		cfg->domain_index[i].domain = ld->doms[i].domain;
+		cfg->domain_index[i].tenant = &cfg->tenants[ld->doms[i].tenant];
+	}
+	return 0;
+}
+
+static unsigned
+first_line(unsigned a, unsigned b, unsigned c)
+{
+	return a ? a : b ? b : c;
+}
+
+static int
+check_tenant(struct loader *ld, size_t i)
+{
+	struct config *cfg = ld->cfg;
+	struct config_tenant *t = &cfg->tenants[i];
+	const struct tenant_meta *m = &ld->tmeta[i];
+	char a[32], b[32];
+
+	if (t->ndomains == 0)
+		return loader_fail(ld, first_line(m->lines[TK_DOMAINS], m->section_line, 0),
+		    "[tenant:%s] needs domains = ...: the mail domains this relay "
+		    "is backup MX for, e.g. domains = example.com, example.org",
+		    t->name);
+	if (!t->primary_mx && t->nprimaries == 0)
+		return loader_fail(ld, m->lines[TK_PRIMARY],
+		    "primary: write mx (the domain's own MX hosts) or a list of host[:port]");
+	if (t->drain_initial_rate > t->drain_rate)
+		return loader_fail(ld,
+		    first_line(m->lines[TK_DRAIN_INITIAL_RATE], m->lines[TK_DRAIN_RATE],
+		    m->section_line),
+		    "drain_initial_rate (%g) is above drain_rate (%g): the drain "
+		    "starts at drain_initial_rate and ramps up to drain_rate",
+		    t->drain_initial_rate, t->drain_rate);
+	if (t->quota < cfg->max_message_size)
+		return loader_fail(ld,
+		    first_line(m->lines[TK_QUOTA], ld->server_lines[SK_MAX_MESSAGE_SIZE],
+		    m->section_line),
+		    "quota of [tenant:%s] (%s) is below max_message_size (%s): "
+		    "the tenant could not hold even one message",
+		    t->name, fmt_size(a, sizeof(a), t->quota),
+		    fmt_size(b, sizeof(b), cfg->max_message_size));
+	if (t->recipients_file != NULL &&
+	    load_recipients(ld, t, m->lines[TK_RECIPIENTS]) != 0)
+		return -1;
+	return 0;
+}
+
+static int
+loader_finish(struct loader *ld)
+{
+	struct config *cfg = ld->cfg;
+
+	if (cfg->spool_dir == NULL)
+		return loader_fail(ld, ld->server_line,
+		    "[server] needs spool_dir = ...: the directory that holds "
+		    "the journal, e.g. spool_dir = /var/spool/mxspool");
+	if (cfg->nlisten == 0)
+		return loader_fail(ld, ld->server_lines[SK_LISTEN],
+		    "listen: needs at least one host:port, e.g. listen = 0.0.0.0:25, [::]:25");
+	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL))
+		return loader_fail(ld,
+		    first_line(ld->tls_lines[TLSK_CERT], ld->tls_lines[TLSK_KEY], 0),
+		    "%s is set but %s is not: inbound STARTTLS needs both cert "
+		    "and key (or neither)",
+		    cfg->tls_cert ? "cert" : "key", cfg->tls_cert ? "key" : "cert");
+	if (cfg->ntenants == 0)
+		return loader_fail(ld, 0,
+		    "no [tenant:NAME] section: without a tenant the relay accepts "
+		    "no mail; add one with domains = ...");
+	for (size_t i = 0; i < cfg->ntenants; i++)
+		if (check_tenant(ld, i) != 0)
+			return -1;
+	return build_domain_index(ld);
+}
+
+static struct config *
+config_defaults(const char *name)
+{
+	struct config *cfg = xcalloc(1, sizeof(*cfg));
+	char host[CONFIG_HOST_MAX + 1];
+
+	cfg->path = xstrdup(name);
+	if (gethostname(host, sizeof(host)) != 0 || host[0] == '\0')
+		snprintf(host, sizeof(host), "localhost");
+	host[sizeof(host) - 1] = '\0';
+	cfg->hostname = xstrdup(host);
+	cfg->listen = xcalloc(2, sizeof(*cfg->listen));
+	cfg->nlisten = 2;
+	(void)hostport_reason("0.0.0.0", DEF_LISTEN_PORT, &cfg->listen[0]);
+	(void)hostport_reason("[::]", DEF_LISTEN_PORT, &cfg->listen[1]);
+	cfg->control_socket = xstrdup("/run/mxspool/control.sock");
+	cfg->max_connections = 10000;
+	cfg->max_connections_per_ip = 50;
+	cfg->max_message_size = 50 * MIB;
+	cfg->max_recipients = 1000;
+	cfg->max_line_length = 1000;
+	cfg->max_errors = 20;
+	cfg->smtp_timeout_ms = 5 * MIN_MS;
+	cfg->disk_reserve = 1 * GIB;
+	cfg->queue_lifetime_ms = 5 * DAY_MS;
+	cfg->delay_warning_ms = 4 * HOUR_MS;
+	cfg->mx_port = 25;
+	cfg->commit_window_ms = 0;
+	cfg->tls_outbound = CONFIG_TLS_OUT_OPPORTUNISTIC;
+	return cfg;
+}
+
+int
+config_load_stream(FILE *fp, const char *name, struct config **out, char *err,
+    size_t errlen)
+{
+	struct loader ld;
+	int rc;
+
+	memset(&ld, 0, sizeof(ld));
+	ld.name = name;
+	ld.fp = fp;
+	ld.err = err;
+	ld.errlen = errlen;
+	ld.cfg = config_defaults(name);
+	if (err != NULL && errlen > 0)
+		err[0] = '\0';
+	rc = ini_parse_stream(loader_read, &ld, loader_handle, &ld);
+	/* inih itself refuses lines that are neither comment, section nor
+	 * name=value; the first error wins, whichever side found it. */
+	if (rc > 0 && (!ld.failed || (unsigned)rc < ld.err_line)) {
+		ld.failed = false;
+		loader_fail(&ld, (unsigned)rc,
+		    "syntax error: expected \"key = value\", \"[section]\", "
+		    "an indented continuation line or a ; comment");
+	} else if (rc < 0 && !ld.failed) {
+		loader_fail(&ld, 0, "cannot parse: %s",
+		    rc == -2 ? "out of memory" : "cannot read");
+	}
+	if (!ld.failed)
+		loader_finish(&ld);
+	free(ld.buf);
+	free(ld.tmeta);
+	free(ld.doms);
+	if (ld.failed) {
+		config_free(ld.cfg);
+		*out = NULL;
+		return -1;
+	}
+	*out = ld.cfg;
+	return 0;
+}
+
+int
+config_load(const char *path, struct config **out, char *err, size_t errlen)
+{
+	FILE *fp = fopen(path, "re");
+	int rc;
+
+	*out = NULL;
+	if (fp == NULL) {
+		if (err != NULL && errlen > 0)
+			snprintf(err, errlen, "%s:0: cannot open the config file: %s",
+			    path, strerror(errno));
+		return -1;
+	}
+	rc = config_load_stream(fp, path, out, err, errlen);
+	fclose(fp);
+	return rc;
+}
+
+static void
+tenant_free(struct config_tenant *t)
+{
+	for (size_t i = 0; i < t->ndomains; i++)
+		free(t->domains[i]);
+	free(t->domains);
+	free(t->primaries);
+	free(t->recipients_file);
+	for (size_t i = 0; i < t->nrecipients; i++)
+		free(t->recipients[i]);
+	free(t->recipients);
+	free(t->etrn_from);
+}
+
+void
+config_free(struct config *cfg)
+{
+	if (cfg == NULL)
+		return;
+	free(cfg->path);
+	free(cfg->hostname);
+	free(cfg->listen);
+	free(cfg->spool_dir);
+	free(cfg->control_socket);
+	free(cfg->user);
+	free(cfg->dns_servers);
+	free(cfg->tls_cert);
+	free(cfg->tls_key);
+	free(cfg->tls_ca_file);
+	for (size_t i = 0; i < cfg->ntenants; i++)
+		tenant_free(&cfg->tenants[i]);
+	free(cfg->tenants);
+	free(cfg->domain_index);
+	free(cfg);
+}
+
+/* ---- lookups ---- */
+
+/* Compare a lookup key (LEN bytes, any case) with a lower-case entry. */
+static int
+cmp_key_entry(const char *k, size_t len, const char *e)
+{
+	for (size_t i = 0; i < len; i++) {
+		int a = ch_lower((unsigned char)k[i]), b = (unsigned char)e[i];
+
+		if (a != b)
+			return a - b;
+	}
+	return e[len] == '\0' ? 0 : -1;
+}
+
+const struct config_tenant *
+config_tenant_for_domain(const struct config *cfg, const char *domain,
+    size_t len)
+{
+	size_t lo = 0, hi;
+
+	if (cfg == NULL || domain == NULL)
+		return NULL;
+	if (len > 0 && domain[len - 1] == '.')
+		len--;
+	if (len == 0 || memchr(domain, '\0', len) != NULL)
+		return NULL;
+	if (cfg->domain_index == NULL) {
+		/* A config built by hand (tests of other modules): scan. */
+		for (size_t i = 0; i < cfg->ntenants; i++)
+			for (size_t j = 0; j < cfg->tenants[i].ndomains; j++)
+				if (cmp_key_entry(domain, len, cfg->tenants[i].domains[j]) == 0)
+					return &cfg->tenants[i];
+		return NULL;
+	}
+	hi = cfg->ndomain_index;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = cmp_key_entry(domain, len, cfg->domain_index[mid].domain);
+
+		if (c == 0)
+			return cfg->domain_index[mid].tenant;
+		if (c < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return NULL;
+}
+
+const struct config_tenant *
+config_tenant_by_name(const struct config *cfg, const char *name)
+{
+	if (cfg == NULL || name == NULL)
+		return NULL;
+	for (size_t i = 0; i < cfg->ntenants; i++)
+		if (strcmp(cfg->tenants[i].name, name) == 0)
+			return &cfg->tenants[i];
+	return NULL;
+}
+
+static bool
+recipients_has(const struct config_tenant *t, const char *s)
+{
+	return bsearch(&s, t->recipients, t->nrecipients, sizeof(*t->recipients),
+	    cmp_str) != NULL;
+}
+
+bool
+config_tenant_accepts(const struct config_tenant *t, const char *addr)
+{
+	char buf[ADDR_MAX];
+	size_t len;
+	char *at;
+
+	if (t == NULL || addr == NULL)
+		return false;
+	if (t->recipients_file == NULL)
+		return true;
+	len = strlen(addr);
+	if (len == 0 || len >= sizeof(buf))
+		return false;
+	memcpy(buf, addr, len + 1);
+	if (buf[len - 1] == '.')
+		buf[--len] = '\0';
+	util_lower(buf);
+	/* The last '@' splits: a quoted local part may itself hold one. */
+	at = strrchr(buf, '@');
+	if (at == NULL || at == buf || at[1] == '\0')
+		return false;
+	if (recipients_has(t, buf))
+		return true;
+	return recipients_has(t, at);
+}
