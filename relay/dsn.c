@@ -686,36 +686,19 @@ dsn_build(const struct dsn_report *r, struct dsn_output *out)
 			    (global ? "message/global" : "message/rfc822") :
 			    (global ? "message/global-headers" :
 			    "text/rfc822-headers");
-			size_t part_at;
+			bool h8 = false;
 
+			/* 8-bit header bytes (seen in the wild despite RFC 5322)
+			 * or an 8BITMIME body need an 8bit part; looking at the
+			 * whole buffer may over-declare, which is harmless. */
+			for (size_t i = 0; i < r->headers_len && !h8; i++)
+				h8 = (unsigned char)r->headers[i] >= 0x80;
 			sb_addf(&b, "\r\n--%s\r\nContent-Description: %s\r\n"
-			    "Content-Type: %s\r\n", boundary, include_body ?
-			    "Undelivered Message" : "Message Headers", type);
-			part_at = b.len;
+			    "Content-Type: %s\r\n%s\r\n", boundary, include_body ?
+			    "Undelivered Message" : "Message Headers", type,
+			    h8 || body8 || global ?
+			    "Content-Transfer-Encoding: 8bit\r\n" : "");
 			sb_add_headers(&b, r->headers, r->headers_len);
-			if (!b.oom) {
-				/* The part's own CTE must be known before its
-				 * body: look at the headers just added. */
-				bool h8 = false;
-				size_t hl = b.len - part_at;
-				char *hcopy;
-
-				for (size_t i = part_at; i < b.len; i++)
-					if ((unsigned char)b.p[i] >= 0x80)
-						h8 = true;
-				hcopy = malloc(hl + 1);
-				if (hcopy == NULL) {
-					b.oom = true;
-				} else {
-					memcpy(hcopy, b.p + part_at, hl);
-					b.len = part_at;
-					if (h8 || body8 || global)
-						sb_adds(&b, "Content-Transfer-Encoding: 8bit\r\n");
-					sb_adds(&b, "\r\n");
-					sb_add(&b, hcopy, hl);
-					free(hcopy);
-				}
-			}
 			if (include_body)
 				sb_adds(&b, "\r\n");  /* ends the original's header */
 		} else {

@@ -18,10 +18,10 @@
  * report-type=global-delivery-status).
  *
  * The original message is never needed in memory: the caller passes its
- * header section (bounded by DSN_HEADERS_MAX) and, when out->include_body is
- * set, sends out->prefix, then the original body (everything after the
- * empty line ending the header section, CRLF line endings, as spooled),
- * then out->suffix.
+ * header section (bounded by DSN_HEADERS_MAX) and sends out->prefix, then,
+ * only when out->include_body is set, the original body (everything after
+ * the empty line ending the header section, CRLF line endings, as spooled),
+ * then always out->suffix (the closing MIME delimiter).
  *
  * This module is pure: no clock (times are parameters), no I/O, no logging.
  */

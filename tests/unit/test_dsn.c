@@ -484,6 +484,19 @@ test_smtputf8(void **state)
 	assert_true(has_line(f.all, "Content-Type: text/plain; charset=utf-8"));
 	fixture_done(&f);
 
+	/* 8-bit bytes in the original's headers make that part (and the
+	 * report) 8bit, returned as they are. */
+	fixture_init(&f);
+	f.r.headers = "Subject: Gr\xfc\xdf" "e\r\n\r\n";
+	f.r.headers_len = strlen(f.r.headers);
+	f.r.ret = DSN_RET_HDRS;
+	assert_int_equal(build(&f), DSN_OK);
+	assert_true(f.out.eightbit);
+	assert_false(f.out.smtputf8);
+	assert_int_equal(count(f.all, "Content-Transfer-Encoding: 8bit\r\n"), 2);
+	assert_true(has_line(f.all, "Subject: Gr\xfc\xdf" "e"));
+	fixture_done(&f);
+
 	/* Not SMTPUTF8: non-ASCII in a reply is masked, the report stays 7bit. */
 	fixture_init(&f);
 	f.rc[0].diagnostic = "550 5.1.1 unbekannter Empf\xc3\xa4nger";
