@@ -72,7 +72,7 @@ struct dns_cache_entry {
 	struct dns_cache_entry *next;
 	int qtype;
 	char *name;
-	uint64_t expires;             /* uv_now() milliseconds */
+	uint64_t expires;             /* dns_now_ms() */
 	int status;                   /* DNS_OK, ENXDOMAIN, ENODATA, ENULLMX */
 	size_t n;
 	struct dns_mx *mx;            /* MX: one block with the host strings */
@@ -265,6 +265,18 @@ dns_mx_sort(struct dns_mx *mx, size_t n)
 
 /* ---- cache ------------------------------------------------------------ */
 
+/*
+ * Monotonic milliseconds for cache expiry.  Not uv_now(): the loop's cached
+ * time is only refreshed once per iteration, so a lookup made after a long
+ * callback (or between two uv_run() calls) would see a stale clock and
+ * serve expired answers.
+ */
+static uint64_t
+dns_now_ms(void)
+{
+	return uv_hrtime() / 1000000;
+}
+
 static unsigned
 dns_cache_hash(int qtype, const char *name)
 {
@@ -329,7 +341,7 @@ static struct dns_cache_entry *
 dns_cache_get(struct dns *dns, int qtype, const char *name)
 {
 	unsigned b = dns_cache_hash(qtype, name);
-	uint64_t now = uv_now(dns->loop);
+	uint64_t now = dns_now_ms();
 
 	for (struct dns_cache_entry **pp = &dns->cache[b]; *pp != NULL;) {
 		struct dns_cache_entry *e = *pp;
@@ -357,7 +369,7 @@ dns_cache_put(struct dns *dns, int qtype, const char *name, int status,
     size_t n)
 {
 	struct dns_cache_entry *e;
-	uint64_t now = uv_now(dns->loop);
+	uint64_t now = dns_now_ms();
 	unsigned b;
 
 	if (ttl_s == 0)
