@@ -796,9 +796,13 @@ fail_value(struct loader *ld, const struct key *k, const char *value,
     const char *what)
 {
 	char q[QBUF];
+	const char *hash = strchr(value, '#');
+	/* "key = 20 # note" is a classic from other config formats. */
+	bool hint = hash != NULL && hash > value && ch_space((unsigned char)hash[-1]);
 
-	return loader_fail(ld, ld->lineno, "%s: %s %s", k->name,
-	    quote(q, sizeof(q), value), what);
+	return loader_fail(ld, ld->lineno, "%s: %s %s%s", k->name,
+	    quote(q, sizeof(q), value), what,
+	    hint ? " (an inline comment starts with \" ;\", not \"#\")" : "");
 }
 
 /* Render a byte count the way a postmaster wrote it: 50M, not 52428800. */
@@ -1264,8 +1268,15 @@ loader_handle(void *user, const char *section, const char *name,
 
 	if (ld->failed)
 		return 0;
-	if (ld->cont)
+	if (ld->cont) {
+		/* Cannot happen while the reader mirrors inih; refuse, not crash. */
+		if (ld->prev_key == NULL || strcmp(name, ld->prev_key->name) != 0) {
+			loader_fail(ld, ld->lineno, "cannot tell which key this "
+			    "indented line continues: remove the indentation");
+			return 0;
+		}
 		return key_apply(ld, ld->prev_key, value, false) == 0;
+	}
 	if (ld->sect == SECT_NONE) {
 		loader_fail(ld, ld->lineno,
 		    "%s is outside any section: put it under [server], [tls] "
@@ -1420,6 +1431,29 @@ parse_header(struct loader *ld, char *start)
 }
 
 /*
+ * Does this name=value line leave inih with a key that an indented line may
+ * continue?  inih's rule: a '=' or ':' comes before any inline comment (a
+ * ';' after white space) and the name before it is not empty.
+ */
+static bool
+line_opens_key(const char *start)
+{
+	bool was_space = false;
+	const char *p;
+
+	for (p = start; *p != '\0' && *p != '=' && *p != ':'; p++) {
+		if (was_space && *p == ';')
+			return false;
+		was_space = ch_space((unsigned char)*p);
+	}
+	if (*p == '\0')
+		return false;
+	while (p > start && ch_space((unsigned char)p[-1]))
+		p--;
+	return p > start;
+}
+
+/*
  * The ini_reader: hands inih one line at a time and classifies it the way
  * ini_parse_stream will (same order of tests), so that loader_handle knows
  * what the next call means.  Returns NULL at end of file or after an error.
@@ -1469,7 +1503,8 @@ loader_read(char *str, int num, void *stream)
 	if ((size_t)num - 2 < len) {
 		loader_fail(ld, ld->lineno,
 		    "line too long (%zu characters, max %d): split the list over "
-		    "indented continuation lines", len, num - 2);
+		    "indented continuation lines (a line that starts with blanks "
+		    "continues the key above it)", len, num - 2);
 		return NULL;
 	}
 	if (start > line && ld->have_prev_key) {
@@ -1491,7 +1526,7 @@ loader_read(char *str, int num, void *stream)
 		memcpy(str, "[s]\n", 5);
 		return str;
 	} else {
-		ld->have_prev_key = true;
+		ld->have_prev_key = line_opens_key(start);
 	}
 	memcpy(str, line, len);
 	str[len] = '\n';

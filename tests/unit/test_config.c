@@ -626,6 +626,9 @@ test_syntax(void **state)
 
 	(void)state;
 	expect_fail(SERVER "just words\n" TENANT, 3, "syntax error");
+	/* A line without "=" opens no key, so the indented line after it is a
+	 * key line of its own, as inih reads it (found by the fuzzer). */
+	expect_fail("[server]\nspool_di\n  max_errors: 3\n" TENANT, 2, "syntax error");
 	expect_fail(SERVER TENANT "[tls\n", 5, "no closing ]");
 	expect_fail(SERVER TENANT "[tls] junk\n", 5, "unexpected text after the section header");
 	expect_fail(SERVER "max_errors\x01 = 3\n" TENANT, 3, "\\x01");
@@ -732,6 +735,8 @@ test_bad_values(void **state)
 	expect_fail(SERVER TENANT "drain_ramp = 5 m\n", 5, "drain_ramp: \"5 m\" is not a duration");
 	expect_fail(SERVER TENANT "drain_burst = 0.5\n", 5, "drain_burst: \"0.5\" must be 0");
 	expect_fail(SERVER TENANT "recipients =\n", 5, "recipients: must not be empty");
+	expect_fail(SERVER "max_errors = 20 # note\n" TENANT, 3,
+	    "(an inline comment starts with \" ;\", not \"#\")");
 }
 
 static void
@@ -1015,6 +1020,79 @@ test_open_and_stream(void **state)
 	assert_string_equal(err, "mem.ini:0: ");
 }
 
+static void
+test_example_file_is_defaults(void **state)
+{
+	/* contrib/mxspool.ini.example loads and every value in it is the default. */
+	const char *src = getenv("MXSPOOL_SRCDIR");
+	char path[1024], err[CONFIG_ERRLEN];
+	struct config *ex = NULL, *def;
+	const struct config_tenant *a, *b;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/contrib/mxspool.ini.example",
+	    src != NULL && *src != '\0' ? src : "..");
+	if (access(path, R_OK) != 0)
+		skip();
+	if (config_load(path, &ex, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+	def = load_ok(SERVER TENANT);
+#define SAME(f) assert_true(ex->f == def->f)
+	assert_string_equal(ex->hostname, def->hostname);
+	assert_int_equal(ex->nlisten, def->nlisten);
+	for (size_t i = 0; i < ex->nlisten; i++) {
+		assert_string_equal(ex->listen[i].host, def->listen[i].host);
+		SAME(listen[i].port);
+	}
+	assert_string_equal(ex->spool_dir, def->spool_dir);
+	assert_string_equal(ex->control_socket, def->control_socket);
+	SAME(has_metrics);
+	assert_null(ex->user);
+	SAME(max_connections);
+	SAME(max_connections_per_ip);
+	SAME(max_message_size);
+	SAME(max_recipients);
+	SAME(max_line_length);
+	SAME(max_errors);
+	SAME(smtp_timeout_ms);
+	SAME(disk_reserve);
+	SAME(queue_lifetime_ms);
+	SAME(delay_warning_ms);
+	SAME(ndns_servers);
+	SAME(mx_port);
+	SAME(has_bounce_relay);
+	SAME(commit_window_ms);
+	assert_null(ex->tls_cert);
+	assert_null(ex->tls_key);
+	assert_null(ex->tls_ca_file);
+	SAME(tls_outbound);
+	SAME(ntenants);
+#undef SAME
+	a = &ex->tenants[0];
+	b = &def->tenants[0];
+#define SAME(f) assert_true(a->f == b->f)
+	assert_int_equal(a->ndomains, 2);
+	SAME(primary_mx);
+	SAME(nprimaries);
+	assert_null(a->recipients_file);
+	SAME(quota);
+	SAME(quota_messages);
+	SAME(drain_rate);
+	SAME(drain_initial_rate);
+	SAME(drain_burst);
+	SAME(drain_bandwidth);
+	SAME(drain_concurrency);
+	SAME(drain_ramp_ms);
+	SAME(messages_per_connection);
+	SAME(probe_interval_ms);
+	SAME(probe_up_after);
+	SAME(netrn_from);
+	assert_memory_equal(&a->etrn_from[0], &b->etrn_from[0], sizeof(a->etrn_from[0]));
+#undef SAME
+	config_free(ex);
+	config_free(def);
+}
+
 int
 main(void)
 {
@@ -1043,6 +1121,7 @@ main(void)
 		cmocka_unit_test(test_files),
 		cmocka_unit_test(test_reload_sees_file_changes),
 		cmocka_unit_test(test_open_and_stream),
+		cmocka_unit_test(test_example_file_is_defaults),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
