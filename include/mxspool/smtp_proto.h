@@ -142,9 +142,12 @@ struct smtp_cmd {
  *   VRFY/EXPN/AUTH  a non-empty argument
  *   DATA/RSET/QUIT/STARTTLS  no argument;  NOOP/HELP  any argument
  * OUT is always filled as far as parsed (OUT->verb is set even on syntax
- * errors).  Returns SMTP_PROTO_OK, SMTP_PROTO_EUNKNOWN, SMTP_PROTO_ESYNTAX,
- * SMTP_PROTO_ETOOLONG (LEN > SMTP_PROTO_LINE_MAX - 2), SMTP_PROTO_ETOOBIG
- * (BDAT size does not fit in 64 bits), SMTP_PROTO_EINVAL (NULL args).
+ * errors).  Returns SMTP_PROTO_OK, SMTP_PROTO_EUNKNOWN, SMTP_PROTO_ESYNTAX
+ * (includes MAIL without "FROM:" or with nothing after it),
+ * SMTP_PROTO_ESENDER / SMTP_PROTO_ERCPT (the MAIL / RCPT path is not
+ * "<...>" followed by the end or a space), SMTP_PROTO_ETOOLONG (LEN >
+ * SMTP_PROTO_LINE_MAX - 2), SMTP_PROTO_ETOOBIG (BDAT size does not fit in
+ * 64 bits), SMTP_PROTO_EINVAL (NULL args).
  * MAIL/RCPT paths and parameters are checked by smtp_proto_parse_mail() and
  * smtp_proto_parse_rcpt(), not here.
  */
@@ -364,8 +367,8 @@ int smtp_proto_xtext_encode(const char *in, size_t inlen, char *out,
     size_t outsz, size_t *outlen);
 /*
  * Decode xtext IN[0..INLEN) into OUT (OUTSZ octets, NUL-terminated; decoded
- * NULs are refused).  SMTP_PROTO_OK, SMTP_PROTO_ESYNTAX (not xtext) or
- * SMTP_PROTO_ENOSPC.
+ * NULs are refused).  OUT may be IN.  SMTP_PROTO_OK, SMTP_PROTO_ESYNTAX (not
+ * xtext) or SMTP_PROTO_ENOSPC.
  */
 int smtp_proto_xtext_decode(const char *in, size_t inlen, char *out,
     size_t outsz, size_t *outlen);
@@ -378,8 +381,10 @@ int smtp_proto_xtext_decode(const char *in, size_t inlen, char *out,
  * may be NULL or "" (no enhanced code, e.g. the greeting or EHLO keywords).
  * BUF is NUL-terminated and *LEN gets the length without the NUL.
  * SMTP_PROTO_OK, SMTP_PROTO_ENOSPC (BUF too small; nothing usable written),
- * SMTP_PROTO_EINVAL (CODE not 200..599, CR or NUL in TEXT, or a line longer
- * than SMTP_PROTO_REPLY_LINE_MAX with its CRLF).
+ * SMTP_PROTO_EINVAL (CODE not 200..599, ENH not a "c.s.d" code of CODE's
+ * class, a control character other than TAB in TEXT, a line longer than
+ * SMTP_PROTO_REPLY_LINE_MAX with its CRLF, or more than
+ * SMTP_PROTO_REPLY_LINES_MAX lines).
  */
 int smtp_proto_format_reply(char *buf, size_t size, size_t *len, int code,
     const char *enh, const char *text);
