@@ -314,7 +314,8 @@ int smtp_proto_parse_rcpt(const struct smtp_cmd *cmd, bool smtputf8,
  * <CR><LF> before the final dot belongs to the message.
  *
  * A bare LF, a CR not followed by LF, or a text line longer than the limit
- * is an error.  Such octets never end a line, so "\n.\n", "\r.\r",
+ * is an error.  Other octets, NUL and 8-bit ones included, pass unchanged
+ * (8BITMIME content is not this decoder's business).  Such octets never end a line, so "\n.\n", "\r.\r",
  * "\n.\r\n" or "\r\n.\n" can neither end nor split a message.
  *
  * Error policy (chosen): after the first error the decoder stops producing
