@@ -249,14 +249,17 @@ class Daemon:
     # -- config
 
     def default_server(self):
-        dns_port = self.dns.port if self.dns is not None else self.dead_port
+        if self.dns is not None:
+            dns_servers = getattr(self.dns, "address", None) or "127.0.0.1:%d" % self.dns.port
+        else:
+            dns_servers = "127.0.0.1:%d" % self.dead_port
         return {
             "hostname": "mx.test",
             "listen": "127.0.0.1:%d" % self.smtp_port,
             "spool_dir": self.spool_dir,
             "control_socket": self.control_socket,
             "metrics_listen": "127.0.0.1:%d" % self.metrics_port,
-            "dns_servers": "127.0.0.1:%d" % dns_port,
+            "dns_servers": dns_servers,
         }
 
     def primary_hostport(self):
@@ -548,7 +551,7 @@ class NotifySocket:
         self.path = os.path.join(d, "notify.sock")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
-        self.sock.settimeout(0.1)
+        self.sock.setblocking(False)
         self.messages = []      # one list of "KEY=VALUE" strings per datagram
 
     def poll(self):

@@ -356,10 +356,16 @@ def test_notify_socket(notify_socket):
         notify_socket.wait_for("RELOADING=1", timeout=0.2)
 
 
-def test_dns_fixture(dns):
-    # The dns fixture starts a DNS server on a local port (skipped until dnsserver.py exists).
-    s = dns({})
+def test_dns_fixture(dns, tmp_path):
+    # The dns fixture starts a DNS server on loopback that answers, and Daemon points dns_servers at it.
+    import dnslib
+    s = dns({"example.test": {"MX": [(10, "mx1.example.test")]}})
     assert isinstance(s.port, int) and s.port > 0
+    q = dnslib.DNSRecord.question("example.test", "MX")
+    a = dnslib.DNSRecord.parse(q.send("127.0.0.1", s.port, timeout=5))
+    assert [str(r.rdata.label) for r in a.rr] == ["mx1.example.test."]
+    d = mxtest.Daemon(tmp_path / "d", dns=s)
+    assert d.server["dns_servers"] == "127.0.0.1:%d" % s.port
 
 
 # ---- Daemon lifecycle against stand-in programs --------------------------
