@@ -431,9 +431,18 @@ class Daemon:
         problems = []
         if self.running:
             try:
-                self.stop()
+                rc = self.stop()
+                if rc != 0:
+                    problems.append("mxspoold exited %s on SIGTERM at teardown; log:\n%s"
+                                    % (rc, self.log_tail()))
             except DaemonError as e:
                 problems.append(str(e))
+        elif self.proc is not None:
+            self._reap()
+            rc = self.returncode
+            if rc is not None and rc < 0 and not self.killed:
+                problems.append("mxspoold died of signal %d during the test; log:\n%s"
+                                % (-rc, self.log_tail()))
         self._close_log()
         if self.running:  # pragma: no cover - stop() kills
             self.kill9()

@@ -7,6 +7,7 @@ helpers parse logs and write configs as documented.
 """
 
 import configparser
+import os
 import re
 import smtplib
 import socket
@@ -487,3 +488,18 @@ def test_daemon_wait_log_bounded(fake_build, daemon_factory):
     with pytest.raises(mxtest.DaemonError) as ei:
         d.wait_log("never", timeout=0.3)
     assert "event=ready" in str(ei.value)
+
+
+def test_daemon_crash_is_reported_at_teardown(fake_build, tmp_path):
+    # A daemon that died of a signal the test did not send is a teardown problem.
+    import signal as sig
+    d = mxtest.Daemon(tmp_path / "d")
+    d.start()
+    os.kill(d.pid, sig.SIGSEGV)
+    d.wait_exit(5)
+    problems = d.cleanup()
+    assert problems and "died of signal %d" % sig.SIGSEGV in problems[0]
+    d2 = mxtest.Daemon(tmp_path / "d2")
+    d2.start()
+    d2.kill9()
+    assert d2.cleanup() == []
