@@ -2,7 +2,7 @@
  * config.c - the INI file (inih) turned into a validated struct config.
  *
  * inih splits lines into section / name / value and strips comments, but the
- * system build (Debian, r55) has three limits we must work around:
+ * system build (Debian, r55) has four limits we must work around:
  *
  *  - its handler gets no line number, so we feed inih through our own
  *    ini_reader (loader_read) which counts the lines it hands out; every
@@ -12,13 +12,22 @@
  *    itself with a message that names the cure (continuation lines);
  *  - section names are cut at 49 bytes (too short for [tenant:NAME] with a
  *    64-byte NAME), so the reader parses section headers itself and hands
- *    inih a stub "[s]" that only resets its continuation state.
+ *    inih a stub "[s]" that only resets its continuation state;
+ *  - "; comments" are stripped from name=value lines but not from indented
+ *    continuation lines, so the reader strips those.
  *
  * The reader therefore classifies each line exactly as inih's
  * ini_parse_stream does (comment, continuation, section, name=value), in the
  * same order, so that it knows whether the next handler call is a new key or
  * an indented continuation of the previous one.  The first error stops the
  * parse: the reader returns NULL once one is recorded.
+ *
+ * Checks that need the whole file run after the parse (loader_finish):
+ * required keys, cert/key pairs, per-tenant consistency, domains claimed
+ * twice (found by sorting every domain with the line it was written on,
+ * which also gives the sorted index config_tenant_for_domain() searches),
+ * and last the recipients files, whose entries are checked against that
+ * index.
  *
  * Ownership: a struct config and everything it points to is allocated here
  * and freed by config_free().  Memory comes from the x-allocators (abort on
@@ -297,6 +306,9 @@ domain_reason(const char *s, size_t len)
 		if (++label > 63)
 			return "has a label longer than 63 characters";
 	}
+	/* "a.example.." is an empty label after the root dot, not a name. */
+	if (label == 0)
+		return "has an empty label";
 	if (s[len - 1] == '-')
 		return "has a label ending in -";
 	return NULL;
@@ -1542,15 +1554,6 @@ cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static bool
-tenant_has_domain(const struct config_tenant *t, const char *d, size_t len)
-{
-	for (size_t i = 0; i < t->ndomains; i++)
-		if (strlen(t->domains[i]) == len && memcmp(t->domains[i], d, len) == 0)
-			return true;
-	return false;
-}
-
 /*
  * Load a recipients file: one "user@domain" or "@domain" per line, '#'
  * comments, blank lines, any case.  Errors name the recipients file and its
@@ -1583,6 +1586,8 @@ load_recipients(struct loader *ld, struct config_tenant *t, unsigned cfgline)
 
 		line++;
 		if (memchr(buf, '\0', (size_t)got) != NULL) {
+			/* Errors on the file's own lines carry its name and line;
+			 * WHERE points back to the config line naming it. */
 			ld->name = path;
 			loader_fail(ld, line, "contains a NUL byte %s", where);
 			goto done;
@@ -1611,7 +1616,7 @@ load_recipients(struct loader *ld, struct config_tenant *t, unsigned cfgline)
 			*--e = '\0';
 		util_lower(s);
 		if (domain_reason(at + 1, strlen(at + 1)) != NULL ||
-		    !tenant_has_domain(t, at + 1, strlen(at + 1))) {
+		    config_tenant_for_domain(ld->cfg, at + 1, strlen(at + 1)) != t) {
 			ld->name = path;
 			loader_fail(ld, line,
 			    "%s: the domain is not one of the tenant's domains %s",
@@ -1728,9 +1733,6 @@ check_tenant(struct loader *ld, size_t i)
 		    "the tenant could not hold even one message",
 		    t->name, fmt_size(a, sizeof(a), t->quota),
 		    fmt_size(b, sizeof(b), cfg->max_message_size));
-	if (t->recipients_file != NULL &&
-	    load_recipients(ld, t, m->lines[TK_RECIPIENTS]) != 0)
-		return -1;
 	return 0;
 }
 
@@ -1759,7 +1761,15 @@ loader_finish(struct loader *ld)
 	for (size_t i = 0; i < cfg->ntenants; i++)
 		if (check_tenant(ld, i) != 0)
 			return -1;
-	return build_domain_index(ld);
+	if (build_domain_index(ld) != 0)
+		return -1;
+	/* Last, so that each entry's domain is checked through the index. */
+	for (size_t i = 0; i < cfg->ntenants; i++)
+		if (cfg->tenants[i].recipients_file != NULL &&
+		    load_recipients(ld, &cfg->tenants[i],
+		    ld->tmeta[i].lines[TK_RECIPIENTS]) != 0)
+			return -1;
+	return 0;
 }
 
 static struct config *

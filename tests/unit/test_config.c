@@ -218,6 +218,7 @@ test_parse_hostport(void **state)
 	assert_int_equal(config_parse_hostport("-bad.example", 25, &hp), -1);
 	assert_int_equal(config_parse_hostport("", 25, &hp), -1);
 	assert_int_equal(config_parse_hostport("*:25", 25, &hp), -1);
+	assert_int_equal(config_parse_hostport("mx.example..:25", 25, &hp), -1);
 }
 
 static void
@@ -820,6 +821,9 @@ test_domains(void **state)
 	    "a.example is listed twice in [tenant:a] (also at line 4)");
 	expect_fail(SERVER TENANT "[tenant:b]\ndomains = bad..example\n", 6,
 	    "domains: \"bad..example\" is not a mail domain: it has an empty label");
+	expect_fail(SERVER TENANT "[tenant:b]\ndomains = b.example..\n", 6,
+	    "domains: \"b.example..\" is not a mail domain: it has an empty label");
+	expect_fail(SERVER TENANT "[tenant:b]\ndomains = .\n", 6, "it is empty");
 	expect_fail(SERVER TENANT "[tenant:b]\ndomains = 192.0.2.1\n", 6, "looks like an IP address");
 	expect_fail(SERVER TENANT "[tenant:b]\ndomains = under_score.example\n", 6,
 	    "may only hold letters, digits");
