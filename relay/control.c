@@ -861,7 +861,7 @@ control_new(struct relay *r, struct control **out, char *err, size_t errlen)
 	dir = xstrdup(path);
 	if ((slash = strrchr(dir, '/')) != NULL && slash != dir) {
 		*slash = '\0';
-		if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+		if (util_mkdir_p(dir, 0755) != 0) {
 			snprintf(err, errlen, "control_socket %s: cannot create %s: %s", path,
 			    dir, strerror(errno));
 			free(dir);

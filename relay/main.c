@@ -249,7 +249,7 @@ main_lock_spool(const char *dir, int *fdp)
 	char path[4096], buf[32];
 	int fd, n;
 
-	if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
+	if (util_mkdir_p(dir, 0750) != 0) {
 		fprintf(stderr, "mxspoold: cannot create spool_dir %s: %s\n", dir, strerror(errno));
 		return EX_CANTCREAT;
 	}

@@ -25,4 +25,7 @@ int64_t util_mono_ms(void);
 int util_strncasecmp(const char *a, const char *b, size_t len);
 void util_lower(char *s);
 
+/* mkdir -p: create PATH and its missing parents.  0 or -1 with errno. */
+int util_mkdir_p(const char *path, unsigned mode);
+
 #endif
