@@ -65,7 +65,8 @@ struct spool_envelope {
 	enum spool_ret ret;
 	enum spool_body body;
 	bool smtputf8;
-	int64_t arrival_ms;           /* set by the spool at commit if 0 */
+	int64_t arrival_ms;           /* 0: the spool sets it at begin (= the
+	                                 * queue id's time) */
 	char *client;                 /* "helo [addr]" for logs and DSNs, or NULL */
 	size_t nrcpt;
 	struct spool_rcpt *rcpt;
@@ -102,12 +103,14 @@ int spool_open(uv_loop_t *loop, const struct spool_options *opts,
 /* Stop taking work, wait for in-flight commits, then call DONE (may be NULL). */
 void spool_close(struct spool *sp, void (*done)(void *arg), void *arg);
 
-/* Per-tenant limits, from the config; a tenant never set has no limit. */
+/* Per-tenant limits, from the config; a tenant never set has no limit, and
+ * 0 means no limit for that figure.  Quota bytes count journal bytes. */
 void spool_set_quota(struct spool *sp, const char *tenant, uint64_t bytes,
     uint64_t messages);
 void spool_set_disk_reserve(struct spool *sp, uint64_t bytes);
 
 /* Admission: could TENANT take one more message of SIZE bytes right now?
+ * TENANT NULL checks the disk reserve only (MAIL, before any RCPT).
  * Returns 0, SPOOL_EQUOTA or SPOOL_ENOSPC. */
 int spool_check(struct spool *sp, const char *tenant, uint64_t size);
 
@@ -119,6 +122,12 @@ int spool_check(struct spool *sp, const char *tenant, uint64_t size);
  * to the journal and consumes it: CB runs exactly once, later, with 0 only
  * after the fdatasync covering the record returned success.  abort consumes
  * the tx and leaves no live record, whatever state it is in.
+ *
+ * commit returns 0 (CB will run), or a negative status (SPOOL_EQUOTA,
+ * SPOOL_ENOSPC, SPOOL_ECLOSED, SPOOL_ENOMEM): then the tx is consumed too and
+ * CB never runs.  The one exception is SPOOL_EINVAL while a spill is pending
+ * (misuse): the tx is not consumed.  A write buffers up to 64 KiB per tx plus
+ * whatever a single call passes; beyond that the data goes to DIR/tmp/<qid>.
  */
 typedef void (*spool_done_cb)(void *arg, int status);
 typedef void (*spool_commit_cb)(void *arg, int status, spool_qid qid);
@@ -188,9 +197,9 @@ uint64_t spool_total_messages(struct spool *sp);
 struct spool_item {
 	spool_qid qid;
 	const char *tenant;
-	int64_t arrival_ms;
-	int64_t next_attempt_ms;
-	uint64_t size;
+	int64_t arrival_ms;           /* the queue id's time (see envelope) */
+	int64_t next_attempt_ms;      /* 0 = due at once */
+	uint64_t size;                /* journal bytes: record incl. envelope */
 	unsigned attempts;
 	bool claimed;
 };
