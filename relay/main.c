@@ -33,6 +33,7 @@
 #include "mxspool/relay.h"
 #include "mxspool/smtp_server.h"
 #include "mxspool/spool.h"
+#include "mxspool/tls.h"
 #include "mxspool/util.h"
 
 #define MAIN_GRACE_MS 10000     /* sessions and deliveries finishing on stop */
@@ -149,14 +150,33 @@ relay_reload(struct relay *r, char *err, size_t errlen)
 		main_notify("READY=1");
 		return -1;
 	}
+	/* Certificates are re-read so that a renewed one is picked up; a file
+	 * that OpenSSL refuses makes the whole reload fail. */
+	struct tls_ctx *tls = NULL;
+
+	if (cfg->tls_cert && cfg->tls_key &&
+	    tls_server_ctx_new(cfg->tls_cert, cfg->tls_key, &tls, err, errlen) != TLS_OK) {
+		char msg[1024];
+
+		snprintf(msg, sizeof(msg), "%s:0: [tls] cert/key: %s", cfg->path, err);
+		snprintf(err, errlen, "%s", msg);
+		config_free(cfg);
+		log_event(LOG_LEVEL_ERR, "reload", "result=refused error=%s",
+		    log_quote(q, sizeof(q), err));
+		main_notify("READY=1");
+		return -1;
+	}
 	main_warn_restart_keys(r->cfg, cfg);
 	/*
 	 * The listen, spool and control keys keep their old values until a
 	 * restart; everything else is taken from the new file as a whole.
+	 * Sessions already in TLS keep their own reference to the old context.
 	 */
 	struct config *old = r->cfg;
 
 	r->cfg = cfg;
+	tls_ctx_free(r->tls_server);
+	r->tls_server = tls;
 	if (r->spool)
 		main_apply_quotas(r);
 	if (r->drain)
