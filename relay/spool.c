@@ -237,6 +237,7 @@ struct spool_msg {
 	int fd;
 	uint64_t size, data_off;
 	uint8_t *rbuf;
+	size_t rcap;
 	int reading;
 	bool freed;
 };
@@ -283,6 +284,7 @@ struct spool {
 	bool maint_running;
 	bool maint_stuck;             /* an unlink failed: stop deleting */
 
+	uint64_t nsyncs;              /* flush jobs that reached fdatasync */
 	unsigned nreqs;               /* work requests in flight */
 	unsigned nhandles;            /* open handles */
 	bool closing, closed_handles;
@@ -1234,7 +1236,8 @@ recover(struct spool *sp, struct spool_recovery_stats *st)
 		nos[n++] = v;
 	}
 	(void)closedir(d);
-	qsort(nos, n, sizeof(*nos), u64_cmp);
+	if (n > 0)
+		qsort(nos, n, sizeof(*nos), u64_cmp);
 
 	w.buf = xmalloc(w.cap);
 	sp->recovering = true;
@@ -1248,6 +1251,24 @@ recover(struct spool *sp, struct spool_recovery_stats *st)
 	if (rc != 0)
 		return rc;
 
+	/* Replay grew the entry array by half each time; give the slack back
+	 * (it is the bulk of the index). */
+	if (sp->nents > 0 && sp->nents < sp->capents) {
+		struct ent *shrunk = realloc(sp->ents, (size_t)sp->nents * sizeof(*shrunk));
+
+		if (shrunk != NULL) {
+			sp->ents = shrunk;
+			sp->capents = sp->nents;
+		}
+	}
+	for (uint32_t i = 0; i < sp->ntenants; i++) {
+		struct tenant *t = sp->tenants[i];
+
+		if (t->messages > 0) {
+			t->wait.cap = (uint32_t)t->messages;
+			t->wait.v = xmalloc(t->wait.cap * sizeof(uint32_t));
+		}
+	}
 	/* Build what replay skipped: segment liveness, heaps, oldest. */
 	for (uint32_t i = 0; i < sp->nents; i++) {
 		struct ent *e = &sp->ents[i];
@@ -1257,10 +1278,6 @@ recover(struct spool *sp, struct spool_recovery_stats *st)
 			continue;
 		seg_account(sp, e->seg, e->len, +1);
 		t = sp->tenants[e->tenant];
-		if (t->wait.n == t->wait.cap) {
-			t->wait.cap = t->wait.cap ? t->wait.cap * 2 : 64;
-			t->wait.v = xrealloc(t->wait.v, t->wait.cap * sizeof(uint32_t));
-		}
 		h_set(sp, &t->wait, t->wait.n++, i);
 		ent_set(e, ENT_WAITING);
 		st->messages++;
@@ -1529,6 +1546,7 @@ flush_after(uv_work_t *req, int uvstatus)
 
 	sp->nreqs--;
 	sp->flush_running = false;
+	sp->nsyncs++;
 	for (size_t i = 0; i < job->ncreated; i++)
 		seg_add(sp, job->created[i]);
 	sp->active_segno = sp->w.fd >= 0 ? sp->w.segno : 0;
@@ -2497,7 +2515,7 @@ load_work(uv_work_t *req)
 		goto done;
 	}
 	/* Verify the whole record, streaming, before anyone trusts it. */
-	chunk = malloc(READ_CHUNK_MAX);
+	chunk = malloc(h.len < READ_CHUNK_MAX ? h.len : READ_CHUNK_MAX);
 	if (chunk == NULL) {
 		rc = SPOOL_ENOMEM;
 		goto done;
@@ -2732,10 +2750,14 @@ spool_msg_read(struct spool_msg *m, uint64_t offset, size_t max,
 
 	if (m->reading > 0 || max == 0)
 		return SPOOL_EINVAL;  /* one read at a time: BUF is shared */
-	if (max > READ_CHUNK_MAX)
-		max = READ_CHUNK_MAX;
-	if (m->rbuf == NULL && (m->rbuf = malloc(READ_CHUNK_MAX)) == NULL)
-		return SPOOL_ENOMEM;
+	/* The buffer is sized for this message, at most READ_CHUNK_MAX. */
+	if (m->rbuf == NULL) {
+		m->rcap = m->size < READ_CHUNK_MAX ? (size_t)m->size + 1 : READ_CHUNK_MAX;
+		if ((m->rbuf = malloc(m->rcap)) == NULL)
+			return SPOOL_ENOMEM;
+	}
+	if (max > m->rcap)
+		max = m->rcap;
 	r = calloc(1, sizeof(*r));
 	if (r == NULL)
 		return SPOOL_ENOMEM;
@@ -2958,7 +2980,8 @@ spool_foreach(struct spool *sp, const char *tenant,
 		if ((ent_flags(e) & ENT_LIVE) && (tenant == NULL || e->tenant == tidx))
 			q[n++] = e->qid;
 	}
-	qsort(q, n, sizeof(*q), u64_cmp);
+	if (n > 0)
+		qsort(q, n, sizeof(*q), u64_cmp);
 	for (size_t i = 0; i < n; i++) {
 		uint32_t idx = ht_find(sp, q[i]);
 		struct spool_item it;
@@ -2981,6 +3004,12 @@ spool_find(struct spool *sp, spool_qid qid, struct spool_item *out)
 		return SPOOL_ENOENT;
 	item_fill(sp, &sp->ents[idx], out);
 	return 0;
+}
+
+uint64_t
+spool_flush_count(const struct spool *sp)
+{
+	return sp->nsyncs;
 }
 
 size_t

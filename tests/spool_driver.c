@@ -4,12 +4,14 @@
  *
  *   spool_driver run DIR SEED PRODUCERS [COUNT [SEGSIZE]]
  *     PRODUCERS concurrent transactions append messages whose bytes derive
- *     from SEED and a counter; every fifth acknowledged message then has its
+ *     from SEED and a counter; every second acknowledged message then has its
  *     recipient marked delivered.  Prints, flushed, only after the callback:
  *       ACK <qid> <seed> <counter> <size>     commit returned 0
  *       NACK <qid> <seed> <counter> <status>  commit failed
  *       DONE <qid>                            the delivery record is durable
- *     Runs until killed, or until COUNT messages were acknowledged.
+ *     Runs until killed, or until COUNT messages were acknowledged.  With
+ *     SPOOL_DRIVER_PAUSE_MS=N in the environment each producer waits N ms
+ *     between messages (keeps sanitizer runs of the crash loop short).
  *
  *   spool_driver verify DIR
  *     Opens (recovers) the spool and prints one line per message,
@@ -21,6 +23,7 @@
 #include "config.h"
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +35,7 @@ static struct spool *sp;
 static uint64_t seed, next_counter, acked, want;
 static int exit_code;
 static bool stopping;
+static uint64_t pause_ms;
 
 static uint32_t
 prng(uint64_t *s)
@@ -71,6 +75,7 @@ msg_fill(uint64_t sd, uint64_t counter, uint8_t *buf, size_t len)
 /* ---- run --------------------------------------------------------------- */
 
 struct producer {
+	uv_timer_t pause;
 	struct spool_tx *tx;
 	uint64_t counter;
 	spool_qid qid;
@@ -87,13 +92,27 @@ on_closed(void *arg)
 	(void)arg;
 }
 
+static struct producer *producers;
+static int nproducers;
+
 static void
 maybe_stop(void)
 {
 	if (stopping || want == 0 || acked < want)
 		return;
 	stopping = true;
+	for (int i = 0; i < nproducers; i++)
+		uv_close((uv_handle_t *)&producers[i].pause, NULL);
 	spool_close(sp, on_closed, NULL);
+}
+
+static void
+pause_done(uv_timer_t *t)
+{
+	struct producer *p = t->data;
+
+	if (!stopping)
+		producer_start(p);
 }
 
 static void
@@ -123,7 +142,7 @@ on_commit(void *arg, int status, spool_qid qid)
 	} else
 		printf("NACK %s %" PRIu64 " %" PRIu64 " %d\n", qs, seed, p->counter, status);
 	fflush(stdout);
-	if (status == 0 && p->counter % 5 == 0 && !stopping) {
+	if (status == 0 && p->counter % 2 == 0 && !stopping) {
 		spool_qid *q = malloc(sizeof(*q));
 
 		*q = qid;
@@ -134,7 +153,11 @@ on_commit(void *arg, int status, spool_qid qid)
 	p->data = NULL;
 	p->tx = NULL;
 	maybe_stop();
-	if (!stopping)
+	if (stopping)
+		return;
+	if (pause_ms > 0)
+		uv_timer_start(&p->pause, pause_done, pause_ms, 0);
+	else
 		producer_start(p);
 }
 
@@ -238,6 +261,14 @@ do_run(const char *dir, int nprod, uint64_t segsize)
 	/* (seed, counter) names a message: each run uses a fresh seed. */
 	next_counter = 0;
 	ps = calloc((size_t)nprod, sizeof(*ps));
+	producers = ps;
+	nproducers = nprod;
+	if (getenv("SPOOL_DRIVER_PAUSE_MS") != NULL)
+		pause_ms = strtoull(getenv("SPOOL_DRIVER_PAUSE_MS"), NULL, 10);
+	for (int i = 0; i < nprod; i++) {
+		uv_timer_init(loop, &ps[i].pause);
+		ps[i].pause.data = &ps[i];
+	}
 	for (int i = 0; i < nprod; i++)
 		producer_start(&ps[i]);
 	uv_run(loop, UV_RUN_DEFAULT);
