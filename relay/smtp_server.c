@@ -79,6 +79,7 @@ struct smtp_tx {
 	uint64_t size;                /* message octets received */
 	int error;                    /* first data error: reply at the end */
 	bool too_big;
+	bool spilling;                /* spool_tx_write() answered SPOOL_PENDING */
 	bool bdat;                    /* BDAT used: DATA no longer allowed */
 	/* BDAT */
 	uint64_t chunk_left;
@@ -171,9 +172,13 @@ smtp_tx_free(struct smtp_session *sess)
 
 	if (tx == NULL)
 		return;
-	/* The single place where an open journal transaction is rolled back. */
+	/* The single place where an open journal transaction is rolled back.
+	 * An abort during a spill cancels the spill's callback, so the
+	 * reference it held on the session goes here. */
 	if (tx->stx)
 		spool_tx_abort(tx->stx);
+	if (tx->spilling)
+		sess->pending--;   /* from smtp_tx_append() */
 	for (size_t i = 0; i < tx->nrcpt; i++) {
 		free(tx->rcpt[i].addr);
 		free(tx->rcpt[i].orcpt);
@@ -471,7 +476,8 @@ smtp_on_spool_write(void *arg, int status)
 {
 	struct smtp_session *sess = arg;
 
-	sess->pending--;
+	sess->pending--;   /* from smtp_tx_append() */
+	sess->tx->spilling = false;
 	if (sess->closing) {
 		smtp_session_free(sess);
 		return;
@@ -509,7 +515,8 @@ smtp_tx_append(struct smtp_session *sess, const char *data, size_t len)
 		return true;
 	rc = spool_tx_write(tx->stx, data, len, smtp_on_spool_write, sess);
 	if (rc == SPOOL_PENDING) {
-		sess->pending++;
+		sess->pending++;   /* until smtp_on_spool_write() or smtp_tx_free() */
+		tx->spilling = true;
 		return false;
 	}
 	if (rc < 0) {
