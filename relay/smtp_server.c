@@ -900,6 +900,7 @@ static void
 smtp_cmd_starttls(struct smtp_session *sess, const struct smtp_cmd *cmd)
 {
 	struct tls_ctx *ctx = sess->srv->relay->tls_server;
+	struct tls_conn *tls;
 
 	if (ctx == NULL) {
 		smtp_reply(sess, "502 5.5.1 Error: command not implemented");
@@ -918,13 +919,21 @@ smtp_cmd_starttls(struct smtp_session *sess, const struct smtp_cmd *cmd)
 	}
 	if (sess->cipher == NULL)
 		sess->cipher = malloc(SMTP_CIPHER_MAX);
-	sess->tls = sess->cipher ? tls_conn_new(ctx, true, NULL) : NULL;
-	if (sess->tls == NULL) {
+	tls = sess->cipher ? tls_conn_new(ctx, true, NULL) : NULL;
+	if (tls == NULL) {
 		smtp_reply(sess, "454 4.7.0 TLS not available due to local problem");
 		return;
 	}
+	/* The 220 (and any reply queued before it) goes out in clear: flush
+	 * before setting sess->tls, or smtp_flush() would hold it in the TLS
+	 * conn until a handshake the client only starts after reading it. */
 	smtp_reply(sess, "220 2.0.0 Ready to start TLS");
 	smtp_flush(sess);
+	if (sess->closing) {
+		tls_conn_free(tls);
+		return;
+	}
+	sess->tls = tls;
 	/* Whatever the client pipelined behind STARTTLS was sent in clear and
 	 * must never be executed inside the TLS session (CVE-2011-0411). */
 	if (sess->inlen > 0)
