@@ -749,3 +749,197 @@ def test_second_tenant_in_one_transaction_gets_452(daemon_factory):
     assert show(d, q2)["tenant"] == "two"
     st = {t["name"]: t["queued_messages"] for t in d.status()["tenants"]}
     assert st == {"one": 1, "two": 1}
+
+
+# ================================================================ 7. smuggling
+
+SMUGGLED = (b"MAIL FROM:<evil@client.test>\r\nRCPT TO:<victim@example.test>\r\n"
+            b"DATA\r\nSubject: smuggled\r\n\r\nforged\r\n.\r\n")
+
+
+@pytest.mark.parametrize("end", [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r"],
+                         ids=["lf-dot-lf", "crlf-dot-lf", "lf-dot-crlf", "cr-dot-crlf",
+                              "crlf-dot-cr"])
+def test_smuggling_end_of_data_variants(daemon_factory, end):
+    """A body holding a non-standard end-of-data sequence followed by a
+    second transaction gets 554 5.5.2 (bare LF/CR) and a disconnect;
+    neither the carrier nor the smuggled message is queued."""
+    d = daemon_factory()
+    with session(d) as c:
+        c.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n")
+        c.first(), c.first()
+        starts(c.first(), "354")
+        c.send(b"Subject: carrier\r\n\r\nhello" + end + SMUGGLED + b"QUIT\r\n")
+        line = c.first()
+        assert re.match(r"^554 5\.5\.2 Error: bare <(LF|CR)> received in message data$", line), line
+        assert c.closed()
+    d.wait_log("disconnect", reason="bare newline in data")
+    assert_empty(d)
+
+
+@pytest.mark.parametrize("line,reply", [
+    (b"NOOP\nMAIL FROM:<a@client.test>\r\n", "500 5.5.2 Error: bare <LF> received"),
+    (b"NOOP\rMAIL FROM:<a@client.test>\r\n", "500 5.5.2 Error: bare <CR> received"),
+    (b"NO\x00OP\r\n", "500 5.5.2 Error: NUL character received"),
+], ids=["bare-lf", "bare-cr", "nul"])
+def test_bad_octet_in_command_disconnects(daemon_factory, line, reply):
+    """A bare LF, a bare CR or a NUL in a command line gets 500 5.5.2 and a
+    disconnect; nothing after it is executed."""
+    d = daemon_factory()
+    with session(d) as c:
+        c.send(line + b"RCPT TO:<u@example.test>\r\nNOOP\r\n")
+        assert c.first() == reply
+        assert c.closed()
+    d.wait_log("reject", stage="command")
+    assert_empty(d)
+
+
+def test_long_command_line_refused_tail_not_executed(daemon_factory):
+    """A command line over 512 octets gets 500 5.5.2 line too long, the part
+    past the limit ("QUIT") is not executed as a command, the session stays
+    open; a line of exactly 512 octets with CRLF is still parsed."""
+    d = daemon_factory()
+    with session(d) as c:
+        head = b"NOOP " + b"x" * 507
+        assert len(head) == 512
+        c.send(head + b"QUIT\r\n")
+        assert c.first() == "500 5.5.2 Error: line too long"
+        c.still_open()
+        assert c.cmd1("NOOP") == "250 2.0.0 Ok"
+        # Split over two writes and far longer than the input buffer.
+        c.send(b"MAIL FROM:<" + b"a" * 9000)
+        time.sleep(0.2)
+        c.send(b"@client.test>\r\nQUIT\r\n")
+        assert c.first() == "500 5.5.2 Error: line too long"
+        assert c.first() == "221 2.0.0 Bye"
+        assert c.closed()
+    with session(d) as c:
+        ok = b"NOOP " + b"y" * 505 + b"\r\n"
+        assert len(ok) == 512
+        c.send(ok)
+        assert c.first() == "250 2.0.0 Ok"
+    assert_empty(d)
+
+
+# ================================================================ 8. STARTTLS
+
+def client_tls_context():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def tls_daemon(daemon_factory, primary_factory, tls_cert):
+    return held_daemon(daemon_factory, primary_factory,
+                       tls={"cert": tls_cert.cert, "key": tls_cert.key})
+
+
+def test_starttls_then_message(daemon_factory, primary_factory, tls_cert):
+    """With [tls] cert+key, EHLO offers STARTTLS (and nothing else extra);
+    after the handshake EHLO no longer offers it, a second STARTTLS gets
+    554 5.5.1, and a message sent inside TLS is queued with a Received:
+    header saying "using TLSv1..." and "with ESMTPS"."""
+    d, p = tls_daemon(daemon_factory, primary_factory, tls_cert)
+    s = smtplib.SMTP("127.0.0.1", d.smtp_port, timeout=IO_TIMEOUT)
+    try:
+        code, msg = s.ehlo("tls.client.test")
+        ext = msg.decode().split("\n")[1:]
+        assert sorted(ext) == sorted([e.replace("%d", str(50 * 1024 * 1024))
+                                      for e in EXPECTED_EXT] + ["STARTTLS"])
+        code, msg = s.starttls(context=client_tls_context())
+        assert (code, msg) == (220, b"2.0.0 Ready to start TLS")
+        code, msg = s.ehlo("tls.client.test")
+        assert code == 250 and b"STARTTLS" not in msg and b"CHUNKING" in msg
+        assert s.docmd("STARTTLS") == (554, b"5.5.1 Error: TLS already active")
+        s.mail("a@client.test")
+        s.rcpt("u@example.test")
+        code, msg = s.data("Subject: tls\r\n\r\nsecret\r\n")
+        qid = qid_of("%d %s" % (code, msg.decode()))
+        s.quit()
+    finally:
+        s.close()
+    assert list(queue(d)) == [qid]
+    [m] = deliver_all(d, p, 1)
+    rec, rest = split_received(m.data)
+    assert rest == b"Subject: tls\r\n\r\nsecret\r\n"
+    assert re.search(rb"\t\(using TLSv1\.[23] [^\r\n]*\)\r\n\tby mx\.test \(mxspool\) with ESMTPS id "
+                     + qid.encode(), rec), rec
+    d.wait_log("starttls", tls=re.compile(r"TLSv1"))
+
+
+@pytest.mark.parametrize("pipelined", [b"RSET\r\n", b"MAIL FROM:<inject@client.test>\r\n",
+                                       b"EHLO evil.test\r\nMAIL FROM:<inject@client.test>\r\n"],
+                         ids=["rset", "mail", "ehlo-mail"])
+def test_starttls_command_injection_discarded(daemon_factory, tls_cert, pipelined):
+    """Commands pipelined in clear text behind STARTTLS are discarded, not
+    executed in the TLS session: after the handshake the first command sees
+    a fresh session (MAIL needs EHLO: 503 5.5.1) and no extra reply comes."""
+    d = daemon_factory(tls={"cert": tls_cert.cert, "key": tls_cert.key})
+    c = session(d)
+    try:
+        c.send(b"STARTTLS\r\n" + pipelined)
+        assert c.first() == "220 2.0.0 Ready to start TLS"
+        assert c.buf == b""
+        tls = client_tls_context().wrap_socket(c.sock, server_hostname="localhost")
+        c.sock = tls
+        assert c.cmd1("MAIL FROM:<a@client.test>") == "503 5.5.1 Error: send HELO/EHLO first"
+        lines = c.cmd("EHLO client.test")
+        assert lines[0] == "250-mx.test" and "250-STARTTLS" not in lines
+        assert c.cmd1("MAIL FROM:<a@client.test>") == "250 2.1.0 Ok"
+        assert c.cmd1("NOOP") == "250 2.0.0 Ok"
+        c.still_open()
+    finally:
+        c.close()
+    d.wait_log("starttls", discarded=str(len(pipelined)))
+    assert_empty(d)
+
+
+def test_starttls_not_configured_502(daemon_factory):
+    """Without [tls], STARTTLS gets 502 5.5.1 and the session goes on in
+    clear text."""
+    d = daemon_factory()
+    with session(d) as c:
+        assert c.cmd1("STARTTLS") == "502 5.5.1 Error: command not implemented"
+        assert c.cmd1("NOOP") == "250 2.0.0 Ok"
+    assert_empty(d)
+
+
+# ================================================================ 9. ETRN
+
+def test_etrn_served_unknown_and_denied(daemon_factory, primary_factory):
+    """ETRN from 127.0.0.1 (the default etrn_from) for a served domain gets
+    251 with an empty queue and 250 once mail waits, and starts delivery at
+    once (probe_interval is an hour); an unknown domain gets 459 4.7.1; with
+    etrn_from = 10.0.0.0/8 the same request gets 459 4.7.1 and starts
+    nothing."""
+    p = primary_factory(start=False)
+    d = daemon_factory(primary=p, tenants={"demo": tenant(p, probe_interval="1h")})
+    d.wait_log("probe", state="down")
+    with session(d) as c:
+        assert c.cmd1("ETRN example.test") == \
+            "251 2.0.0 OK, no messages waiting for node example.test"
+        qid_of(send_raw(c, "a@client.test", ["u@example.test"], b"Subject: e\r\n\r\nx\r\n.\r\n"))
+        assert queued(d) == 1
+        p.start()
+        mark = d.mark()
+        assert c.cmd1("ETRN example.test") == "250 2.0.0 Queuing started"
+        line = c.cmd1("ETRN unknown.test")
+        assert line == "459 4.7.1 <unknown.test>: not a domain this server spools for", line
+    d.wait_log("etrn", after=mark, result="ok", tenant="demo", queued="1")
+    p.wait_for(1, timeout=5)
+    wait_until(lambda: queued(d) == 0, scaled(5), what="queue drained after ETRN")
+
+    # Now refuse ETRN from us, and hold mail again (the primary is gone).
+    p.stop()
+    d.configure(tenants={"demo": tenant(p, probe_interval="1h", etrn_from="10.0.0.0/8")})
+    mark = d.mark()
+    assert d.ctl("reload").returncode == 0
+    d.wait_log("reload", after=mark, result="ok")
+    with session(d) as c:
+        qid_of(send_raw(c, "a@client.test", ["u@example.test"], b"Subject: e\r\n\r\ny\r\n.\r\n"))
+        assert c.cmd1("ETRN example.test") == \
+            "459 4.7.1 Client host rejected: not allowed to use ETRN"
+        starts(c.cmd1("NOOP"), "250")
+    d.wait_log("etrn", after=mark, result="denied")
+    assert queued(d) == 1
