@@ -943,3 +943,145 @@ def test_etrn_served_unknown_and_denied(daemon_factory, primary_factory):
         starts(c.cmd1("NOOP"), "250")
     d.wait_log("etrn", after=mark, result="denied")
     assert queued(d) == 1
+
+
+# ================================================================ 10. limits
+
+def test_max_recipients(daemon_factory):
+    """With max_recipients = 3 the fourth RCPT gets 452 4.5.3 and the
+    message is queued for the first three."""
+    d = daemon_factory(server={"max_recipients": 3})
+    with session(d) as c:
+        assert c.cmd1("MAIL FROM:<a@client.test>") == "250 2.1.0 Ok"
+        for i in range(3):
+            assert c.cmd1("RCPT TO:<u%d@example.test>" % i) == "250 2.1.5 Ok"
+        assert c.cmd1("RCPT TO:<u3@example.test>") == "452 4.5.3 Error: too many recipients"
+        starts(c.cmd1("DATA"), "354")
+        c.send("Subject: m\r\n\r\nx\r\n.\r\n")
+        qid = qid_of(c.first())
+    assert rcpts(d, qid) == ["u0@example.test", "u1@example.test", "u2@example.test"]
+
+
+def test_max_connections_per_ip_and_total(daemon_factory):
+    """max_connections_per_ip = 2: a third connection from 127.0.0.1 gets
+    421 4.7.0 ... from 127.0.0.1 and is closed, while 127.0.0.2 still gets
+    in; max_connections = 3: a fourth from 127.0.0.3 gets 421 4.7.0 too many
+    connections; once one closes a new client is served again."""
+    d = daemon_factory(server={"max_connections": 3, "max_connections_per_ip": 2})
+    keep = []
+    try:
+        for src in ("127.0.0.1", "127.0.0.1"):
+            keep.append(Raw(d.smtp_port, source=src))
+            starts(keep[-1].banner, "220")
+        with Raw(d.smtp_port, source="127.0.0.1") as c:
+            assert c.banner == "421 4.7.0 mx.test Error: too many connections from 127.0.0.1"
+            assert c.closed()
+        keep.append(Raw(d.smtp_port, source="127.0.0.2"))
+        starts(keep[-1].banner, "220")
+        with Raw(d.smtp_port, source="127.0.0.3") as c:
+            assert c.banner == "421 4.7.0 mx.test Error: too many connections"
+            assert c.closed()
+        assert d.status()["connections"] == 3
+        for k in keep:
+            assert k.cmd1("NOOP") == "250 2.0.0 Ok"
+        keep.pop(0).close()
+        wait_until(lambda: d.status()["connections"] == 2, scaled(5), what="close noticed")
+        with Raw(d.smtp_port, source="127.0.0.3") as c:
+            starts(c.banner, "220")
+    finally:
+        for k in keep:
+            k.close()
+    assert len(d.log_lines("disconnect", reason="max_connections_per_ip")) == 1
+    assert len(d.log_lines("disconnect", reason="max_connections")) == 1
+    assert_empty(d)
+
+
+def test_idle_timeout_421(daemon_factory):
+    """smtp_timeout = 2s: an idle client gets 421 4.4.2 after about two
+    seconds and is disconnected; one that stalls in the middle of DATA gets
+    the same and its partial message is not queued."""
+    d = daemon_factory(server={"smtp_timeout": "2s"})
+    with session(d) as c:
+        t0 = time.monotonic()
+        assert c.first() == "421 4.4.2 mx.test Error: timeout exceeded"
+        took = time.monotonic() - t0
+        assert 1.5 <= took <= scaled(5), took
+        assert c.closed()
+    with session(d) as c:
+        c.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n")
+        c.first(), c.first()
+        starts(c.first(), "354")
+        c.send("Subject: stall\r\n\r\nhalf a mess")
+        assert c.first() == "421 4.4.2 mx.test Error: timeout exceeded"
+        assert c.closed()
+    assert len(d.log_lines("disconnect", reason="timeout")) == 2
+    assert_empty(d)
+
+
+def _raise_nofile(need):
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip("RLIMIT_NOFILE hard limit %d < %d" % (hard, need))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    return soft
+
+
+def test_many_idle_connections_do_not_delay_new_client(daemon_factory):
+    """With 1,000 idle connections open (200 under sanitizers) a new client
+    still gets its banner and a working session within 2 s."""
+    import resource
+    n = 200 if mxtest.SANITIZED else 1000
+    old = _raise_nofile(n + 500)
+    d = daemon_factory(server={"max_connections": n + 50, "max_connections_per_ip": n + 50})
+    idle = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", d.smtp_port), timeout=IO_TIMEOUT)
+            idle.append(s)
+        # Every one of them was accepted and greeted.
+        for s in idle:
+            data = b""
+            while not data.endswith(b"\r\n"):
+                chunk = s.recv(512)
+                assert chunk, "idle connection closed by the server"
+                data += chunk
+            assert data.startswith(b"220 "), data
+        assert d.status()["connections"] == n
+        t0 = time.monotonic()
+        with Raw(d.smtp_port, timeout=2.0) as c:
+            took = time.monotonic() - t0
+            starts(c.banner, "220")
+            assert c.cmd("EHLO client.test")[-1] == "250 CHUNKING"
+            qid = qid_of(send_raw(c, "a@client.test", ["u@example.test"],
+                                  b"Subject: busy\r\n\r\nx\r\n.\r\n"))
+        total = time.monotonic() - t0
+        print("banner after %.3fs, whole message %.3fs with %d idle connections" % (took, total, n))
+        assert took < 2.0 and total < 2.0
+    finally:
+        for s in idle:
+            s.close()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if old < soft:
+            # Close every idle socket before lowering the limit again.
+            resource.setrlimit(resource.RLIMIT_NOFILE, (old, hard))
+    assert list(queue(d)) == [qid]
+    wait_until(lambda: d.status()["connections"] == 0, scaled(10), what="all closed")
+
+
+def test_quota_messages_full_452_nothing_lost(daemon_factory):
+    """quota_messages = 2: the third message's recipient gets 452 4.3.1 at
+    RCPT (DATA then has no recipient) and the first two stay queued."""
+    d = daemon_factory(tenants={"demo": tenant(port=mxtest.free_port(), quota_messages=2)})
+    with session(d) as c:
+        q = [qid_of(send_raw(c, "a@client.test", ["u@example.test"],
+                             b"Subject: q%d\r\n\r\nx\r\n.\r\n" % i)) for i in range(2)]
+        assert c.cmd1("MAIL FROM:<a@client.test>") == "250 2.1.0 Ok"
+        assert c.cmd1("RCPT TO:<u@example.test>") == \
+            "452 4.3.1 <u@example.test>: Insufficient system storage"
+        assert c.cmd1("DATA") == "554 5.5.1 Error: no valid recipients"
+        starts(c.cmd1("RSET"), "250")
+    assert sorted(queue(d)) == sorted(q)
+    assert d.tenant_status("demo")["queued_messages"] == 2
+    d.wait_log("reject", stage="rcpt", reply=re.compile(r"^452 4\.3\.1"))
