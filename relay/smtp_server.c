@@ -95,6 +95,7 @@ struct smtp_server {
 	unsigned open_listeners;
 	struct smtp_session *sessions;
 	unsigned nsessions;
+	unsigned nclosing;            /* of nsessions: closed, memory not yet freed */
 	bool closing;
 	uv_timer_t grace;
 	bool grace_open;
@@ -318,6 +319,7 @@ smtp_session_free(struct smtp_session *sess)
 	if (sess->next)
 		sess->next->prev = sess->prev;
 	srv->nsessions--;
+	srv->nclosing--;
 	smtp_tx_free(sess);
 	tls_conn_free(sess->tls);
 	free(sess->cipher);
@@ -344,6 +346,7 @@ smtp_session_close(struct smtp_session *sess, const char *reason)
 		return;
 	smtp_flush(sess);
 	sess->closing = true;
+	sess->srv->nclosing++;
 	log_event(LOG_LEVEL_INFO, "disconnect", "session=%" PRIu64 " client=%s helo=%s "
 	    "messages=%u errors=%u reason=%s", sess->id, sess->peer_ip,
 	    sess->helo[0] ? sess->helo : "-", sess->messages, sess->errors,
@@ -1404,7 +1407,10 @@ smtp_on_connection(uv_stream_t *listener, int status)
 
 	log_event(LOG_LEVEL_INFO, "connect", "session=%" PRIu64 " client=%s", sess->id,
 	    sess->peer_ip);
-	if (srv->nsessions > cfg->max_connections) {
+	/* Closed sessions waiting for their close callbacks (or a commit) hold
+	 * no socket: like smtp_count_ip(), do not count them.  libuv accepts
+	 * in a loop, so a client refused a moment ago can still be here. */
+	if (srv->nsessions - srv->nclosing > cfg->max_connections) {
 		smtp_reply(sess, "421 4.7.0 %s Error: too many connections", cfg->hostname);
 		smtp_reply_close(sess, "max_connections");
 		return;
