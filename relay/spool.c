@@ -1708,7 +1708,8 @@ pend_state(uint8_t type, spool_qid qid, const uint8_t *body, size_t len)
 	p->h.qid = qid;
 	p->h.len = (uint32_t)len;
 	if (len <= sizeof(p->small)) {
-		memcpy(p->small, body, len);
+		if (len > 0)   /* a delete record has no body: BODY may be NULL */
+			memcpy(p->small, body, len);
 		p->body = p->small;
 	} else {
 		p->own = malloc(len);
