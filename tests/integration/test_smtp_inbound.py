@@ -1088,3 +1088,19 @@ def test_quota_messages_full_452_nothing_lost(daemon_factory):
     assert sorted(queue(d)) == sorted(q)
     assert d.tenant_status("demo")["queued_messages"] == 2
     d.wait_log("reject", stage="rcpt", reply=re.compile(r"^452 4\.3\.1"))
+
+
+def test_swaks_starttls_pipelined(daemon_factory, tls_cert, swaks):
+    """swaks (Perl, Net::SSLeay) negotiates STARTTLS and sends a pipelined
+    transaction inside it; the message is queued with ESMTPS in the log."""
+    d = daemon_factory(tls={"cert": tls_cert.cert, "key": tls_cert.key})
+    r = swaks(d, "--tls", "--pipeline", "--to", "a@example.test,b@example.test")
+    if "TLS" in r.stdout and "not available" in r.stdout.lower():
+        pytest.skip("swaks without TLS support: " + r.stdout[-200:])
+    assert r.returncode == 0, r.stdout
+    assert "<-  220 2.0.0 Ready to start TLS" in r.stdout
+    m = re.search(r"<~+ +250 2\.0\.0 Ok: queued as ([0-9A-F]{16})", r.stdout)
+    assert m, r.stdout
+    assert list(queue(d)) == [m.group(1)]
+    assert rcpts(d, m.group(1)) == ["a@example.test", "b@example.test"]
+    d.wait_log("accept", qid=m.group(1), proto="ESMTPS")
