@@ -257,6 +257,7 @@ struct control_queue_walk {
 	struct control_req *q;
 	size_t n;
 	int64_t now;
+	bool truncated;               /* CONTROL_QUEUE_LIST_MAX reached */
 };
 
 static int
@@ -267,6 +268,7 @@ control_queue_line(void *arg, const struct spool_item *it)
 	char qid[SPOOL_QID_STRLEN + 1];
 
 	if (w->n == CONTROL_QUEUE_LIST_MAX) {
+		w->truncated = true;
 		if (!w->q->json)
 			control_buf_printf(b, "... (listing stopped after %d messages)\n",
 			    CONTROL_QUEUE_LIST_MAX);
@@ -295,7 +297,7 @@ control_queue_line(void *arg, const struct spool_item *it)
 static void
 control_cmd_queue(struct control_req *q)
 {
-	struct control_queue_walk w = { q, 0, util_now_ms() };
+	struct control_queue_walk w = { q, 0, util_now_ms(), false };
 	const char *tenant = q->argc > 1 ? q->argv[1] : NULL;
 
 	if (tenant && config_tenant_by_name(q->relay->cfg, tenant) == NULL) {
@@ -310,7 +312,8 @@ control_cmd_queue(struct control_req *q)
 		    "TENANT", "SIZE", "AGE_S", "ATTEMPTS", "NEXT_S");
 	spool_foreach(q->relay->spool, tenant, control_queue_line, &w);
 	if (q->json)
-		control_buf_printf(q->out, "], \"count\": %zu}\n", w.n);
+		control_buf_printf(q->out, "], \"count\": %zu, \"truncated\": %s}\n", w.n,
+		    w.truncated ? "true" : "false");
 	else
 		control_buf_printf(q->out, "-- %zu message%s (* = being delivered)\n",
 		    w.n, w.n == 1 ? "" : "s");
@@ -694,13 +697,32 @@ control_show_loaded(void *arg, int status, struct spool_msg *m)
 		    ", \"client\": ", spool_msg_size(m), (long long)e->arrival_ms,
 		    spool_msg_attempts(m));
 		control_buf_json_string(b, e->client);
-		control_buf_printf(b, ", \"recipients\": [");
+		control_buf_printf(b, ", \"envid\": ");
+		if (e->envid)
+			control_buf_json_string(b, e->envid);
+		else
+			control_buf_printf(b, "null");
+		control_buf_printf(b, ", \"ret\": %s, \"smtputf8\": %s, \"recipients\": [",
+		    e->ret == SPOOL_RET_FULL ? "\"FULL\"" : e->ret == SPOOL_RET_HDRS ? "\"HDRS\"" : "null",
+		    e->smtputf8 ? "true" : "false");
 		for (size_t i = 0; i < e->nrcpt; i++) {
 			static const char *const st[] = { "pending", "delivered", "bounced" };
+			unsigned nf = e->rcpt[i].notify;
 
 			control_buf_printf(b, "%s{\"address\": ", i ? ", " : "");
 			control_buf_json_string(b, e->rcpt[i].addr);
-			control_buf_printf(b, ", \"state\": \"%s\"}", st[spool_msg_rcpt_state(m, i)]);
+			control_buf_printf(b, ", \"state\": \"%s\", \"orcpt\": ", st[spool_msg_rcpt_state(m, i)]);
+			if (e->rcpt[i].orcpt)
+				control_buf_json_string(b, e->rcpt[i].orcpt);
+			else
+				control_buf_printf(b, "null");
+			control_buf_printf(b, ", \"notify\": [%s%s%s%s%s%s%s]}",
+			    nf & SPOOL_NOTIFY_NEVER ? "\"NEVER\"" : "",
+			    nf & SPOOL_NOTIFY_SUCCESS ? "\"SUCCESS\"" : "",
+			    (nf & SPOOL_NOTIFY_SUCCESS) && (nf & (SPOOL_NOTIFY_FAILURE | SPOOL_NOTIFY_DELAY)) ? ", " : "",
+			    nf & SPOOL_NOTIFY_FAILURE ? "\"FAILURE\"" : "",
+			    (nf & SPOOL_NOTIFY_FAILURE) && (nf & SPOOL_NOTIFY_DELAY) ? ", " : "",
+			    nf & SPOOL_NOTIFY_DELAY ? "\"DELAY\"" : "", "");
 		}
 		control_buf_printf(b, "]}\n");
 	} else {

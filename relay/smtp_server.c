@@ -76,7 +76,8 @@ struct smtp_tx {
 	struct smtp_tx_rcpt *rcpt;
 	size_t nrcpt;
 	struct spool_tx *stx;         /* open during DATA/BDAT */
-	uint64_t size;                /* message octets received */
+	uint64_t size;                /* message octets, our Received: included */
+	uint64_t trace_len;           /* octets of our Received: header */
 	int error;                    /* first data error: reply at the end */
 	bool too_big;
 	bool spilling;                /* spool_tx_write() answered SPOOL_PENDING */
@@ -409,19 +410,28 @@ smtp_write_received(struct smtp_session *sess)
 	localtime_r(&now, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
 	spool_qid_format(spool_tx_qid(tx->stx), qid);
-	n = snprintf(hdr, sizeof(hdr),
-	    "Received: from %s (unknown [%s])\r\n"
-	    "%s%s%s"
-	    "\tby %s (mxspool) with %s id %s\r\n"
-	    "\t%s%s%s%s; %s\r\n",
-	    sess->helo, sess->peer_ip,
-	    sess->tls ? "\t(using " : "", sess->tls ? sess->tls_info : "", sess->tls ? ")\r\n" : "",
-	    smtp_cfg(sess)->hostname, smtp_protocol_name(sess), qid,
-	    tx->nrcpt == 1 ? "for <" : "", tx->nrcpt == 1 ? tx->rcpt[0].addr : "",
-	    tx->nrcpt == 1 ? ">" : "", tx->nrcpt == 1 ? "" : "", date);
+	/* "for <rcpt>" only names a single recipient (RFC 5321 4.4: never
+	 * reveal a list); the date then ends the "by" line. */
+	if (tx->nrcpt == 1)
+		n = snprintf(hdr, sizeof(hdr),
+		    "Received: from %s (unknown [%s])\r\n%s%s%s"
+		    "\tby %s (mxspool) with %s id %s\r\n\tfor <%s>; %s\r\n",
+		    sess->helo, sess->peer_ip,
+		    sess->tls ? "\t(using " : "", sess->tls ? sess->tls_info : "",
+		    sess->tls ? ")\r\n" : "", smtp_cfg(sess)->hostname,
+		    smtp_protocol_name(sess), qid, tx->rcpt[0].addr, date);
+	else
+		n = snprintf(hdr, sizeof(hdr),
+		    "Received: from %s (unknown [%s])\r\n%s%s%s"
+		    "\tby %s (mxspool) with %s id %s; %s\r\n",
+		    sess->helo, sess->peer_ip,
+		    sess->tls ? "\t(using " : "", sess->tls ? sess->tls_info : "",
+		    sess->tls ? ")\r\n" : "", smtp_cfg(sess)->hostname,
+		    smtp_protocol_name(sess), qid, date);
 	if (n < 0 || (size_t)n >= sizeof(hdr))
 		return -1;
 	tx->size += (uint64_t)n;
+	tx->trace_len = (uint64_t)n;
 	return spool_tx_write(tx->stx, hdr, (size_t)n, NULL, NULL) < 0 ? -1 : 0;
 }
 
@@ -1151,7 +1161,7 @@ smtp_process_bdat(struct smtp_session *sess)
 		return go_on;
 	if (tx->chunk_last && tx->bdat_prev == '\r' && tx->error == 0)
 		tx->error = SMTP_PROTO_EDATA_BARECR;
-	smtp_bdat_chunk_done(sess, tx->size);
+	smtp_bdat_chunk_done(sess, tx->size - tx->trace_len);
 	return sess->state != SMTP_STATE_COMMIT;
 }
 
