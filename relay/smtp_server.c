@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "mxspool/config.h"
 #include "mxspool/drain.h"
@@ -100,6 +101,7 @@ struct smtp_server {
 	bool closing;
 	uv_timer_t grace;
 	bool grace_open;
+	bool inherited;               /* listeners came from systemd */
 	void (*done)(void *);
 	void *done_arg;
 };
@@ -1464,6 +1466,49 @@ smtp_on_listener_closed(uv_handle_t *h)
 	smtp_server_maybe_done(srv);
 }
 
+/*
+ * systemd socket activation (mxspool.socket): LISTEN_PID names us and
+ * LISTEN_FDS counts the listening sockets from fd 3 on.  Returns how many
+ * were taken over (0 when not activated), or -1 with ERR.
+ */
+static int
+smtp_server_inherit(struct smtp_server *srv, char *err, size_t errlen)
+{
+	const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+	long n;
+	int rc;
+
+	if (pid == NULL || fds == NULL || atol(pid) != (long)getpid())
+		return 0;
+	n = atol(fds);
+	if (n <= 0 || n > 64) {
+		snprintf(err, errlen, "LISTEN_FDS=%s: expected 1..64 sockets", fds);
+		return -1;
+	}
+	srv->listeners = xcalloc((size_t)n, sizeof(*srv->listeners));
+	for (long i = 0; i < n; i++) {
+		uv_tcp_t *l = &srv->listeners[i];
+
+		uv_tcp_init(srv->relay->loop, l);
+		l->data = srv;
+		srv->nlisteners++;
+		srv->open_listeners++;
+		rc = uv_tcp_open(l, (uv_os_sock_t)(3 + i));
+		if (rc == 0)
+			rc = uv_listen((uv_stream_t *)l, SMTP_BACKLOG, smtp_on_connection);
+		if (rc != 0) {
+			snprintf(err, errlen, "socket activation: fd %ld: %s", 3 + i, uv_strerror(rc));
+			return -1;
+		}
+	}
+	/* Children (none today) must not think the sockets are theirs. */
+	unsetenv("LISTEN_PID");
+	unsetenv("LISTEN_FDS");
+	unsetenv("LISTEN_FDNAMES");
+	srv->inherited = true;
+	return (int)n;
+}
+
 int
 smtp_server_new(struct relay *r, struct smtp_server **out, char *err, size_t errlen)
 {
@@ -1472,12 +1517,17 @@ smtp_server_new(struct relay *r, struct smtp_server **out, char *err, size_t err
 	int rc;
 
 	srv->relay = r;
-	srv->listeners = xcalloc(cfg->nlisten, sizeof(*srv->listeners));
 	*out = srv;
-	for (size_t i = 0; i < cfg->nlisten; i++) {
+	rc = smtp_server_inherit(srv, err, errlen);
+	if (rc < 0)
+		return -1;
+	if (rc == 0)
+		srv->listeners = xcalloc(cfg->nlisten, sizeof(*srv->listeners));
+	for (size_t i = 0; rc == 0 && i < cfg->nlisten; i++) {
 		const struct config_hostport *hp = &cfg->listen[i];
 		struct sockaddr_storage ss;
 		uv_tcp_t *l = &srv->listeners[i];
+		int brc;
 
 		if (smtp_resolve_listen(hp, &ss) != 0) {
 			snprintf(err, errlen, "listen %s:%u: not an IP address", hp->host, hp->port);
@@ -1488,13 +1538,13 @@ smtp_server_new(struct relay *r, struct smtp_server **out, char *err, size_t err
 		srv->nlisteners++;
 		srv->open_listeners++;
 		/* One socket per family: [::]:25 must not also claim IPv4. */
-		rc = uv_tcp_bind(l, (struct sockaddr *)&ss,
+		brc = uv_tcp_bind(l, (struct sockaddr *)&ss,
 		    ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
-		if (rc == 0)
-			rc = uv_listen((uv_stream_t *)l, SMTP_BACKLOG, smtp_on_connection);
-		if (rc != 0) {
+		if (brc == 0)
+			brc = uv_listen((uv_stream_t *)l, SMTP_BACKLOG, smtp_on_connection);
+		if (brc != 0) {
 			snprintf(err, errlen, "listen %s%s%s:%u: %s", ss.ss_family == AF_INET6 ? "[" : "",
-			    hp->host, ss.ss_family == AF_INET6 ? "]" : "", hp->port, uv_strerror(rc));
+			    hp->host, ss.ss_family == AF_INET6 ? "]" : "", hp->port, uv_strerror(brc));
 			return -1;
 		}
 	}
@@ -1514,7 +1564,9 @@ smtp_server_start(struct smtp_server *s)
 	const struct config *cfg = s->relay->cfg;
 
 	addrs[0] = '\0';
-	for (size_t i = 0; i < cfg->nlisten && off < sizeof(addrs); i++)
+	if (s->inherited)
+		snprintf(addrs, sizeof(addrs), "systemd(%zu)", s->nlisteners);
+	for (size_t i = 0; !s->inherited && i < cfg->nlisten && off < sizeof(addrs); i++)
 		off += (size_t)snprintf(addrs + off, sizeof(addrs) - off, "%s%s:%u",
 		    i ? "," : "", cfg->listen[i].host, cfg->listen[i].port);
 	log_event(LOG_LEVEL_INFO, "listen", "smtp=%s starttls=%s", addrs,

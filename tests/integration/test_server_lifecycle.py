@@ -4,6 +4,8 @@ stops cleanly (its loop closes with no handle left, exit 0)."""
 import socket
 import time
 
+import pytest
+
 import mxtest
 
 
@@ -74,3 +76,39 @@ def test_sigterm_with_idle_and_busy_sessions(daemon):
     assert time.monotonic() - t0 < mxtest.scaled(25)
     idle.close()
     busy.close()
+
+
+def test_socket_activation_uses_inherited_listener(daemon_factory):
+    """With LISTEN_PID/LISTEN_FDS (systemd socket activation) the daemon
+    serves SMTP on the socket it was handed, not on its `listen` key."""
+    import os
+    import subprocess
+
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    port = lsock.getsockname()[1]
+    d = daemon_factory(start=False)
+    # fd 3 in the child is the listening socket; LISTEN_PID must be the
+    # daemon's own pid, which the shell's $$ becomes through exec.
+    script = 'exec 3<&%d; LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"' % lsock.fileno()
+    proc = subprocess.Popen(["/bin/bash", "-c", script, mxtest.binary("mxspoold"),
+                             "-c", d.config_path], pass_fds=(lsock.fileno(),),
+                            stdout=subprocess.DEVNULL, stderr=open(d.log_path, "ab"))
+    lsock.close()
+    try:
+        mxtest.wait_until(lambda: d.ctl("status").returncode == 0, mxtest.scaled(15),
+                          what="control socket")
+        s, f = _connect(port)
+        _cmd(s, f, b"EHLO client.test", b"250")
+        _cmd(s, f, b"QUIT", b"221")
+        f.close()
+        s.close()
+        assert "smtp=systemd(1)" in open(d.log_path).read()
+        # The configured listen port was not bound.
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", d.smtp_port), timeout=2).close()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=mxtest.scaled(20)) == 0
