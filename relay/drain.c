@@ -2235,6 +2235,9 @@ drain_flush(struct drain *d, const char *tenant)
 	for (struct drain_tenant *t = d->tenants; t; t = t->next) {
 		if (t->removed || (tenant && strcmp(t->name, tenant) != 0))
 			continue;
+		/* Like postqueue -f: deferred mail is retried now, not at its
+		 * back-off time, but still under the rate limit. */
+		(void)spool_retry_now(d->r->spool, t->name);
 		drain_primary_probe_now(&t->pr, util_mono_ms());
 		(void)uv_timer_start(&t->timer, tenant_on_timer, 0, 0);
 		n++;

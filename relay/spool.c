@@ -2458,6 +2458,33 @@ spool_release(struct spool *sp, spool_qid qid)
 	ent_queue(sp, idx);
 }
 
+int
+spool_retry_now(struct spool *sp, const char *tenant)
+{
+	struct tenant *t = tenant_find(sp, tenant, strlen(tenant), NULL);
+	uint32_t idx;
+	int n = 0;
+
+	if (t == NULL)
+		return 0;
+	/*
+	 * Memory only: the deferral records stay in the journal, so after a
+	 * restart these messages wait out their back-off again.  That costs a
+	 * late retry at worst, never a message, and a flush of millions of
+	 * deferred messages writes nothing.
+	 */
+	while (t->wait.n > 0) {
+		idx = t->wait.v[0];
+		h_remove(sp, &t->wait, false, 0);
+		ent_clr(&sp->ents[idx], ENT_WAITING);
+		ent_set(&sp->ents[idx], ENT_READY);
+		sp->ents[idx].next_ms = 0;
+		h_push(sp, &t->ready, true, idx);
+		n++;
+	}
+	return n;
+}
+
 int64_t
 spool_next_due_ms(struct spool *sp, const char *tenant)
 {

@@ -149,6 +149,9 @@ void spool_tx_abort(struct spool_tx *tx);
 int spool_claim_next(struct spool *sp, const char *tenant, int64_t now_ms,
     spool_qid *out);
 void spool_release(struct spool *sp, spool_qid qid);
+/* ETRN / flush: make every deferred message of TENANT due now (in memory;
+ * the back-off comes back after a restart).  Returns how many moved. */
+int spool_retry_now(struct spool *sp, const char *tenant);
 /* Earliest next attempt among TENANT's unclaimed messages, or -1 if none. */
 int64_t spool_next_due_ms(struct spool *sp, const char *tenant);
 

@@ -321,3 +321,21 @@ def test_mxspoolctl_hold_release_set_queue_show(daemon_factory, primary_factory)
     assert d.ctl("release", "demo").returncode == 0
     p.wait_for(3, timeout=10)
     assert p.max_concurrent <= 1
+
+
+def test_flush_retries_deferred_mail_now(daemon_factory, primary_factory):
+    """A recipient deferred by a 4xx waits out its back-off (1 min) unless
+    the operator flushes: then it is retried at once, like postqueue -f."""
+    p = primary_factory()
+    d = daemon_factory(primary=p, tenants={"demo": tenant(p)})
+    d.wait_log("probe", state="up", timeout=10)
+    p.reply_at("RCPT", 451, times=1)
+    send(d, 1)
+    d.wait_log("defer", timeout=10)
+    time.sleep(1.0)
+    assert p.messages == []
+    assert d.tenant_status("demo")["queued_messages"] == 1
+    assert d.ctl("flush", "demo").returncode == 0
+    p.wait_for(1, timeout=5)
+    mxtest.wait_until(lambda: d.tenant_status("demo")["queued_messages"] == 0, 5,
+                      what="queue empty")
