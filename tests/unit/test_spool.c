@@ -884,6 +884,19 @@ test_claim_order_and_defer(void **state)
 	run_until(&c, &w.done);
 	assert_int_equal(spool_claim_next(c.sp, "t", fake_now, &got), 0);
 	assert_int_equal(got, q[1]);
+
+	/* A flush makes the deferred message due now, without waiting. */
+	for (int i = 2; i < 5; i++) {
+		assert_int_equal(spool_claim_next(c.sp, "t", fake_now, &got), 0);
+		assert_int_equal(got, q[i]);
+	}
+	assert_int_equal(spool_claim_next(c.sp, "t", fake_now, &got), SPOOL_ENOENT);
+	assert_int_equal(spool_retry_now(c.sp, "t"), 1);
+	assert_int_equal(spool_retry_now(c.sp, "nobody"), 0);
+	assert_int_equal(spool_claim_next(c.sp, "t", fake_now, &got), 0);
+	assert_int_equal(got, q[0]);
+	for (int i = 0; i < 5; i++)
+		spool_release(c.sp, q[i]);
 	ctx_end(&c);
 }
 
