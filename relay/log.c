@@ -78,25 +78,20 @@ log_write(char *buf, size_t n, size_t len)
 	}
 }
 
-void
-log_event(enum log_level level, const char *event, const char *fmt, ...)
+static void
+log_vevent(enum log_level level, const char *event, const char *fmt, va_list ap)
 {
 	char buf[LOG_LINE_MAX];
 	size_t n;
-	va_list ap;
 	int m;
 
-	if (level == LOG_LEVEL_DEBUG && !log_debug_on)
-		return;
 	n = log_prefix(buf, sizeof(buf), level);
 	m = snprintf(buf + n, sizeof(buf) - n, "event=%s%s", event,
 	    fmt && *fmt ? " " : "");
 	if (m > 0)
 		n += (size_t)m;
 	if (n < sizeof(buf) && fmt && *fmt) {
-		va_start(ap, fmt);
 		m = vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
-		va_end(ap);
 		if (m > 0)
 			n += (size_t)m;
 	}
@@ -106,25 +101,25 @@ log_event(enum log_level level, const char *event, const char *fmt, ...)
 }
 
 void
+log_event(enum log_level level, const char *event, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (level == LOG_LEVEL_DEBUG && !log_debug_on)
+		return;
+	va_start(ap, fmt);
+	log_vevent(level, event, fmt, ap);
+	va_end(ap);
+}
+
+void
 log_fatal(int code, const char *fmt, ...)
 {
-	char buf[LOG_LINE_MAX];
-	size_t n;
 	va_list ap;
-	int m;
 
-	n = log_prefix(buf, sizeof(buf), LOG_LEVEL_ERR);
-	m = snprintf(buf + n, sizeof(buf) - n, "event=fatal ");
-	if (m > 0)
-		n += (size_t)m;
 	va_start(ap, fmt);
-	m = vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
+	log_vevent(LOG_LEVEL_ERR, "fatal", fmt, ap);
 	va_end(ap);
-	if (m > 0)
-		n += (size_t)m;
-	if (n > sizeof(buf) - 2)
-		n = sizeof(buf) - 2;
-	log_write(buf, n, sizeof(buf));
 	exit(code);
 }
 
