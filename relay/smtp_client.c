@@ -460,11 +460,25 @@ sc_on_write(uv_write_t *req, int status)
 		sc_body_next(c);
 }
 
+/* Hand W (LEN bytes in W->data) to the socket; W is freed on failure. */
+static int
+sc_queue_write(struct smtp_client *c, struct sc_wreq *w, size_t len)
+{
+	w->c = c;
+	w->req.data = w;
+	w->buf = uv_buf_init(w->data, (unsigned)len);
+	if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &w->buf, 1, sc_on_write) < 0) {
+		free(w);
+		return SMTP_CLIENT_EIO;
+	}
+	c->writes++;
+	return 0;
+}
+
 static int
 sc_write_raw(struct smtp_client *c, const void *data, size_t len)
 {
 	struct sc_wreq *w;
-	int rc;
 
 	if (len == 0)
 		return 0;
@@ -472,16 +486,7 @@ sc_write_raw(struct smtp_client *c, const void *data, size_t len)
 	if (w == NULL)
 		return SMTP_CLIENT_ENOMEM;
 	memcpy(w->data, data, len);
-	w->c = c;
-	w->req.data = w;
-	w->buf = uv_buf_init(w->data, (unsigned)len);
-	rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &w->buf, 1, sc_on_write);
-	if (rc < 0) {
-		free(w);
-		return SMTP_CLIENT_EIO;
-	}
-	c->writes++;
-	return 0;
+	return sc_queue_write(c, w, len);
 }
 
 /* Write whatever ciphertext the TLS conn has for the socket. */
@@ -502,16 +507,8 @@ sc_tls_flush(struct smtp_client *c)
 			free(w);
 			return got == 0 ? 0 : SMTP_CLIENT_ETLS;
 		}
-		w->c = c;
-		w->req.data = w;
-		w->buf = uv_buf_init(w->data, (unsigned)got);
-		rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &w->buf, 1,
-		    sc_on_write);
-		if (rc < 0) {
-			free(w);
-			return SMTP_CLIENT_EIO;
-		}
-		c->writes++;
+		if ((rc = sc_queue_write(c, w, got)) != 0)
+			return rc;
 	}
 	return 0;
 }
