@@ -703,7 +703,7 @@ control_show_loaded(void *arg, int status, struct spool_msg *m)
 		else
 			control_buf_printf(b, "null");
 		control_buf_printf(b, ", \"ret\": %s, \"smtputf8\": %s, \"recipients\": [",
-		    e->ret == SPOOL_RET_FULL ? "\"FULL\"" : e->ret == SPOOL_RET_HDRS ? "\"HDRS\"" : "null",
+		    e->ret == ENV_RET_FULL ? "\"FULL\"" : e->ret == ENV_RET_HDRS ? "\"HDRS\"" : "null",
 		    e->smtputf8 ? "true" : "false");
 		for (size_t i = 0; i < e->nrcpt; i++) {
 			static const char *const st[] = { "pending", "delivered", "bounced" };
@@ -717,12 +717,12 @@ control_show_loaded(void *arg, int status, struct spool_msg *m)
 			else
 				control_buf_printf(b, "null");
 			control_buf_printf(b, ", \"notify\": [%s%s%s%s%s%s%s]}",
-			    nf & SPOOL_NOTIFY_NEVER ? "\"NEVER\"" : "",
-			    nf & SPOOL_NOTIFY_SUCCESS ? "\"SUCCESS\"" : "",
-			    (nf & SPOOL_NOTIFY_SUCCESS) && (nf & (SPOOL_NOTIFY_FAILURE | SPOOL_NOTIFY_DELAY)) ? ", " : "",
-			    nf & SPOOL_NOTIFY_FAILURE ? "\"FAILURE\"" : "",
-			    (nf & SPOOL_NOTIFY_FAILURE) && (nf & SPOOL_NOTIFY_DELAY) ? ", " : "",
-			    nf & SPOOL_NOTIFY_DELAY ? "\"DELAY\"" : "", "");
+			    nf & ENV_NOTIFY_NEVER ? "\"NEVER\"" : "",
+			    nf & ENV_NOTIFY_SUCCESS ? "\"SUCCESS\"" : "",
+			    (nf & ENV_NOTIFY_SUCCESS) && (nf & (ENV_NOTIFY_FAILURE | ENV_NOTIFY_DELAY)) ? ", " : "",
+			    nf & ENV_NOTIFY_FAILURE ? "\"FAILURE\"" : "",
+			    (nf & ENV_NOTIFY_FAILURE) && (nf & ENV_NOTIFY_DELAY) ? ", " : "",
+			    nf & ENV_NOTIFY_DELAY ? "\"DELAY\"" : "", "");
 		}
 		control_buf_printf(b, "]}\n");
 	} else {

@@ -827,8 +827,8 @@ dsn_build_and_send(struct drain_dsn *x)
 	rep.sender = env->sender;
 	rep.queue_id = j->qids;
 	rep.envid = env->envid;
-	rep.ret = (enum dsn_ret)env->ret;
-	rep.body = (enum dsn_body)env->body;
+	rep.ret = env->ret;
+	rep.body = env->body;
 	rep.smtputf8 = env->smtputf8;
 	rep.arrival_ms = env->arrival_ms;
 	rep.now_ms = util_now_ms();
@@ -849,13 +849,13 @@ dsn_build_and_send(struct drain_dsn *x)
 		return;
 	}
 	x->rcpt.addr = env->sender;
-	x->rcpt.notify = SMTP_NOTIFY_NEVER;  /* no report about a report */
+	x->rcpt.notify = ENV_NOTIFY_NEVER;  /* no report about a report */
 	x->cm.sender = "";
 	x->cm.rcpt = &x->rcpt;
 	x->cm.nrcpt = 1;
 	x->cm.size = x->out.prefix_len + x->out.suffix_len +
 	    (x->out.include_body ? x->body_len : 0);
-	x->cm.body = x->out.eightbit ? SMTP_BODY_8BITMIME : SMTP_BODY_NONE;
+	x->cm.body = x->out.eightbit ? ENV_BODY_8BITMIME : ENV_BODY_NONE;
 	x->cm.smtputf8 = x->out.smtputf8;
 	x->cm.read = dsn_read;
 	x->cm.read_arg = x;
@@ -1317,12 +1317,9 @@ job_prepare(struct drain_job *j)
 	j->cm.rcpt = j->crcpt;
 	j->cm.nrcpt = n;
 	j->cm.size = spool_msg_size(j->msg);
-	j->cm.body = env->body == SPOOL_BODY_8BITMIME ? SMTP_BODY_8BITMIME :
-	    env->body == SPOOL_BODY_BINARYMIME ? SMTP_BODY_BINARYMIME :
-	    SMTP_BODY_NONE;
+	j->cm.body = env->body;
 	j->cm.smtputf8 = env->smtputf8;
-	j->cm.ret = env->ret == SPOOL_RET_FULL ? SMTP_RET_FULL :
-	    env->ret == SPOOL_RET_HDRS ? SMTP_RET_HDRS : SMTP_RET_NONE;
+	j->cm.ret = env->ret;
 	j->cm.envid = env->envid;
 	j->cm.read = job_read;
 	j->cm.read_arg = j;

@@ -336,17 +336,17 @@ dsn_strerror(int status)
 bool
 dsn_wanted(unsigned notify, enum dsn_action action)
 {
-	if (notify & DSN_NOTIFY_NEVER)
+	if (notify & ENV_NOTIFY_NEVER)
 		return false;
 	if (notify == 0)
 		return action == DSN_ACTION_FAILED || action == DSN_ACTION_DELAYED;
 	switch (action) {
 	case DSN_ACTION_FAILED:
-		return (notify & DSN_NOTIFY_FAILURE) != 0;
+		return (notify & ENV_NOTIFY_FAILURE) != 0;
 	case DSN_ACTION_DELAYED:
-		return (notify & DSN_NOTIFY_DELAY) != 0;
+		return (notify & ENV_NOTIFY_DELAY) != 0;
 	case DSN_ACTION_DELIVERED:
-		return (notify & DSN_NOTIFY_SUCCESS) != 0;
+		return (notify & ENV_NOTIFY_SUCCESS) != 0;
 	}
 	return false;
 }
@@ -628,8 +628,8 @@ dsn_build(const struct dsn_report *r, struct dsn_output *out)
 	}
 	kind = any_failed ? DSN_ACTION_FAILED :
 	    any_delayed ? DSN_ACTION_DELAYED : DSN_ACTION_DELIVERED;
-	include_body = any_failed && r->ret != DSN_RET_HDRS &&
-	    r->message_size <= DSN_FULL_MAX && r->body != DSN_BODY_BINARYMIME &&
+	include_body = any_failed && r->ret != ENV_RET_HDRS &&
+	    r->message_size <= DSN_FULL_MAX && r->body != ENV_BODY_BINARYMIME &&
 	    r->headers != NULL && r->headers_len > 0;
 
 	/* The boundary carries the caller's random nonce: the returned body is
@@ -681,7 +681,7 @@ dsn_build(const struct dsn_report *r, struct dsn_output *out)
 
 		/* Part 3: the original, or its headers. */
 		if (r->headers != NULL && r->headers_len > 0) {
-			bool body8 = include_body && r->body == DSN_BODY_8BITMIME;
+			bool body8 = include_body && r->body == ENV_BODY_8BITMIME;
 			const char *type = include_body ?
 			    (global ? "message/global" : "message/rfc822") :
 			    (global ? "message/global-headers" :
@@ -707,7 +707,7 @@ dsn_build(const struct dsn_report *r, struct dsn_output *out)
 		sb_addf(&s, "\r\n--%s--\r\n", boundary);
 
 		if (!b.oom && (prefix_has_8bit(&b) || global ||
-		    (include_body && r->body == DSN_BODY_8BITMIME))) {
+		    (include_body && r->body == ENV_BODY_8BITMIME))) {
 			/* Insert the top-level CTE at its place in the header. */
 			static const char cte[] = "Content-Transfer-Encoding: 8bit\r\n";
 			size_t tail = b.len - cte_at;

@@ -657,15 +657,15 @@ sc_format_rcpt(struct smtp_client *c, size_t i, char *buf, size_t size)
 	int n;
 
 	if (dsn && rc->notify) {
-		if (rc->notify & SMTP_NOTIFY_NEVER) {
+		if (rc->notify & ENV_NOTIFY_NEVER) {
 			strcpy(notify, " NOTIFY=NEVER");
 		} else {
 			strcpy(notify, " NOTIFY=");
-			if (rc->notify & SMTP_NOTIFY_SUCCESS)
+			if (rc->notify & ENV_NOTIFY_SUCCESS)
 				strcat(notify, "SUCCESS,");
-			if (rc->notify & SMTP_NOTIFY_FAILURE)
+			if (rc->notify & ENV_NOTIFY_FAILURE)
 				strcat(notify, "FAILURE,");
-			if (rc->notify & SMTP_NOTIFY_DELAY)
+			if (rc->notify & ENV_NOTIFY_DELAY)
 				strcat(notify, "DELAY,");
 			notify[strlen(notify) - 1] = '\0';
 		}
@@ -686,11 +686,11 @@ sc_format_mail(struct smtp_client *c, char *buf, size_t size)
 	if ((c->ext & SMTP_EXT_SIZE) && m->size > 0)
 		snprintf(sz, sizeof(sz), " SIZE=%" PRIu64, m->size);
 	n = snprintf(buf, size, "MAIL FROM:<%s>%s%s%s%s%s%s\r\n", m->sender, sz,
-	    (m->body == SMTP_BODY_8BITMIME || m->body == SMTP_BODY_BINARYMIME) &&
+	    (m->body == ENV_BODY_8BITMIME || m->body == ENV_BODY_BINARYMIME) &&
 	    (c->ext & SMTP_EXT_8BITMIME) ? " BODY=8BITMIME" : "",
 	    m->smtputf8 ? " SMTPUTF8" : "",
-	    dsn && m->ret == SMTP_RET_FULL ? " RET=FULL" :
-	    dsn && m->ret == SMTP_RET_HDRS ? " RET=HDRS" : "",
+	    dsn && m->ret == ENV_RET_FULL ? " RET=FULL" :
+	    dsn && m->ret == ENV_RET_HDRS ? " RET=HDRS" : "",
 	    dsn && m->envid ? " ENVID=" : "", dsn && m->envid ? m->envid : "");
 	return n < 0 || (size_t)n >= size ? -1 : n;
 }

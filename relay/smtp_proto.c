@@ -1018,11 +1018,11 @@ smtp_proto_parse_mail_params(const char *s, size_t len,
 		}
 		case SEEN_BODY:
 			if (ieq(p.val, p.val_len, "7BIT"))
-				out->body = SMTP_BODY_7BIT;
+				out->body = ENV_BODY_7BIT;
 			else if (ieq(p.val, p.val_len, "8BITMIME"))
-				out->body = SMTP_BODY_8BITMIME;
+				out->body = ENV_BODY_8BITMIME;
 			else if (ieq(p.val, p.val_len, "BINARYMIME"))
-				out->body = SMTP_BODY_BINARYMIME;
+				out->body = ENV_BODY_BINARYMIME;
 			else
 				return SMTP_PROTO_EPARAMVAL;
 			break;
@@ -1031,9 +1031,9 @@ smtp_proto_parse_mail_params(const char *s, size_t len,
 			break;
 		case SEEN_RET:
 			if (ieq(p.val, p.val_len, "FULL"))
-				out->ret = SMTP_RET_FULL;
+				out->ret = ENV_RET_FULL;
 			else if (ieq(p.val, p.val_len, "HDRS"))
-				out->ret = SMTP_RET_HDRS;
+				out->ret = ENV_RET_HDRS;
 			else
 				return SMTP_PROTO_EPARAMVAL;
 			break;
@@ -1073,13 +1073,13 @@ parse_notify(const char *v, size_t len, unsigned *out)
 		while (j < len && v[j] != ',')
 			j++;
 		if (ieq(v + i, j - i, "NEVER"))
-			bit = SMTP_NOTIFY_NEVER;
+			bit = ENV_NOTIFY_NEVER;
 		else if (ieq(v + i, j - i, "SUCCESS"))
-			bit = SMTP_NOTIFY_SUCCESS;
+			bit = ENV_NOTIFY_SUCCESS;
 		else if (ieq(v + i, j - i, "FAILURE"))
-			bit = SMTP_NOTIFY_FAILURE;
+			bit = ENV_NOTIFY_FAILURE;
 		else if (ieq(v + i, j - i, "DELAY"))
-			bit = SMTP_NOTIFY_DELAY;
+			bit = ENV_NOTIFY_DELAY;
 		else
 			return SMTP_PROTO_EPARAMVAL;
 		if (bits & bit)
@@ -1087,7 +1087,7 @@ parse_notify(const char *v, size_t len, unsigned *out)
 		bits |= bit;
 		i = j + 1;
 	}
-	if ((bits & SMTP_NOTIFY_NEVER) && bits != SMTP_NOTIFY_NEVER)
+	if ((bits & ENV_NOTIFY_NEVER) && bits != ENV_NOTIFY_NEVER)
 		return SMTP_PROTO_EPARAMVAL;
 	*out = bits;
 	return SMTP_PROTO_OK;

@@ -459,10 +459,8 @@ smtp_tx_open(struct smtp_session *sess)
 	env.tenant = tx->tenant;
 	env.sender = tx->sender;
 	env.envid = tx->params.has_envid ? tx->params.envid : NULL;
-	env.ret = tx->params.ret == SMTP_RET_FULL ? SPOOL_RET_FULL :
-	    tx->params.ret == SMTP_RET_HDRS ? SPOOL_RET_HDRS : SPOOL_RET_NONE;
-	env.body = tx->params.body == SMTP_BODY_8BITMIME ? SPOOL_BODY_8BITMIME :
-	    tx->params.body == SMTP_BODY_BINARYMIME ? SPOOL_BODY_BINARYMIME : SPOOL_BODY_7BIT;
+	env.ret = tx->params.ret;
+	env.body = tx->params.body;
 	env.smtputf8 = tx->params.smtputf8;
 	env.client = client;
 	env.nrcpt = tx->nrcpt;
@@ -706,7 +704,7 @@ smtp_cmd_mail(struct smtp_session *sess, const struct smtp_cmd *cmd)
 	rc = smtp_proto_parse_mail(cmd, &m);
 	if (rc == 0 && m.params.smtputf8 && !sess->esmtp)
 		rc = SMTP_PROTO_EPARAM;
-	if (rc == 0 && m.params.body == SMTP_BODY_BINARYMIME) {
+	if (rc == 0 && m.params.body == ENV_BODY_BINARYMIME) {
 		/* Not advertised: BINARYMIME cannot be forwarded with DATA. */
 		smtp_reply(sess, "555 5.5.4 Unsupported option: BODY=BINARYMIME");
 		smtp_error_count(sess);

@@ -220,6 +220,20 @@ w_str(struct wbuf *w, const char *s, bool allow_null)
 	w_bytes(w, s, n);
 }
 
+/* On-disk bytes of RET and BODY (format version 1), independent of the
+ * order of the enums in envelope.h. */
+static uint8_t
+codec_ret_byte(enum env_ret ret)
+{
+	return ret == ENV_RET_FULL ? 1 : ret == ENV_RET_HDRS ? 2 : 0;
+}
+
+static uint8_t
+codec_body_byte(enum env_body body)
+{
+	return body == ENV_BODY_8BITMIME ? 1 : body == ENV_BODY_BINARYMIME ? 2 : 0;
+}
+
 static void
 env_write(struct wbuf *w, const struct spool_envelope *env, int64_t arrival_ms)
 {
@@ -228,8 +242,8 @@ env_write(struct wbuf *w, const struct spool_envelope *env, int64_t arrival_ms)
 	spool_put32(fixed, (uint32_t)w->cap);
 	spool_put32(fixed + 4, (uint32_t)env->nrcpt);
 	spool_put64(fixed + 8, (uint64_t)arrival_ms);
-	fixed[16] = (uint8_t)env->ret;
-	fixed[17] = (uint8_t)env->body;
+	fixed[16] = codec_ret_byte(env->ret);
+	fixed[17] = codec_body_byte(env->body);
 	fixed[18] = env->smtputf8 ? 1 : 0;
 	fixed[19] = 0;
 	w_bytes(w, fixed, sizeof(fixed));
@@ -366,10 +380,10 @@ spool_env_decode(const uint8_t *p, size_t len, struct spool_envelope **out)
 	arena = (char *)(rc + nrcpt);
 	r.off = 20;
 	env->arrival_ms = (int64_t)spool_get64(fixed + 8);
-	env->ret = fixed[16] <= SPOOL_RET_HDRS ? (enum spool_ret)fixed[16] :
-	    SPOOL_RET_NONE;
-	env->body = fixed[17] <= SPOOL_BODY_BINARYMIME ?
-	    (enum spool_body)fixed[17] : SPOOL_BODY_7BIT;
+	env->ret = fixed[16] == 1 ? ENV_RET_FULL : fixed[16] == 2 ? ENV_RET_HDRS :
+	    ENV_RET_NONE;
+	env->body = fixed[17] == 1 ? ENV_BODY_8BITMIME :
+	    fixed[17] == 2 ? ENV_BODY_BINARYMIME : ENV_BODY_7BIT;
 	env->smtputf8 = fixed[18] & 1;
 	s = r_str(&r, &n, false);
 	env->tenant = arena_str(&arena, s, n);

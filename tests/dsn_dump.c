@@ -44,13 +44,13 @@ parse_notify(const char *s)
 		return 0;
 	for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
 		if (strcasecmp(t, "NEVER") == 0)
-			n |= DSN_NOTIFY_NEVER;
+			n |= ENV_NOTIFY_NEVER;
 		else if (strcasecmp(t, "SUCCESS") == 0)
-			n |= DSN_NOTIFY_SUCCESS;
+			n |= ENV_NOTIFY_SUCCESS;
 		else if (strcasecmp(t, "FAILURE") == 0)
-			n |= DSN_NOTIFY_FAILURE;
+			n |= ENV_NOTIFY_FAILURE;
 		else if (strcasecmp(t, "DELAY") == 0)
-			n |= DSN_NOTIFY_DELAY;
+			n |= ENV_NOTIFY_DELAY;
 	}
 	free(copy);
 	return n;
@@ -131,9 +131,9 @@ main(int argc, char **argv)
 			r.now_ms = r.arrival_ms + 4LL * 3600000;
 			break;
 		case 'r':
-			r.ret = strcmp(optarg, "full") == 0 ? DSN_RET_FULL :
-			    strcmp(optarg, "hdrs") == 0 ? DSN_RET_HDRS :
-			    DSN_RET_DEFAULT;
+			r.ret = strcmp(optarg, "full") == 0 ? ENV_RET_FULL :
+			    strcmp(optarg, "hdrs") == 0 ? ENV_RET_HDRS :
+			    ENV_RET_NONE;
 			break;
 		case 'e':
 			r.envid = optarg;

@@ -141,13 +141,13 @@ parse_notify(const char *s)
 	unsigned v = 0;
 
 	if (strstr(s, "NEVER"))
-		v |= SMTP_NOTIFY_NEVER;
+		v |= ENV_NOTIFY_NEVER;
 	if (strstr(s, "SUCCESS"))
-		v |= SMTP_NOTIFY_SUCCESS;
+		v |= ENV_NOTIFY_SUCCESS;
 	if (strstr(s, "FAILURE"))
-		v |= SMTP_NOTIFY_FAILURE;
+		v |= ENV_NOTIFY_FAILURE;
 	if (strstr(s, "DELAY"))
-		v |= SMTP_NOTIFY_DELAY;
+		v |= ENV_NOTIFY_DELAY;
 	return v;
 }
 
@@ -180,7 +180,7 @@ main(int argc, char **argv)
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
 		if (strcmp(a, "--8bitmime") == 0) {
-			s.msg.body = SMTP_BODY_8BITMIME;
+			s.msg.body = ENV_BODY_8BITMIME;
 		} else if (strcmp(a, "--smtputf8") == 0) {
 			s.msg.smtputf8 = true;
 		} else if (strcmp(a, "--probe") == 0) {
@@ -200,7 +200,7 @@ main(int argc, char **argv)
 			else if (strcmp(a, "--count") == 0)
 				s.count = (unsigned)strtoul(v, NULL, 10);
 			else if (strcmp(a, "--ret") == 0)
-				s.msg.ret = strcmp(v, "full") == 0 ? SMTP_RET_FULL : SMTP_RET_HDRS;
+				s.msg.ret = strcmp(v, "full") == 0 ? ENV_RET_FULL : ENV_RET_HDRS;
 			else if (strcmp(a, "--envid") == 0)
 				s.msg.envid = v;
 			else if (strcmp(a, "--notify") == 0)

@@ -222,7 +222,7 @@ static void
 producer_start(struct producer *p)
 {
 	char envid[64], rcpt[64];
-	struct spool_rcpt r = { rcpt, NULL, SPOOL_NOTIFY_FAILURE };
+	struct spool_rcpt r = { rcpt, NULL, ENV_NOTIFY_FAILURE };
 	struct spool_envelope env = {
 		.tenant = "crash", .sender = "sender@example.org", .envid = envid,
 		.nrcpt = 1, .rcpt = &r,

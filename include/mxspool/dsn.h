@@ -32,19 +32,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* NOTIFY bits (RFC 3461), same values as SPOOL_NOTIFY_* so the spool's
- * envelope can be passed straight through; 0 = NOTIFY not given, which we
- * treat as FAILURE,DELAY (as Postfix does). */
-#define DSN_NOTIFY_NEVER   0x1
-#define DSN_NOTIFY_SUCCESS 0x2
-#define DSN_NOTIFY_FAILURE 0x4
-#define DSN_NOTIFY_DELAY   0x8
+#include "mxspool/envelope.h"
 
-/* RET (RFC 3461), same order as enum spool_ret. */
-enum dsn_ret { DSN_RET_DEFAULT, DSN_RET_FULL, DSN_RET_HDRS };
-
-/* Body type of the original (same order as enum spool_body). */
-enum dsn_body { DSN_BODY_7BIT, DSN_BODY_8BITMIME, DSN_BODY_BINARYMIME };
+/* NOTIFY 0 (not given) is treated as FAILURE,DELAY, as Postfix does. */
 
 enum dsn_action {
 	DSN_ACTION_FAILED,            /* bounce */
@@ -76,7 +66,7 @@ struct dsn_rcpt {
 	const char *addr;             /* final recipient, without <> */
 	const char *orcpt;            /* ORCPT as received ("rfc822;a+2Bb@c"),
 	                               * or NULL */
-	unsigned notify;              /* DSN_NOTIFY_* bits, 0 = not given */
+	unsigned notify;              /* ENV_NOTIFY_* bits, 0 = not given */
 	enum dsn_action action;
 	const char *status;           /* "5.1.1"; NULL: taken from the reply's
 	                               * enhanced code, else 5.0.0 / 4.0.0 /
@@ -101,8 +91,8 @@ struct dsn_report {
 	const char *queue_id;         /* for the text, Message-ID and
 	                               * X-Mxspool-Queue-ID; may be NULL */
 	const char *envid;            /* ENVID as received (xtext), or NULL */
-	enum dsn_ret ret;
-	enum dsn_body body;
+	enum env_ret ret;
+	enum env_body body;
 	bool smtputf8;
 	int64_t arrival_ms;           /* wall clock */
 	int64_t now_ms;               /* wall clock: Date: */

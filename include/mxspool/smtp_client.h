@@ -92,7 +92,7 @@ typedef int (*smtp_client_read_fn)(void *read_arg, uint64_t offset,
 struct smtp_client_rcpt {
 	const char *addr;              /* forward path without <> */
 	const char *orcpt;             /* ORCPT "type;xtext" as received, NULL */
-	unsigned notify;               /* SMTP_NOTIFY_* bits, 0 = not given */
+	unsigned notify;               /* ENV_NOTIFY_* bits, 0 = not given */
 };
 
 struct smtp_client_msg {
@@ -100,12 +100,12 @@ struct smtp_client_msg {
 	const struct smtp_client_rcpt *rcpt;
 	size_t nrcpt;                  /* >= 1 */
 	uint64_t size;                 /* for SIZE=; 0 = unknown */
-	enum smtp_body body;           /* 8BITMIME / BINARYMIME: BODY=8BITMIME
+	enum env_body body;           /* 8BITMIME / BINARYMIME: BODY=8BITMIME
 	                                * when offered (BINARYMIME is sent as
 	                                * 8BITMIME over DATA after CRLF
 	                                * normalisation) */
 	bool smtputf8;                 /* needs SMTPUTF8 */
-	enum smtp_ret ret;             /* DSN RET, SMTP_RET_NONE = not given */
+	enum env_ret ret;             /* DSN RET, ENV_RET_NONE = not given */
 	const char *envid;             /* DSN ENVID xtext, or NULL */
 	smtp_client_read_fn read;
 	void *read_arg;

@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mxspool/envelope.h"
+
 /* Limits, in octets (RFC 5321 4.5.3.1, RFC 3461 4.2 and 4.4). */
 #define SMTP_PROTO_LINE_MAX        512   /* command line, CRLF included */
 #define SMTP_PROTO_TEXT_LINE_MAX   1000  /* default DATA text line, CRLF incl. */
@@ -242,29 +244,19 @@ bool smtp_proto_valid_helo(const char *s, size_t len);
 
 /* ---- ESMTP parameters ------------------------------------------------------ */
 
-enum smtp_body { SMTP_BODY_NONE, SMTP_BODY_7BIT, SMTP_BODY_8BITMIME,
-	SMTP_BODY_BINARYMIME };
-enum smtp_ret { SMTP_RET_NONE, SMTP_RET_FULL, SMTP_RET_HDRS };
-
-/* DSN NOTIFY bits; the same values as SPOOL_NOTIFY_*. 0 = not given. */
-#define SMTP_NOTIFY_NEVER   0x1
-#define SMTP_NOTIFY_SUCCESS 0x2
-#define SMTP_NOTIFY_FAILURE 0x4
-#define SMTP_NOTIFY_DELAY   0x8
-
 struct smtp_mail_params {
 	bool has_size;
 	uint64_t size;                /* SIZE=n */
-	enum smtp_body body;          /* BODY= */
+	enum env_body body;          /* BODY= */
 	bool smtputf8;                /* SMTPUTF8 */
-	enum smtp_ret ret;            /* RET= */
+	enum env_ret ret;            /* RET= */
 	bool has_envid;
 	char envid[SMTP_PROTO_ENVID_MAX + 1];  /* ENVID= xtext as received */
 	bool auth;                    /* AUTH= seen (accepted, ignored) */
 };
 
 struct smtp_rcpt_params {
-	unsigned notify;              /* SMTP_NOTIFY_* bits */
+	unsigned notify;              /* ENV_NOTIFY_* bits */
 	bool has_orcpt;
 	char orcpt[SMTP_PROTO_ORCPT_MAX + 1];  /* ORCPT= "type;xtext" as received */
 };

@@ -17,6 +17,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "mxspool/envelope.h"
 #include <uv.h>
 
 struct spool;
@@ -43,27 +45,19 @@ enum spool_status {
 };
 const char *spool_strerror(int status);
 
-/* DSN NOTIFY bits (RFC 3461); 0 = not given. */
-#define SPOOL_NOTIFY_NEVER   0x1
-#define SPOOL_NOTIFY_SUCCESS 0x2
-#define SPOOL_NOTIFY_FAILURE 0x4
-#define SPOOL_NOTIFY_DELAY   0x8
-
-enum spool_ret { SPOOL_RET_NONE, SPOOL_RET_FULL, SPOOL_RET_HDRS };
-enum spool_body { SPOOL_BODY_7BIT, SPOOL_BODY_8BITMIME, SPOOL_BODY_BINARYMIME };
 
 struct spool_rcpt {
 	char *addr;                   /* forward-path without <> */
 	char *orcpt;                  /* DSN ORCPT value as received, or NULL */
-	unsigned notify;              /* SPOOL_NOTIFY_* bits */
+	unsigned notify;              /* ENV_NOTIFY_* bits */
 };
 
 struct spool_envelope {
 	char *tenant;
 	char *sender;                 /* "" is the null reverse-path */
 	char *envid;                  /* DSN ENVID as received, or NULL */
-	enum spool_ret ret;
-	enum spool_body body;
+	enum env_ret ret;
+	enum env_body body;
 	bool smtputf8;
 	int64_t arrival_ms;           /* 0: the spool sets it at begin (= the
 	                                 * queue id's time) */

@@ -84,8 +84,8 @@ check_command(const char *line, size_t len, bool utf8)
 		r = smtp_proto_parse_rcpt(&cmd, utf8, &rc);
 		if (r == SMTP_PROTO_OK) {
 			check_path(&rc.to, SMTP_PATH_FORWARD, utf8);
-			if (rc.params.notify & SMTP_NOTIFY_NEVER)
-				CHECK(rc.params.notify == SMTP_NOTIFY_NEVER);
+			if (rc.params.notify & ENV_NOTIFY_NEVER)
+				CHECK(rc.params.notify == ENV_NOTIFY_NEVER);
 		}
 	} else if (cmd.verb == SMTP_VERB_ETRN) {
 		CHECK(cmd.etrn_kind == 0 || cmd.etrn_kind == '@' ||

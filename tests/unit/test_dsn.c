@@ -202,7 +202,7 @@ test_delayed_structure(void **state)
 	f.rc[0].action = DSN_ACTION_DELAYED;
 	f.rc[0].diagnostic = "451 4.3.0 try again later";
 	f.rc[0].retry_until_ms = 1739440800000;
-	f.r.ret = DSN_RET_FULL;
+	f.r.ret = ENV_RET_FULL;
 	assert_int_equal(build(&f), DSN_OK);
 	assert_well_formed(f.all);
 	assert_true(has_line(f.all, "Subject: Delayed Mail (still being retried)"));
@@ -235,7 +235,7 @@ test_ret(void **state)
 
 	(void)state;
 	fixture_init(&f);
-	f.r.ret = DSN_RET_HDRS;
+	f.r.ret = ENV_RET_HDRS;
 	assert_int_equal(build(&f), DSN_OK);
 	assert_well_formed(f.all);
 	assert_false(f.out.include_body);
@@ -245,7 +245,7 @@ test_ret(void **state)
 	fixture_done(&f);
 
 	fixture_init(&f);
-	f.r.ret = DSN_RET_FULL;
+	f.r.ret = ENV_RET_FULL;
 	assert_int_equal(build(&f), DSN_OK);
 	assert_true(f.out.include_body);
 	assert_true(has_line(f.all, "Content-Type: message/rfc822"));
@@ -253,7 +253,7 @@ test_ret(void **state)
 	fixture_done(&f);
 
 	fixture_init(&f);
-	f.r.ret = DSN_RET_FULL;
+	f.r.ret = ENV_RET_FULL;
 	f.r.message_size = DSN_FULL_MAX + 1;
 	assert_int_equal(build(&f), DSN_OK);
 	assert_false(f.out.include_body);
@@ -261,14 +261,14 @@ test_ret(void **state)
 	fixture_done(&f);
 
 	fixture_init(&f);
-	f.r.body = DSN_BODY_BINARYMIME;
+	f.r.body = ENV_BODY_BINARYMIME;
 	assert_int_equal(build(&f), DSN_OK);
 	assert_false(f.out.include_body);
 	fixture_done(&f);
 
 	/* An 8BITMIME original returned whole makes the report 8bit. */
 	fixture_init(&f);
-	f.r.body = DSN_BODY_8BITMIME;
+	f.r.body = ENV_BODY_8BITMIME;
 	assert_int_equal(build(&f), DSN_OK);
 	assert_true(f.out.include_body);
 	assert_true(f.out.eightbit);
@@ -328,36 +328,36 @@ test_notify(void **state)
 	struct fixture f;
 
 	(void)state;
-	assert_false(dsn_wanted(DSN_NOTIFY_NEVER, DSN_ACTION_FAILED));
+	assert_false(dsn_wanted(ENV_NOTIFY_NEVER, DSN_ACTION_FAILED));
 	assert_true(dsn_wanted(0, DSN_ACTION_FAILED));
 	assert_true(dsn_wanted(0, DSN_ACTION_DELAYED));
 	assert_false(dsn_wanted(0, DSN_ACTION_DELIVERED));
-	assert_false(dsn_wanted(DSN_NOTIFY_SUCCESS, DSN_ACTION_FAILED));
-	assert_true(dsn_wanted(DSN_NOTIFY_SUCCESS, DSN_ACTION_DELIVERED));
-	assert_false(dsn_wanted(DSN_NOTIFY_FAILURE, DSN_ACTION_DELAYED));
-	assert_true(dsn_wanted(DSN_NOTIFY_FAILURE | DSN_NOTIFY_DELAY,
+	assert_false(dsn_wanted(ENV_NOTIFY_SUCCESS, DSN_ACTION_FAILED));
+	assert_true(dsn_wanted(ENV_NOTIFY_SUCCESS, DSN_ACTION_DELIVERED));
+	assert_false(dsn_wanted(ENV_NOTIFY_FAILURE, DSN_ACTION_DELAYED));
+	assert_true(dsn_wanted(ENV_NOTIFY_FAILURE | ENV_NOTIFY_DELAY,
 	    DSN_ACTION_DELAYED));
-	assert_false(dsn_wanted(DSN_NOTIFY_DELAY, DSN_ACTION_FAILED));
+	assert_false(dsn_wanted(ENV_NOTIFY_DELAY, DSN_ACTION_FAILED));
 
 	fixture_init(&f);
-	f.rc[0].notify = DSN_NOTIFY_NEVER;
+	f.rc[0].notify = ENV_NOTIFY_NEVER;
 	assert_int_equal(dsn_build(&f.r, &f.out), DSN_SKIP_NOTIFY);
 	assert_null(f.out.prefix);
-	f.rc[0].notify = DSN_NOTIFY_DELAY;
+	f.rc[0].notify = ENV_NOTIFY_DELAY;
 	assert_int_equal(dsn_build(&f.r, &f.out), DSN_SKIP_NOTIFY);
-	f.rc[0].notify = DSN_NOTIFY_FAILURE;
+	f.rc[0].notify = ENV_NOTIFY_FAILURE;
 	f.rc[0].action = DSN_ACTION_DELAYED;
 	assert_int_equal(dsn_build(&f.r, &f.out), DSN_SKIP_NOTIFY);
 
 	/* Mixed: only the recipients that asked are reported. */
 	fixture_init(&f);
-	f.rc[0].notify = DSN_NOTIFY_NEVER;
+	f.rc[0].notify = ENV_NOTIFY_NEVER;
 	f.rc[1] = f.rc[0];
 	f.rc[1].addr = "carol@example.com";
 	f.rc[1].notify = 0;
 	f.rc[2] = f.rc[0];
 	f.rc[2].addr = "dave@example.com";
-	f.rc[2].notify = DSN_NOTIFY_FAILURE;
+	f.rc[2].notify = ENV_NOTIFY_FAILURE;
 	f.r.nrcpt = 3;
 	assert_int_equal(build(&f), DSN_OK);
 	assert_int_equal(f.out.nrcpt, 2);
@@ -370,7 +370,7 @@ test_notify(void **state)
 
 	/* A success report, when asked for. */
 	fixture_init(&f);
-	f.rc[0].notify = DSN_NOTIFY_SUCCESS;
+	f.rc[0].notify = ENV_NOTIFY_SUCCESS;
 	f.rc[0].action = DSN_ACTION_DELIVERED;
 	f.rc[0].diagnostic = "250 2.0.0 Ok: queued";
 	assert_int_equal(build(&f), DSN_OK);
@@ -429,7 +429,7 @@ test_headers_normalised(void **state)
 	fixture_init(&f);
 	f.r.headers = "Subject: lf only\nFrom: a@b\n\nBODY TEXT\n";
 	f.r.headers_len = strlen(f.r.headers);
-	f.r.ret = DSN_RET_HDRS;
+	f.r.ret = ENV_RET_HDRS;
 	assert_int_equal(build(&f), DSN_OK);
 	assert_well_formed(f.all);
 	assert_true(has_line(f.all, "Subject: lf only"));
@@ -444,7 +444,7 @@ test_headers_normalised(void **state)
 	fixture_init(&f);
 	f.r.headers = big;
 	f.r.headers_len = n;
-	f.r.ret = DSN_RET_HDRS;
+	f.r.ret = ENV_RET_HDRS;
 	assert_int_equal(build(&f), DSN_OK);
 	assert_well_formed(f.all);
 	assert_true(f.out.prefix_len < DSN_HEADERS_MAX + 8192);
@@ -489,7 +489,7 @@ test_smtputf8(void **state)
 	fixture_init(&f);
 	f.r.headers = "Subject: Gr\xfc\xdf" "e\r\n\r\n";
 	f.r.headers_len = strlen(f.r.headers);
-	f.r.ret = DSN_RET_HDRS;
+	f.r.ret = ENV_RET_HDRS;
 	assert_int_equal(build(&f), DSN_OK);
 	assert_true(f.out.eightbit);
 	assert_false(f.out.smtputf8);

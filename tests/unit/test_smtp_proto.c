@@ -694,13 +694,13 @@ test_mail_params_values(void **state)
 	assert_int_equal(smtp_proto_parse_mail_params(s, strlen(s), &p),
 	    SMTP_PROTO_OK);
 	assert_true(p.has_size && p.size == 123);
-	assert_int_equal(p.body, SMTP_BODY_8BITMIME);
+	assert_int_equal(p.body, ENV_BODY_8BITMIME);
 	assert_true(p.smtputf8 && p.auth && p.has_envid);
-	assert_int_equal(p.ret, SMTP_RET_HDRS);
+	assert_int_equal(p.ret, ENV_RET_HDRS);
 	assert_string_equal(p.envid, "QQ+2B1");
 	assert_int_equal(smtp_proto_parse_mail_params("", 0, &p), SMTP_PROTO_OK);
-	assert_true(!p.has_size && p.body == SMTP_BODY_NONE &&
-	    p.ret == SMTP_RET_NONE && !p.smtputf8 && !p.has_envid);
+	assert_true(!p.has_size && p.body == ENV_BODY_NONE &&
+	    p.ret == ENV_RET_NONE && !p.smtputf8 && !p.has_envid);
 }
 
 static const struct rcpt_param_case {
@@ -710,12 +710,12 @@ static const struct rcpt_param_case {
 	unsigned notify;
 } rcpt_param_cases[] = {
 	{ "", false, SMTP_PROTO_OK, 0 },
-	{ "NOTIFY=NEVER", false, SMTP_PROTO_OK, SMTP_NOTIFY_NEVER },
-	{ "notify=failure", false, SMTP_PROTO_OK, SMTP_NOTIFY_FAILURE },
+	{ "NOTIFY=NEVER", false, SMTP_PROTO_OK, ENV_NOTIFY_NEVER },
+	{ "notify=failure", false, SMTP_PROTO_OK, ENV_NOTIFY_FAILURE },
 	{ "NOTIFY=SUCCESS,FAILURE,DELAY", false, SMTP_PROTO_OK,
-	  SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_FAILURE | SMTP_NOTIFY_DELAY },
+	  ENV_NOTIFY_SUCCESS | ENV_NOTIFY_FAILURE | ENV_NOTIFY_DELAY },
 	{ "NOTIFY=DELAY,SUCCESS", false, SMTP_PROTO_OK,
-	  SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_DELAY },
+	  ENV_NOTIFY_SUCCESS | ENV_NOTIFY_DELAY },
 	{ "NOTIFY=NEVER,SUCCESS", false, SMTP_PROTO_EPARAMVAL, 0 },
 	{ "NOTIFY=FAILURE,NEVER", false, SMTP_PROTO_EPARAMVAL, 0 },
 	{ "NOTIFY=", false, SMTP_PROTO_EPARAMVAL, 0 },
@@ -770,9 +770,9 @@ test_rcpt_params_values(void **state)
 	    SMTP_PROTO_OK);
 	assert_true(p.has_orcpt);
 	assert_string_equal(p.orcpt, "rfc822;Bob+2B1@example.test");
-	assert_int_equal(p.notify, SMTP_NOTIFY_SUCCESS);
-	assert_int_equal(SMTP_NOTIFY_NEVER | SMTP_NOTIFY_SUCCESS |
-	    SMTP_NOTIFY_FAILURE | SMTP_NOTIFY_DELAY, 0xf);
+	assert_int_equal(p.notify, ENV_NOTIFY_SUCCESS);
+	assert_int_equal(ENV_NOTIFY_NEVER | ENV_NOTIFY_SUCCESS |
+	    ENV_NOTIFY_FAILURE | ENV_NOTIFY_DELAY, 0xf);
 }
 
 static const struct mail_case {
@@ -827,7 +827,7 @@ test_parse_rcpt(void **state)
 	assert_int_equal(smtp_proto_parse_rcpt(&cmd, false, &r), SMTP_PROTO_EUTF8);
 	assert_int_equal(smtp_proto_parse_rcpt(&cmd, true, &r), SMTP_PROTO_OK);
 	assert_string_equal(r.to.domain, OURS);
-	assert_int_equal(r.params.notify, SMTP_NOTIFY_NEVER);
+	assert_int_equal(r.params.notify, ENV_NOTIFY_NEVER);
 	l = "RCPT TO:<a@" OURS "> NOTIFY=BOGUS";
 	assert_int_equal(smtp_proto_parse_command(l, strlen(l), &cmd), SMTP_PROTO_OK);
 	assert_int_equal(smtp_proto_parse_rcpt(&cmd, false, &r), SMTP_PROTO_EPARAMVAL);

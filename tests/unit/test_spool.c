@@ -152,14 +152,14 @@ append(struct ctx *c, const char *tenant, size_t nrcpt, const uint8_t *data,
     size_t len, size_t chunk, spool_qid *qid)
 {
 	struct spool_rcpt rc[4] = {
-		{ "a@example.test", "rfc822;a@example.test", SPOOL_NOTIFY_FAILURE },
+		{ "a@example.test", "rfc822;a@example.test", ENV_NOTIFY_FAILURE },
 		{ "b@example.test", NULL, 0 },
-		{ "c@example.test", NULL, SPOOL_NOTIFY_NEVER },
+		{ "c@example.test", NULL, ENV_NOTIFY_NEVER },
 		{ "d@example.test", NULL, 0 },
 	};
 	struct spool_envelope env = {
 		.tenant = (char *)tenant, .sender = "s@example.org",
-		.envid = "ENV1", .ret = SPOOL_RET_HDRS, .body = SPOOL_BODY_8BITMIME,
+		.envid = "ENV1", .ret = ENV_RET_HDRS, .body = ENV_BODY_8BITMIME,
 		.client = "helo [127.0.0.1]", .nrcpt = nrcpt, .rcpt = rc,
 	};
 	struct spool_tx *tx;
@@ -388,12 +388,12 @@ test_codec_roundtrip(void **state)
 	/* Headers, envelopes and state bodies decode to what was encoded, and
 	 * damaged bytes are refused. */
 	struct spool_rcpt rc[2] = {
-		{ "a@x.test", "rfc822;A@x.test", SPOOL_NOTIFY_SUCCESS | SPOOL_NOTIFY_DELAY },
+		{ "a@x.test", "rfc822;A@x.test", ENV_NOTIFY_SUCCESS | ENV_NOTIFY_DELAY },
 		{ "b@x.test", NULL, 0 },
 	};
 	struct spool_envelope env = {
-		.tenant = "acme", .sender = "", .envid = NULL, .ret = SPOOL_RET_FULL,
-		.body = SPOOL_BODY_BINARYMIME, .smtputf8 = true,
+		.tenant = "acme", .sender = "", .envid = NULL, .ret = ENV_RET_FULL,
+		.body = ENV_BODY_BINARYMIME, .smtputf8 = true,
 		.client = "mx [192.0.2.1]", .nrcpt = 2, .rcpt = rc,
 	};
 	struct spool_envelope *d;
@@ -444,14 +444,14 @@ test_codec_roundtrip(void **state)
 	assert_string_equal(d->sender, "");
 	assert_null(d->envid);
 	assert_string_equal(d->client, "mx [192.0.2.1]");
-	assert_int_equal(d->ret, SPOOL_RET_FULL);
-	assert_int_equal(d->body, SPOOL_BODY_BINARYMIME);
+	assert_int_equal(d->ret, ENV_RET_FULL);
+	assert_int_equal(d->body, ENV_BODY_BINARYMIME);
 	assert_true(d->smtputf8);
 	assert_int_equal(d->arrival_ms, 1234567);
 	assert_int_equal(d->nrcpt, 2);
 	assert_string_equal(d->rcpt[0].addr, "a@x.test");
 	assert_string_equal(d->rcpt[0].orcpt, "rfc822;A@x.test");
-	assert_int_equal(d->rcpt[0].notify, SPOOL_NOTIFY_SUCCESS | SPOOL_NOTIFY_DELAY);
+	assert_int_equal(d->rcpt[0].notify, ENV_NOTIFY_SUCCESS | ENV_NOTIFY_DELAY);
 	assert_string_equal(d->rcpt[1].addr, "b@x.test");
 	assert_null(d->rcpt[1].orcpt);
 	free(d);
