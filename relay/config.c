@@ -1,5 +1,15 @@
 /*
- * config.c - the INI file (inih) turned into a validated struct config.
+ * config.c - the INI file (inih) turned into a validated struct config,
+ * and the run-time changes of "mxspoolctl set".
+ *
+ * One key table per section (server_keys, tls_keys, tenant_keys) says, for
+ * every key, its kind, field, bounds and whether "mxspoolctl set" may change
+ * it (KEY_RUNTIME).  The single-value setters store a value or write a
+ * "key: message" reason; the loader prefixes "FILE:LINE: ", and
+ * config_tenant_set() passes the reason on as it is, so the config file and
+ * the control socket apply one set of rules.  Keys are found by name, never
+ * by their position in a table.  The pure value parsers (numbers, sizes,
+ * durations, host:port, CIDRs, DNS names) live in config_value.c.
  *
  * inih splits lines into section / name / value and strips comments, but the
  * system build (Debian, r55) has four limits we must work around:
@@ -39,6 +49,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <ini.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +61,7 @@
 
 #include "mxspool/config.h"
 #include "mxspool/util.h"
+#include "config_internal.h"
 
 /* An entry of the domain index: the domain string belongs to the tenant. */
 struct config_domain_ref {
@@ -68,40 +80,6 @@ struct config_domain_ref {
 #define DEF_METRICS_PORT 9325
 #define DEF_DNS_PORT 53
 #define DEF_SMTP_PORT 25
-#define KIB 1024ULL
-#define MIB (1024ULL * KIB)
-#define GIB (1024ULL * MIB)
-#define SEC_MS 1000ULL
-#define MIN_MS (60 * SEC_MS)
-#define HOUR_MS (60 * MIN_MS)
-#define DAY_MS (24 * HOUR_MS)
-
-/* ---- ASCII helpers (the locale must not change how a config parses) ---- */
-
-static bool
-ch_space(int c)
-{
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' ||
-	    c == '\f';
-}
-
-static bool
-ch_digit(int c)
-{
-	return c >= '0' && c <= '9';
-}
-
-static bool
-ch_alnum(int c)
-{
-	return ch_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-
-static int
-ch_lower(int c)
-{
-	return c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c;
-}
 
 static bool
 str_ieq(const char *a, const char *b)
@@ -118,380 +96,6 @@ array_grow(void *arr, size_t n, size_t elsize)
 	if (n == 0 || (n & (n - 1)) == 0)
 		arr = xrealloc(arr, (n ? 2 * n : 1) * elsize);
 	return arr;
-}
-
-/* ---- value parsers: each returns NULL or the reason the value is bad ---- */
-
-/* Decimal digits only, no sign, no overflow. */
-static const char *
-parse_u64(const char *s, uint64_t *out)
-{
-	uint64_t v = 0;
-
-	if (!ch_digit((unsigned char)*s))
-		return "not a number";
-	for (; ch_digit((unsigned char)*s); s++) {
-		unsigned d = (unsigned)(*s - '0');
-
-		if (v > (UINT64_MAX - d) / 10)
-			return "too large";
-		v = v * 10 + d;
-	}
-	if (*s != '\0')
-		return "not a number";
-	*out = v;
-	return NULL;
-}
-
-/* DIGITS[.DIGITS], computed by hand so that LC_NUMERIC cannot interfere. */
-static const char *
-parse_decimal(const char *s, double *out)
-{
-	double v = 0, scale = 1;
-
-	if (!ch_digit((unsigned char)*s))
-		return "not a number";
-	for (; ch_digit((unsigned char)*s); s++) {
-		v = v * 10 + (*s - '0');
-		if (v > 1e15)
-			return "too large";
-	}
-	if (*s == '.') {
-		s++;
-		if (!ch_digit((unsigned char)*s))
-			return "not a number";
-		for (; ch_digit((unsigned char)*s); s++) {
-			scale /= 10;
-			v += (*s - '0') * scale;
-		}
-	}
-	if (*s != '\0')
-		return "not a number";
-	*out = v;
-	return NULL;
-}
-
-static const char *
-size_parse(const char *s, uint64_t *out)
-{
-	uint64_t v = 0, mult = 1;
-
-	if (!ch_digit((unsigned char)*s))
-		return "not a size";
-	for (; ch_digit((unsigned char)*s); s++) {
-		unsigned d = (unsigned)(*s - '0');
-
-		if (v > (UINT64_MAX - d) / 10)
-			return "too large";
-		v = v * 10 + d;
-	}
-	while (*s == ' ' || *s == '\t')
-		s++;
-	switch (ch_lower((unsigned char)*s)) {
-	case 'k': mult = KIB; s++; break;
-	case 'm': mult = MIB; s++; break;
-	case 'g': mult = GIB; s++; break;
-	case 't': mult = 1024 * GIB; s++; break;
-	default: break;
-	}
-	/* "10G", "10GB" and "10GiB" all mean 10 * 2^30; a plain "100B" is bytes. */
-	if (mult != 1 && ch_lower((unsigned char)*s) == 'i' &&
-	    ch_lower((unsigned char)s[1]) == 'b')
-		s += 2;
-	else if (ch_lower((unsigned char)*s) == 'b')
-		s++;
-	if (*s != '\0')
-		return "not a size";
-	if (v > UINT64_MAX / mult)
-		return "too large";
-	*out = v * mult;
-	return NULL;
-}
-
-/*
- * A duration is one or more NUMBER UNIT pairs ("90s", "1h30m"); a lone bare
- * number means seconds, as in Postfix.  Units are lower case, again as in
- * Postfix, so that "5M" is not mistaken for months or megabytes.
- */
-static const char *
-duration_parse(const char *s, uint64_t *out_ms)
-{
-	uint64_t total = 0;
-	bool bare_ok = true;
-
-	if (*s == '\0')
-		return "not a duration";
-	while (*s != '\0') {
-		uint64_t v = 0, unit;
-
-		if (!ch_digit((unsigned char)*s))
-			return "not a duration";
-		for (; ch_digit((unsigned char)*s); s++) {
-			unsigned d = (unsigned)(*s - '0');
-
-			if (v > (UINT64_MAX - d) / 10)
-				return "too large";
-			v = v * 10 + d;
-		}
-		if (s[0] == 'm' && s[1] == 's') {
-			unit = 1;
-			s += 2;
-		} else {
-			switch (*s) {
-			case 's': unit = SEC_MS; break;
-			case 'm': unit = MIN_MS; break;
-			case 'h': unit = HOUR_MS; break;
-			case 'd': unit = DAY_MS; break;
-			case 'w': unit = 7 * DAY_MS; break;
-			case '\0':
-				if (!bare_ok)
-					return "not a duration";
-				unit = SEC_MS;
-				break;
-			default:
-				return "not a duration";
-			}
-			if (*s != '\0')
-				s++;
-		}
-		bare_ok = false;
-		if (v > UINT64_MAX / unit || v * unit > UINT64_MAX - total)
-			return "too large";
-		total += v * unit;
-	}
-	*out_ms = total;
-	return NULL;
-}
-
-static bool
-all_digits_and_dots(const char *s, size_t len)
-{
-	for (size_t i = 0; i < len; i++)
-		if (!ch_digit((unsigned char)s[i]) && s[i] != '.')
-			return false;
-	return true;
-}
-
-/*
- * A DNS name as mail software sees it: labels of letters, digits and
- * hyphens (IDNs in their xn-- form), 1-63 bytes each, 253 in all, one
- * optional trailing dot.
- */
-static const char *
-domain_reason(const char *s, size_t len)
-{
-	size_t label = 0;
-
-	if (len > 0 && s[len - 1] == '.')
-		len--;
-	if (len == 0)
-		return "is empty";
-	if (len > 253)
-		return "is longer than 253 characters";
-	for (size_t i = 0; i < len; i++) {
-		int c = (unsigned char)s[i];
-
-		if (c == '.') {
-			if (label == 0)
-				return "has an empty label";
-			if (s[i - 1] == '-')
-				return "has a label ending in -";
-			label = 0;
-			continue;
-		}
-		if (!ch_alnum(c) && c != '-')
-			return "may only hold letters, digits, - and .";
-		if (c == '-' && label == 0)
-			return "has a label starting with -";
-		if (++label > 63)
-			return "has a label longer than 63 characters";
-	}
-	/* "a.example.." is an empty label after the root dot, not a name. */
-	if (label == 0)
-		return "has an empty label";
-	if (s[len - 1] == '-')
-		return "has a label ending in -";
-	return NULL;
-}
-
-static const char *
-port_parse(const char *s, uint16_t *out)
-{
-	uint64_t v;
-
-	if (*s == '\0')
-		return "has no port after the colon";
-	if (parse_u64(s, &v) != NULL)
-		return "has a port that is not a number";
-	if (v == 0 || v > 65535)
-		return "has a port out of range (1-65535)";
-	*out = (uint16_t)v;
-	return NULL;
-}
-
-/*
- * host, host:port, [v6] or [v6]:port.  DEFPORT 0 means the port is required.
- * A bare IPv6 address is refused: "::1:25" cannot be read unambiguously.
- */
-static const char *
-hostport_reason(const char *s, uint16_t defport, struct config_hostport *out)
-{
-	const char *host, *port = NULL, *colon;
-	size_t hlen;
-	char tmp[CONFIG_HOST_MAX + 1];
-	unsigned char bin[16];
-
-	if (*s == '\0')
-		return "is empty";
-	if (*s == '[') {
-		const char *end = strchr(s, ']');
-
-		if (end == NULL)
-			return "has no ] after the IPv6 address";
-		host = s + 1;
-		hlen = (size_t)(end - host);
-		if (hlen == 0 || hlen >= sizeof(tmp))
-			return "has no IPv6 address inside [ ]";
-		memcpy(tmp, host, hlen);
-		tmp[hlen] = '\0';
-		if (inet_pton(AF_INET6, tmp, bin) != 1)
-			return "has no valid IPv6 address inside [ ]";
-		if (end[1] == ':')
-			port = end + 2;
-		else if (end[1] != '\0')
-			return "has text after ] that is not :port";
-	} else {
-		host = s;
-		colon = strchr(s, ':');
-		if (colon != NULL && strchr(colon + 1, ':') != NULL)
-			return "looks like a bare IPv6 address: write it in brackets, e.g. [::1]:25";
-		hlen = colon ? (size_t)(colon - s) : strlen(s);
-		if (colon != NULL)
-			port = colon + 1;
-		if (hlen == 0)
-			return "has no host before the colon";
-		if (hlen > CONFIG_HOST_MAX)
-			return "has a host name longer than 255 characters";
-		memcpy(tmp, host, hlen);
-		tmp[hlen] = '\0';
-		if (all_digits_and_dots(tmp, hlen)) {
-			if (inet_pton(AF_INET, tmp, bin) != 1)
-				return "has an invalid IPv4 address";
-		} else if (domain_reason(tmp, hlen) != NULL) {
-			return "has an invalid host name (letters, digits, - and . only)";
-		}
-	}
-	if (port != NULL) {
-		const char *why = port_parse(port, &out->port);
-
-		if (why != NULL)
-			return why;
-	} else if (defport == 0) {
-		return "has no :port";
-	} else {
-		out->port = defport;
-	}
-	memcpy(out->host, tmp, hlen + 1);
-	return NULL;
-}
-
-/* ADDR, ADDR/PREFIX, [V6ADDR]/PREFIX (Postfix mynetworks style). */
-static const char *
-cidr_reason(const char *s, struct config_cidr *out)
-{
-	char tmp[64];
-	const char *slash = strchr(s, '/');
-	size_t alen = slash ? (size_t)(slash - s) : strlen(s);
-	unsigned maxbits;
-	uint64_t prefix;
-
-	if (alen == 0)
-		return "has no address";
-	if (s[0] == '[') {
-		if (alen < 3 || s[alen - 1] != ']')
-			return "has a [ without a matching ]";
-		s++;
-		alen -= 2;
-	}
-	if (alen >= sizeof(tmp))
-		return "is not an IPv4 or IPv6 address";
-	memcpy(tmp, s, alen);
-	tmp[alen] = '\0';
-	memset(out, 0, sizeof(*out));
-	if (inet_pton(AF_INET, tmp, out->addr) == 1) {
-		out->family = AF_INET;
-		maxbits = 32;
-	} else if (inet_pton(AF_INET6, tmp, out->addr) == 1) {
-		out->family = AF_INET6;
-		maxbits = 128;
-	} else {
-		return "is not an IPv4 or IPv6 address";
-	}
-	prefix = maxbits;
-	if (slash != NULL) {
-		if (parse_u64(slash + 1, &prefix) != NULL || prefix > maxbits)
-			return out->family == AF_INET ?
-			    "has a prefix length that is not 0-32" :
-			    "has a prefix length that is not 0-128";
-	}
-	out->prefix = (unsigned)prefix;
-	/* 10.1.2.3/8 is almost always a typo for 10.0.0.0/8 or 10.1.2.3/32. */
-	for (unsigned bit = out->prefix; bit < maxbits; bit++)
-		if (out->addr[bit / 8] & (0x80 >> (bit % 8)))
-			return "has address bits set beyond the prefix length";
-	return NULL;
-}
-
-int
-config_parse_size(const char *s, uint64_t *out)
-{
-	return s != NULL && size_parse(s, out) == NULL ? 0 : -1;
-}
-
-int
-config_parse_duration(const char *s, uint64_t *out_ms)
-{
-	return s != NULL && duration_parse(s, out_ms) == NULL ? 0 : -1;
-}
-
-int
-config_parse_hostport(const char *s, uint16_t default_port,
-    struct config_hostport *out)
-{
-	return s != NULL && hostport_reason(s, default_port, out) == NULL ? 0 : -1;
-}
-
-int
-config_parse_cidr(const char *s, struct config_cidr *out)
-{
-	return s != NULL && cidr_reason(s, out) == NULL ? 0 : -1;
-}
-
-static bool
-prefix_equal(const uint8_t *a, const uint8_t *b, unsigned bits)
-{
-	unsigned whole = bits / 8, rest = bits % 8;
-
-	if (memcmp(a, b, whole) != 0)
-		return false;
-	if (rest == 0)
-		return true;
-	return ((a[whole] ^ b[whole]) & (uint8_t)(0xff << (8 - rest))) == 0;
-}
-
-bool
-config_cidr_match(const struct config_cidr *c, int family, const void *addr)
-{
-	static const uint8_t v4mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-	const uint8_t *a = addr;
-
-	/* A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d. */
-	if (family == AF_INET6 && c->family == AF_INET &&
-	    memcmp(a, v4mapped, sizeof(v4mapped)) == 0)
-		return prefix_equal(c->addr, a + 12, c->prefix);
-	if (family != c->family)
-		return false;
-	return prefix_equal(c->addr, a, c->prefix);
 }
 
 /* ---- the key tables ---- */
@@ -521,65 +125,73 @@ enum key_kind {
 	KIND_CIDR_LIST,
 };
 
+/*
+ * KEY_RUNTIME: "mxspoolctl set" may change the key of a running tenant
+ * (config_tenant_set).  Only for keys whose kind stores a plain number:
+ * config_tenant_set works on a shallow copy of the tenant.
+ */
+#define KEY_RUNTIME 0x1u
+
 struct key {
 	const char *name;
 	enum key_kind kind;
-	size_t off;
-	size_t off2;
+	size_t off;                   /* the field in struct config or config_tenant */
+	size_t off2;                  /* its count or has_ flag, for some kinds */
 	uint64_t min, max;
 	uint16_t defport;
+	unsigned flags;               /* KEY_* */
 };
 
 #define S(f) offsetof(struct config, f)
 #define T(f) offsetof(struct config_tenant, f)
 
 static const struct key server_keys[] = {
-	{ "hostname", KIND_HOSTNAME, S(hostname), 0, 0, 0, 0 },
-	{ "listen", KIND_HOSTPORT_LIST, S(listen), S(nlisten), 0, 0, DEF_LISTEN_PORT },
-	{ "spool_dir", KIND_PATH, S(spool_dir), 0, 0, 0, 0 },
-	{ "control_socket", KIND_SOCKET, S(control_socket), 0, 0, 0, 0 },
-	{ "metrics_listen", KIND_HOSTPORT, S(metrics_listen), S(has_metrics), 0, 0, DEF_METRICS_PORT },
-	{ "user", KIND_USER, S(user), 0, 0, 0, 0 },
-	{ "max_connections", KIND_UINT, S(max_connections), 0, 1, UINT32_MAX, 0 },
-	{ "max_connections_per_ip", KIND_UINT, S(max_connections_per_ip), 0, 1, UINT32_MAX, 0 },
-	{ "max_message_size", KIND_SIZE, S(max_message_size), 0, 1, 0, 0 },
-	{ "max_recipients", KIND_UINT, S(max_recipients), 0, 1, UINT32_MAX, 0 },
+	{ "hostname", KIND_HOSTNAME, S(hostname), 0, 0, 0, 0, 0 },
+	{ "listen", KIND_HOSTPORT_LIST, S(listen), S(nlisten), 0, 0, DEF_LISTEN_PORT, 0 },
+	{ "spool_dir", KIND_PATH, S(spool_dir), 0, 0, 0, 0, 0 },
+	{ "control_socket", KIND_SOCKET, S(control_socket), 0, 0, 0, 0, 0 },
+	{ "metrics_listen", KIND_HOSTPORT, S(metrics_listen), S(has_metrics), 0, 0, DEF_METRICS_PORT, 0 },
+	{ "user", KIND_USER, S(user), 0, 0, 0, 0, 0 },
+	{ "max_connections", KIND_UINT, S(max_connections), 0, 1, UINT32_MAX, 0, 0 },
+	{ "max_connections_per_ip", KIND_UINT, S(max_connections_per_ip), 0, 1, UINT32_MAX, 0, 0 },
+	{ "max_message_size", KIND_SIZE, S(max_message_size), 0, 1, 0, 0, 0 },
+	{ "max_recipients", KIND_UINT, S(max_recipients), 0, 1, UINT32_MAX, 0, 0 },
 	/* RFC 5321 4.5.3.1.6: a server must take text lines of 1000 octets. */
-	{ "max_line_length", KIND_UINT, S(max_line_length), 0, 1000, 1048576, 0 },
-	{ "max_errors", KIND_UINT, S(max_errors), 0, 1, UINT32_MAX, 0 },
-	{ "smtp_timeout", KIND_DURATION, S(smtp_timeout_ms), 0, 1, 0, 0 },
-	{ "disk_reserve", KIND_SIZE, S(disk_reserve), 0, 0, 0, 0 },
-	{ "queue_lifetime", KIND_DURATION, S(queue_lifetime_ms), 0, 1, 0, 0 },
-	{ "delay_warning", KIND_DURATION, S(delay_warning_ms), 0, 0, 0, 0 },
-	{ "dns_servers", KIND_DNS_LIST, S(dns_servers), S(ndns_servers), 0, 0, DEF_DNS_PORT },
-	{ "mx_port", KIND_PORT, S(mx_port), 0, 0, 0, 0 },
-	{ "bounce_relay", KIND_HOSTPORT, S(bounce_relay), S(has_bounce_relay), 0, 0, DEF_SMTP_PORT },
-	{ "commit_window", KIND_DURATION, S(commit_window_ms), 0, 0, 0, 0 },
+	{ "max_line_length", KIND_UINT, S(max_line_length), 0, 1000, 1048576, 0, 0 },
+	{ "max_errors", KIND_UINT, S(max_errors), 0, 1, UINT32_MAX, 0, 0 },
+	{ "smtp_timeout", KIND_DURATION, S(smtp_timeout_ms), 0, 1, 0, 0, 0 },
+	{ "disk_reserve", KIND_SIZE, S(disk_reserve), 0, 0, 0, 0, 0 },
+	{ "queue_lifetime", KIND_DURATION, S(queue_lifetime_ms), 0, 1, 0, 0, 0 },
+	{ "delay_warning", KIND_DURATION, S(delay_warning_ms), 0, 0, 0, 0, 0 },
+	{ "dns_servers", KIND_DNS_LIST, S(dns_servers), S(ndns_servers), 0, 0, DEF_DNS_PORT, 0 },
+	{ "mx_port", KIND_PORT, S(mx_port), 0, 0, 0, 0, 0 },
+	{ "bounce_relay", KIND_HOSTPORT, S(bounce_relay), S(has_bounce_relay), 0, 0, DEF_SMTP_PORT, 0 },
+	{ "commit_window", KIND_DURATION, S(commit_window_ms), 0, 0, 0, 0, 0 },
 };
 
 static const struct key tls_keys[] = {
-	{ "cert", KIND_FILE, S(tls_cert), 0, 0, 0, 0 },
-	{ "key", KIND_FILE, S(tls_key), 0, 0, 0, 0 },
-	{ "outbound", KIND_TLS_OUTBOUND, S(tls_outbound), 0, 0, 0, 0 },
-	{ "ca_file", KIND_FILE, S(tls_ca_file), 0, 0, 0, 0 },
+	{ "cert", KIND_FILE, S(tls_cert), 0, 0, 0, 0, 0 },
+	{ "key", KIND_FILE, S(tls_key), 0, 0, 0, 0, 0 },
+	{ "outbound", KIND_TLS_OUTBOUND, S(tls_outbound), 0, 0, 0, 0, 0 },
+	{ "ca_file", KIND_FILE, S(tls_ca_file), 0, 0, 0, 0, 0 },
 };
 
 static const struct key tenant_keys[] = {
-	{ "domains", KIND_DOMAINS, T(domains), T(ndomains), 0, 0, 0 },
-	{ "primary", KIND_PRIMARY, T(primaries), T(nprimaries), 0, 0, DEF_SMTP_PORT },
-	{ "recipients", KIND_RECIPIENTS, T(recipients_file), 0, 0, 0, 0 },
-	{ "quota", KIND_SIZE, T(quota), 0, 1, 0, 0 },
-	{ "quota_messages", KIND_U64, T(quota_messages), 0, 1, UINT64_MAX, 0 },
-	{ "drain_rate", KIND_RATE, T(drain_rate), 0, 0, 0, 0 },
-	{ "drain_bandwidth", KIND_SIZE, T(drain_bandwidth), 0, 0, 0, 0 },
-	{ "drain_concurrency", KIND_UINT, T(drain_concurrency), 0, 1, 10000, 0 },
-	{ "drain_ramp", KIND_DURATION, T(drain_ramp_ms), 0, 0, 0, 0 },
-	{ "drain_initial_rate", KIND_RATE, T(drain_initial_rate), 0, 0, 0, 0 },
-	{ "drain_burst", KIND_BURST, T(drain_burst), 0, 0, 0, 0 },
-	{ "messages_per_connection", KIND_UINT, T(messages_per_connection), 0, 1, UINT32_MAX, 0 },
-	{ "probe_interval", KIND_DURATION, T(probe_interval_ms), 0, 1, 0, 0 },
-	{ "probe_up_after", KIND_UINT, T(probe_up_after), 0, 1, 1000, 0 },
-	{ "etrn_from", KIND_CIDR_LIST, T(etrn_from), T(netrn_from), 0, 0, 0 },
+	{ "domains", KIND_DOMAINS, T(domains), T(ndomains), 0, 0, 0, 0 },
+	{ "primary", KIND_PRIMARY, T(primaries), T(nprimaries), 0, 0, DEF_SMTP_PORT, 0 },
+	{ "recipients", KIND_RECIPIENTS, T(recipients_file), 0, 0, 0, 0, 0 },
+	{ "quota", KIND_SIZE, T(quota), 0, 1, 0, 0, 0 },
+	{ "quota_messages", KIND_U64, T(quota_messages), 0, 1, UINT64_MAX, 0, 0 },
+	{ "drain_rate", KIND_RATE, T(drain_rate), 0, 0, 0, 0, KEY_RUNTIME },
+	{ "drain_bandwidth", KIND_SIZE, T(drain_bandwidth), 0, 0, 0, 0, KEY_RUNTIME },
+	{ "drain_concurrency", KIND_UINT, T(drain_concurrency), 0, 1, 10000, 0, KEY_RUNTIME },
+	{ "drain_ramp", KIND_DURATION, T(drain_ramp_ms), 0, 0, 0, 0, KEY_RUNTIME },
+	{ "drain_initial_rate", KIND_RATE, T(drain_initial_rate), 0, 0, 0, 0, KEY_RUNTIME },
+	{ "drain_burst", KIND_BURST, T(drain_burst), 0, 0, 0, 0, KEY_RUNTIME },
+	{ "messages_per_connection", KIND_UINT, T(messages_per_connection), 0, 1, UINT32_MAX, 0, KEY_RUNTIME },
+	{ "probe_interval", KIND_DURATION, T(probe_interval_ms), 0, 1, 0, 0, KEY_RUNTIME },
+	{ "probe_up_after", KIND_UINT, T(probe_up_after), 0, 1, 1000, 0, 0 },
+	{ "etrn_from", KIND_CIDR_LIST, T(etrn_from), T(netrn_from), 0, 0, 0, 0 },
 };
 
 #undef S
@@ -589,13 +201,538 @@ static const struct key tenant_keys[] = {
 #define NTLS (sizeof(tls_keys) / sizeof(tls_keys[0]))
 #define NTENANT (sizeof(tenant_keys) / sizeof(tenant_keys[0]))
 
-/* Indexes into tenant_keys / server_keys that the cross-checks name. */
-enum {
-	TK_DOMAINS = 0, TK_PRIMARY = 1, TK_RECIPIENTS = 2, TK_QUOTA = 3,
-	TK_DRAIN_RATE = 5, TK_DRAIN_INITIAL_RATE = 9,
-};
-enum { SK_LISTEN = 1, SK_MAX_MESSAGE_SIZE = 8 };
-enum { TLSK_CERT = 0, TLSK_KEY = 1 };
+static const struct key *
+section_keys(enum section_kind sect, size_t *n)
+{
+	switch (sect) {
+	case SECT_SERVER: *n = NSERVER; return server_keys;
+	case SECT_TLS: *n = NTLS; return tls_keys;
+	case SECT_TENANT: *n = NTENANT; return tenant_keys;
+	default: *n = 0; return NULL;
+	}
+}
+
+/* The entry called NAME in KEYS, or NULL. */
+static const struct key *
+key_find(const struct key *keys, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(name, keys[i].name) == 0)
+			return &keys[i];
+	return NULL;
+}
+
+/*
+ * The line on which key NAME of a SECT section was set (0: not set), read
+ * from LINES, the per-key array kept parallel to that section's table.  The
+ * cross-checks name keys by name, so the tables may be reordered freely;
+ * a name missing from its table is a bug in this file, hence abort().
+ */
+static unsigned
+key_line(enum section_kind sect, const unsigned *lines, const char *name)
+{
+	size_t n;
+	const struct key *keys = section_keys(sect, &n);
+	const struct key *k = key_find(keys, n, name);
+
+	if (k == NULL)
+		abort();
+	return lines[k - keys];
+}
+
+/* Levenshtein distance, capped: enough to suggest "listen" for "listn". */
+static unsigned
+edit_distance(const char *a, const char *b)
+{
+	unsigned row[64];
+	size_t la = strlen(a), lb = strlen(b);
+
+	if (la >= 63 || lb >= 63)
+		return 99;
+	for (size_t j = 0; j <= lb; j++)
+		row[j] = (unsigned)j;
+	for (size_t i = 1; i <= la; i++) {
+		unsigned diag = row[0];
+
+		row[0] = (unsigned)i;
+		for (size_t j = 1; j <= lb; j++) {
+			unsigned up = row[j];
+			unsigned cost = ch_lower((unsigned char)a[i - 1]) ==
+			    ch_lower((unsigned char)b[j - 1]) ? 0 : 1;
+			unsigned best = diag + cost;
+
+			if (up + 1 < best)
+				best = up + 1;
+			if (row[j - 1] + 1 < best)
+				best = row[j - 1] + 1;
+			row[j] = best;
+			diag = up;
+		}
+	}
+	return row[lb];
+}
+
+/* The names of the KEYS that have every flag in FLAGS, ", "-separated. */
+static const char *
+key_names(const struct key *keys, size_t n, unsigned flags, char *buf,
+    size_t len)
+{
+	size_t o = 0;
+	bool any = false;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < n && o < len; i++) {
+		if ((keys[i].flags & flags) != flags)
+			continue;
+		o += (size_t)snprintf(buf + o, len - o, "%s%s", any ? ", " : "",
+		    keys[i].name);
+		any = true;
+	}
+	return buf;
+}
+
+/* "; did you mean "x"?" for the closest of those KEYS, or "". */
+static const char *
+key_suggest(const struct key *keys, size_t n, unsigned flags,
+    const char *name, char *buf, size_t len)
+{
+	unsigned best = 3;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < n; i++) {
+		unsigned d = edit_distance(name, keys[i].name);
+
+		if ((keys[i].flags & flags) == flags && d < best) {
+			best = d;
+			snprintf(buf, len, "; did you mean \"%s\"?", keys[i].name);
+		}
+	}
+	return buf;
+}
+
+/* ---- messages ---- */
+
+/*
+ * Render S for a message: in double quotes, with control bytes escaped and
+ * long values cut, so that a binary file cannot garble the error line.
+ */
+static const char *
+quote(char *buf, size_t len, const char *s)
+{
+	size_t o = 0;
+
+	buf[o++] = '"';
+	for (; *s != '\0' && o + 8 < len; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\') {
+			buf[o++] = '\\';
+			buf[o++] = (char)c;
+		} else if (c < 0x20 || c == 0x7f) {
+			o += (size_t)snprintf(buf + o, len - o, "\\x%02x", c);
+		} else {
+			buf[o++] = (char)c;
+		}
+	}
+	if (*s != '\0') {
+		memcpy(buf + o, "...", 3);
+		o += 3;
+	}
+	buf[o++] = '"';
+	buf[o] = '\0';
+	return buf;
+}
+
+#define QBUF 80
+
+/* Write "KEY: "VALUE" WHAT" into MSG; returns -1 for the caller to pass on. */
+static int
+value_msg(char *msg, size_t len, const struct key *k, const char *value,
+    const char *what)
+{
+	char q[QBUF];
+	const char *hash = strchr(value, '#');
+	/* "key = 20 # note" is a classic from other config formats. */
+	bool hint = hash != NULL && hash > value && ch_space((unsigned char)hash[-1]);
+
+	snprintf(msg, len, "%s: %s %s%s", k->name, quote(q, sizeof(q), value),
+	    what, hint ? " (an inline comment starts with \" ;\", not \"#\")" : "");
+	return -1;
+}
+
+/* Render a byte count the way a postmaster wrote it: 50M, not 52428800. */
+static const char *
+fmt_size(char *buf, size_t len, uint64_t v)
+{
+	if (v != 0 && v % GIB == 0)
+		snprintf(buf, len, "%lluG", (unsigned long long)(v / GIB));
+	else if (v != 0 && v % MIB == 0)
+		snprintf(buf, len, "%lluM", (unsigned long long)(v / MIB));
+	else if (v != 0 && v % KIB == 0)
+		snprintf(buf, len, "%lluK", (unsigned long long)(v / KIB));
+	else
+		snprintf(buf, len, "%llu bytes", (unsigned long long)v);
+	return buf;
+}
+
+/*
+ * ---- value setters: one per single-value kind ----
+ *
+ * Each stores V into the field K names in BASE (a struct config or a
+ * struct config_tenant) and returns 0, or leaves the field alone and
+ * returns -1 with "KEY: message" in MSG.  They know nothing of files or
+ * lines: the loader prefixes "FILE:LINE: ", config_tenant_set() nothing,
+ * so the file and "mxspoolctl set" apply one set of rules.
+ */
+
+#define FIELD(base, off, type) ((type *)(void *)((char *)(base) + (off)))
+
+static int
+set_number(const struct key *k, void *base, const char *v, char *msg,
+    size_t len)
+{
+	uint64_t n;
+	char what[160];
+
+	if (config__u64_reason(v, &n) != NULL || n < k->min || n > k->max) {
+		if (k->max == UINT32_MAX || k->max == UINT64_MAX)
+			snprintf(what, sizeof(what), "must be a whole number >= %llu",
+			    (unsigned long long)k->min);
+		else
+			snprintf(what, sizeof(what),
+			    "must be a whole number from %llu to %llu",
+			    (unsigned long long)k->min, (unsigned long long)k->max);
+		return value_msg(msg, len, k, v, what);
+	}
+	if (k->kind == KIND_UINT)
+		*FIELD(base, k->off, unsigned) = (unsigned)n;
+	else
+		*FIELD(base, k->off, uint64_t) = n;
+	return 0;
+}
+
+static int
+set_size(const struct key *k, void *base, const char *v, char *msg, size_t len)
+{
+	uint64_t n;
+
+	if (config__size_reason(v, &n) != NULL)
+		return value_msg(msg, len, k, v,
+		    "is not a size: write a number of bytes with an optional "
+		    "K, M or G suffix (powers of 1024), e.g. 50M or 10G");
+	if (n < k->min)
+		return value_msg(msg, len, k, v, "must be larger than 0");
+	*FIELD(base, k->off, uint64_t) = n;
+	return 0;
+}
+
+static int
+set_duration(const struct key *k, void *base, const char *v, char *msg,
+    size_t len)
+{
+	uint64_t ms;
+
+	if (config__duration_reason(v, &ms) != NULL)
+		return value_msg(msg, len, k, v,
+		    "is not a duration: write a number with a unit ms, s, m, h, "
+		    "d or w, e.g. 30s, 5m, 4h, 5d (a bare number means seconds)");
+	if (ms < k->min)
+		return value_msg(msg, len, k, v, "must be longer than 0");
+	*FIELD(base, k->off, uint64_t) = ms;
+	return 0;
+}
+
+static int
+set_rate(const struct key *k, void *base, const char *v, char *msg, size_t len)
+{
+	double r;
+
+	if (config__decimal_reason(v, &r) != NULL || r > RATE_MAX)
+		return value_msg(msg, len, k, v,
+		    k->kind == KIND_BURST ?
+		    "must be a number of messages: 0 (one second's worth) or 1 to 1000000" :
+		    "must be a number > 0 (messages per second, up to 1000000)");
+	if (k->kind == KIND_RATE && r <= 0)
+		return value_msg(msg, len, k, v, "must be a number > 0");
+	/* A bucket shallower than one message could never send anything. */
+	if (k->kind == KIND_BURST && r > 0 && r < 1)
+		return value_msg(msg, len, k, v,
+		    "must be 0 (one second's worth) or at least 1 message");
+	*FIELD(base, k->off, double) = r;
+	return 0;
+}
+
+static int
+set_port(const struct key *k, void *base, const char *v, char *msg, size_t len)
+{
+	uint16_t p;
+
+	if (config__port_reason(v, &p) != NULL)
+		return value_msg(msg, len, k, v,
+		    "must be a port number from 1 to 65535");
+	*FIELD(base, k->off, uint16_t) = p;
+	return 0;
+}
+
+static void
+set_string(void *base, const struct key *k, const char *v)
+{
+	char **field = FIELD(base, k->off, char *);
+
+	free(*field);
+	*field = *v ? xstrdup(v) : NULL;
+}
+
+static int
+set_hostname(const struct key *k, void *base, const char *v, char *msg,
+    size_t len)
+{
+	const char *why = config__domain_reason(v, strlen(v));
+	char what[160];
+
+	if (why != NULL) {
+		snprintf(what, sizeof(what),
+		    "is not a host name: it %s (write the name this relay's "
+		    "address resolves to, e.g. backup-mx.example.net)", why);
+		return value_msg(msg, len, k, v, what);
+	}
+	/* Stored without the root dot: it goes into EHLO and Received:. */
+	free(*FIELD(base, k->off, char *));
+	*FIELD(base, k->off, char *) = xstrndup(v,
+	    strlen(v) - (v[strlen(v) - 1] == '.'));
+	return 0;
+}
+
+static int
+set_path(const struct key *k, void *base, const char *v, char *msg, size_t len)
+{
+	if (*v == '\0') {
+		snprintf(msg, len, "%s: must not be empty: write a path", k->name);
+		return -1;
+	}
+	if (k->kind == KIND_SOCKET && strlen(v) > SOCKET_PATH_MAX) {
+		snprintf(msg, len,
+		    "%s: path is %zu characters long; a unix socket path may "
+		    "have at most %zu", k->name, strlen(v), SOCKET_PATH_MAX);
+		return -1;
+	}
+	set_string(base, k, v);
+	return 0;
+}
+
+static int
+set_user(const struct key *k, void *base, const char *v, char *msg, size_t len)
+{
+	for (const char *p = v; *p != '\0'; p++)
+		if (!ch_alnum((unsigned char)*p) && *p != '_' && *p != '-' &&
+		    *p != '.')
+			return value_msg(msg, len, k, v,
+			    "is not a user name (letters, digits, _, - and .)");
+	if (*v == '-')
+		return value_msg(msg, len, k, v, "is not a user name");
+	set_string(base, k, v);
+	return 0;
+}
+
+/*
+ * A certificate, key or CA file must be readable now: finding out at the
+ * first STARTTLS, hours later, is the worst time.  Only regular files are
+ * taken, so that a path to a FIFO or device cannot hang the loader.
+ */
+static int
+set_file(const struct key *k, void *base, const char *v, char *msg, size_t len)
+{
+	char q[QBUF];
+	struct stat st;
+	FILE *fp;
+
+	if (*v != '\0') {
+		fp = fopen(v, "re");
+		if (fp == NULL) {
+			snprintf(msg, len, "%s: cannot read %s: %s", k->name,
+			    quote(q, sizeof(q), v), strerror(errno));
+			return -1;
+		}
+		if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
+			fclose(fp);
+			snprintf(msg, len, "%s: %s is not a regular file", k->name,
+			    quote(q, sizeof(q), v));
+			return -1;
+		}
+		fclose(fp);
+	}
+	set_string(base, k, v);
+	return 0;
+}
+
+static int
+set_hostport(const struct key *k, void *base, const char *v, char *msg,
+    size_t len)
+{
+	struct config_hostport hp;
+	const char *why;
+	char what[200];
+
+	if (*v == '\0') {
+		*FIELD(base, k->off2, bool) = false;
+		return 0;
+	}
+	why = config__hostport_reason(v, k->defport, &hp);
+	if (why != NULL) {
+		snprintf(what, sizeof(what),
+		    "is not host[:port] or [IPv6]:port: it %s", why);
+		return value_msg(msg, len, k, v, what);
+	}
+	*FIELD(base, k->off, struct config_hostport) = hp;
+	*FIELD(base, k->off2, bool) = true;
+	return 0;
+}
+
+static int
+set_tls_outbound(const struct key *k, void *base, const char *v, char *msg,
+    size_t len)
+{
+	static const char *const names[] = { "none", "opportunistic", "required", "verify" };
+	static const enum config_tls_outbound vals[] = {
+		CONFIG_TLS_OUT_NONE, CONFIG_TLS_OUT_OPPORTUNISTIC,
+		CONFIG_TLS_OUT_REQUIRED, CONFIG_TLS_OUT_VERIFY,
+	};
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		if (str_ieq(v, names[i])) {
+			*FIELD(base, k->off, enum config_tls_outbound) = vals[i];
+			return 0;
+		}
+	}
+	return value_msg(msg, len, k, v,
+	    "must be one of none, opportunistic, required, verify");
+}
+
+static int
+set_recipients(const struct key *k, void *base, const char *v, char *msg,
+    size_t len)
+{
+	if (*v == '\0') {
+		snprintf(msg, len,
+		    "recipients: must not be empty: write any, or the path of a "
+		    "file with one address or @domain per line");
+		return -1;
+	}
+	if (str_ieq(v, "any"))
+		v = "";
+	set_string(base, k, v);
+	return 0;
+}
+
+/* Apply one single-value key (not a list); 0, or -1 with MSG. */
+static int
+key_set_value(const struct key *k, void *base, const char *v, char *msg,
+    size_t len)
+{
+	switch (k->kind) {
+	case KIND_UINT:
+	case KIND_U64: return set_number(k, base, v, msg, len);
+	case KIND_SIZE: return set_size(k, base, v, msg, len);
+	case KIND_DURATION: return set_duration(k, base, v, msg, len);
+	case KIND_RATE:
+	case KIND_BURST: return set_rate(k, base, v, msg, len);
+	case KIND_PORT: return set_port(k, base, v, msg, len);
+	case KIND_HOSTNAME: return set_hostname(k, base, v, msg, len);
+	case KIND_PATH:
+	case KIND_SOCKET: return set_path(k, base, v, msg, len);
+	case KIND_USER: return set_user(k, base, v, msg, len);
+	case KIND_FILE: return set_file(k, base, v, msg, len);
+	case KIND_HOSTPORT: return set_hostport(k, base, v, msg, len);
+	case KIND_TLS_OUTBOUND: return set_tls_outbound(k, base, v, msg, len);
+	case KIND_RECIPIENTS: return set_recipients(k, base, v, msg, len);
+	default:
+		snprintf(msg, len, "%s: internal error", k->name);
+		return -1;
+	}
+}
+
+/*
+ * Cross-checks between a tenant's keys that config_tenant_set() can break.
+ * The ramp climbs from drain_initial_rate to drain_rate, so the start may
+ * not lie above the ceiling.  0, or -1 with MSG.
+ */
+static int
+tenant_check_rates(const struct config_tenant *t, char *msg, size_t len)
+{
+	if (t->drain_initial_rate > t->drain_rate) {
+		snprintf(msg, len,
+		    "drain_initial_rate (%g) is above drain_rate (%g): the drain "
+		    "starts at drain_initial_rate and ramps up to drain_rate",
+		    t->drain_initial_rate, t->drain_rate);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- run-time changes: "mxspoolctl set TENANT KEY=VALUE" ---- */
+
+static const char *runtime_keys[NTENANT + 1];
+static pthread_once_t runtime_keys_once = PTHREAD_ONCE_INIT;
+
+static void
+runtime_keys_init(void)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < NTENANT; i++)
+		if (tenant_keys[i].flags & KEY_RUNTIME)
+			runtime_keys[n++] = tenant_keys[i].name;
+	runtime_keys[n] = NULL;
+}
+
+const char *const *
+config_runtime_keys(void)
+{
+	(void)pthread_once(&runtime_keys_once, runtime_keys_init);
+	return runtime_keys;
+}
+
+int
+config_tenant_set(struct config_tenant *t, const char *key, const char *value,
+    char *err, size_t errlen)
+{
+	char msg[CONFIG_ERRLEN], names[256], hint[128], q[QBUF];
+	const struct key *k = key != NULL ? key_find(tenant_keys, NTENANT, key) : NULL;
+	struct config_tenant next;
+
+	if (t == NULL || key == NULL || value == NULL) {
+		snprintf(msg, sizeof(msg), "no tenant, key or value given");
+		goto fail;
+	}
+	if (k == NULL || !(k->flags & KEY_RUNTIME)) {
+		key_names(tenant_keys, NTENANT, KEY_RUNTIME, names, sizeof(names));
+		if (k != NULL)
+			snprintf(msg, sizeof(msg), "%s: cannot be changed at run "
+			    "time: edit the config file and reload (settable at "
+			    "run time: %s)", k->name, names);
+		else
+			snprintf(msg, sizeof(msg),
+			    "unknown key %s%s (settable at run time: %s)",
+			    quote(q, sizeof(q), key),
+			    key_suggest(tenant_keys, NTENANT, KEY_RUNTIME, key, hint,
+			    sizeof(hint)), names);
+		goto fail;
+	}
+	/* A copy, so that a refused value leaves T as it was.  Shallow is
+	 * enough: KEY_RUNTIME keys are numbers and touch no pointer. */
+	next = *t;
+	if (key_set_value(k, &next, value, msg, sizeof(msg)) != 0 ||
+	    tenant_check_rates(&next, msg, sizeof(msg)) != 0)
+		goto fail;
+	*t = next;
+	if (err != NULL && errlen > 0)
+		err[0] = '\0';
+	return 0;
+fail:
+	if (err != NULL && errlen > 0)
+		snprintf(err, errlen, "%s", msg);
+	return -1;
+}
 
 /* ---- the loader ---- */
 
@@ -665,48 +802,15 @@ loader_fail(struct loader *ld, unsigned line, const char *fmt, ...)
 	return -1;
 }
 
-/*
- * Render S for a message: in double quotes, with control bytes escaped and
- * long values cut, so that a binary file cannot garble the error line.
- */
-static const char *
-quote(char *buf, size_t len, const char *s)
+/* A bad list item on the current line: value_msg() with FILE:LINE. */
+static int
+fail_value(struct loader *ld, const struct key *k, const char *value,
+    const char *what)
 {
-	size_t o = 0;
+	char msg[CONFIG_ERRLEN];
 
-	buf[o++] = '"';
-	for (; *s != '\0' && o + 8 < len; s++) {
-		unsigned char c = (unsigned char)*s;
-
-		if (c == '"' || c == '\\') {
-			buf[o++] = '\\';
-			buf[o++] = (char)c;
-		} else if (c < 0x20 || c == 0x7f) {
-			o += (size_t)snprintf(buf + o, len - o, "\\x%02x", c);
-		} else {
-			buf[o++] = (char)c;
-		}
-	}
-	if (*s != '\0') {
-		memcpy(buf + o, "...", 3);
-		o += 3;
-	}
-	buf[o++] = '"';
-	buf[o] = '\0';
-	return buf;
-}
-
-#define QBUF 80
-
-static const struct key *
-section_keys(enum section_kind sect, size_t *n)
-{
-	switch (sect) {
-	case SECT_SERVER: *n = NSERVER; return server_keys;
-	case SECT_TLS: *n = NTLS; return tls_keys;
-	case SECT_TENANT: *n = NTENANT; return tenant_keys;
-	default: *n = 0; return NULL;
-	}
+	value_msg(msg, sizeof(msg), k, value, what);
+	return loader_fail(ld, ld->lineno, "%s", msg);
 }
 
 static unsigned *
@@ -741,327 +845,21 @@ section_label(struct loader *ld, char *buf, size_t len)
 	}
 }
 
-/* Levenshtein distance, capped: enough to suggest "listen" for "listn". */
-static unsigned
-edit_distance(const char *a, const char *b)
-{
-	unsigned row[64];
-	size_t la = strlen(a), lb = strlen(b);
-
-	if (la >= 63 || lb >= 63)
-		return 99;
-	for (size_t j = 0; j <= lb; j++)
-		row[j] = (unsigned)j;
-	for (size_t i = 1; i <= la; i++) {
-		unsigned diag = row[0];
-
-		row[0] = (unsigned)i;
-		for (size_t j = 1; j <= lb; j++) {
-			unsigned up = row[j];
-			unsigned cost = ch_lower((unsigned char)a[i - 1]) ==
-			    ch_lower((unsigned char)b[j - 1]) ? 0 : 1;
-			unsigned best = diag + cost;
-
-			if (up + 1 < best)
-				best = up + 1;
-			if (row[j - 1] + 1 < best)
-				best = row[j - 1] + 1;
-			row[j] = best;
-			diag = up;
-		}
-	}
-	return row[lb];
-}
-
 static int
 fail_unknown_key(struct loader *ld, const char *name)
 {
-	char q[QBUF], label[96], allowed[512], hint[128] = "";
-	size_t n, o = 0;
+	char q[QBUF], label[96], allowed[512], hint[128];
+	size_t n;
 	const struct key *keys = section_keys(ld->sect, &n);
-	unsigned best = 3;
 
-	allowed[0] = '\0';
-	for (size_t i = 0; i < n; i++) {
-		unsigned d = edit_distance(name, keys[i].name);
-
-		if (d < best) {
-			best = d;
-			snprintf(hint, sizeof(hint), "; did you mean \"%s\"?", keys[i].name);
-		}
-		o += (size_t)snprintf(allowed + o, sizeof(allowed) - o, "%s%s",
-		    i ? ", " : "", keys[i].name);
-		if (o >= sizeof(allowed))
-			break;
-	}
+	key_names(keys, n, 0, allowed, sizeof(allowed));
 	if (*name == '\0')
 		return loader_fail(ld, ld->lineno,
 		    "missing key name before \"=\" in %s (allowed: %s)",
 		    section_label(ld, label, sizeof(label)), allowed);
 	return loader_fail(ld, ld->lineno, "unknown key %s in %s%s (allowed: %s)",
 	    quote(q, sizeof(q), name), section_label(ld, label, sizeof(label)),
-	    hint, allowed);
-}
-
-static int
-fail_value(struct loader *ld, const struct key *k, const char *value,
-    const char *what)
-{
-	char q[QBUF];
-	const char *hash = strchr(value, '#');
-	/* "key = 20 # note" is a classic from other config formats. */
-	bool hint = hash != NULL && hash > value && ch_space((unsigned char)hash[-1]);
-
-	return loader_fail(ld, ld->lineno, "%s: %s %s%s", k->name,
-	    quote(q, sizeof(q), value), what,
-	    hint ? " (an inline comment starts with \" ;\", not \"#\")" : "");
-}
-
-/* Render a byte count the way a postmaster wrote it: 50M, not 52428800. */
-static const char *
-fmt_size(char *buf, size_t len, uint64_t v)
-{
-	if (v != 0 && v % GIB == 0)
-		snprintf(buf, len, "%lluG", (unsigned long long)(v / GIB));
-	else if (v != 0 && v % MIB == 0)
-		snprintf(buf, len, "%lluM", (unsigned long long)(v / MIB));
-	else if (v != 0 && v % KIB == 0)
-		snprintf(buf, len, "%lluK", (unsigned long long)(v / KIB));
-	else
-		snprintf(buf, len, "%llu bytes", (unsigned long long)v);
-	return buf;
-}
-
-/* ---- setters: one per kind; FIRST is false for a continuation line ---- */
-
-#define FIELD(base, off, type) ((type *)(void *)((char *)(base) + (off)))
-
-static int
-set_number(struct loader *ld, const struct key *k, void *base, const char *v)
-{
-	uint64_t n;
-	char what[160];
-
-	if (parse_u64(v, &n) != NULL || n < k->min || n > k->max) {
-		if (k->max == UINT32_MAX || k->max == UINT64_MAX)
-			snprintf(what, sizeof(what), "must be a whole number >= %llu",
-			    (unsigned long long)k->min);
-		else
-			snprintf(what, sizeof(what),
-			    "must be a whole number from %llu to %llu",
-			    (unsigned long long)k->min, (unsigned long long)k->max);
-		return fail_value(ld, k, v, what);
-	}
-	if (k->kind == KIND_UINT)
-		*FIELD(base, k->off, unsigned) = (unsigned)n;
-	else
-		*FIELD(base, k->off, uint64_t) = n;
-	return 0;
-}
-
-static int
-set_size(struct loader *ld, const struct key *k, void *base, const char *v)
-{
-	uint64_t n;
-
-	if (size_parse(v, &n) != NULL)
-		return fail_value(ld, k, v,
-		    "is not a size: write a number of bytes with an optional "
-		    "K, M or G suffix (powers of 1024), e.g. 50M or 10G");
-	if (n < k->min)
-		return fail_value(ld, k, v, "must be larger than 0");
-	*FIELD(base, k->off, uint64_t) = n;
-	return 0;
-}
-
-static int
-set_duration(struct loader *ld, const struct key *k, void *base, const char *v)
-{
-	uint64_t ms;
-
-	if (duration_parse(v, &ms) != NULL)
-		return fail_value(ld, k, v,
-		    "is not a duration: write a number with a unit ms, s, m, h, "
-		    "d or w, e.g. 30s, 5m, 4h, 5d (a bare number means seconds)");
-	if (ms < k->min)
-		return fail_value(ld, k, v, "must be longer than 0");
-	*FIELD(base, k->off, uint64_t) = ms;
-	return 0;
-}
-
-static int
-set_rate(struct loader *ld, const struct key *k, void *base, const char *v)
-{
-	double r;
-
-	if (parse_decimal(v, &r) != NULL || r > RATE_MAX)
-		return fail_value(ld, k, v,
-		    k->kind == KIND_BURST ?
-		    "must be a number of messages: 0 (one second's worth) or 1 to 1000000" :
-		    "must be a number > 0 (messages per second, up to 1000000)");
-	if (k->kind == KIND_RATE && r <= 0)
-		return fail_value(ld, k, v, "must be a number > 0");
-	/* A bucket shallower than one message could never send anything. */
-	if (k->kind == KIND_BURST && r > 0 && r < 1)
-		return fail_value(ld, k, v,
-		    "must be 0 (one second's worth) or at least 1 message");
-	*FIELD(base, k->off, double) = r;
-	return 0;
-}
-
-static int
-set_port(struct loader *ld, const struct key *k, void *base, const char *v)
-{
-	uint16_t p;
-
-	if (port_parse(v, &p) != NULL)
-		return fail_value(ld, k, v, "must be a port number from 1 to 65535");
-	*FIELD(base, k->off, uint16_t) = p;
-	return 0;
-}
-
-static void
-set_string(void *base, const struct key *k, const char *v)
-{
-	char **field = FIELD(base, k->off, char *);
-
-	free(*field);
-	*field = *v ? xstrdup(v) : NULL;
-}
-
-static int
-set_hostname(struct loader *ld, const struct key *k, void *base, const char *v)
-{
-	const char *why = domain_reason(v, strlen(v));
-	char what[160];
-
-	if (why != NULL) {
-		snprintf(what, sizeof(what),
-		    "is not a host name: it %s (write the name this relay's "
-		    "address resolves to, e.g. backup-mx.example.net)", why);
-		return fail_value(ld, k, v, what);
-	}
-	/* Stored without the root dot: it goes into EHLO and Received:. */
-	free(*FIELD(base, k->off, char *));
-	*FIELD(base, k->off, char *) = xstrndup(v,
-	    strlen(v) - (v[strlen(v) - 1] == '.'));
-	return 0;
-}
-
-static int
-set_path(struct loader *ld, const struct key *k, void *base, const char *v)
-{
-	if (*v == '\0')
-		return loader_fail(ld, ld->lineno, "%s: must not be empty: write a path",
-		    k->name);
-	if (k->kind == KIND_SOCKET && strlen(v) > SOCKET_PATH_MAX)
-		return loader_fail(ld, ld->lineno,
-		    "%s: path is %zu characters long; a unix socket path may "
-		    "have at most %zu", k->name, strlen(v), SOCKET_PATH_MAX);
-	set_string(base, k, v);
-	return 0;
-}
-
-static int
-set_user(struct loader *ld, const struct key *k, void *base, const char *v)
-{
-	for (const char *p = v; *p != '\0'; p++)
-		if (!ch_alnum((unsigned char)*p) && *p != '_' && *p != '-' &&
-		    *p != '.')
-			return fail_value(ld, k, v,
-			    "is not a user name (letters, digits, _, - and .)");
-	if (*v == '-')
-		return fail_value(ld, k, v, "is not a user name");
-	set_string(base, k, v);
-	return 0;
-}
-
-/*
- * A certificate, key or CA file must be readable now: finding out at the
- * first STARTTLS, hours later, is the worst time.  Only regular files are
- * taken, so that a path to a FIFO or device cannot hang the loader.
- */
-static int
-check_readable(struct loader *ld, const struct key *k, const char *path,
-    unsigned line)
-{
-	char q[QBUF];
-	struct stat st;
-	FILE *fp = fopen(path, "re");
-
-	if (fp == NULL)
-		return loader_fail(ld, line, "%s: cannot read %s: %s", k->name,
-		    quote(q, sizeof(q), path), strerror(errno));
-	if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
-		fclose(fp);
-		return loader_fail(ld, line, "%s: %s is not a regular file",
-		    k->name, quote(q, sizeof(q), path));
-	}
-	fclose(fp);
-	return 0;
-}
-
-static int
-set_file(struct loader *ld, const struct key *k, void *base, const char *v)
-{
-	if (*v != '\0' && check_readable(ld, k, v, ld->lineno) != 0)
-		return -1;
-	set_string(base, k, v);
-	return 0;
-}
-
-static int
-set_hostport(struct loader *ld, const struct key *k, void *base, const char *v)
-{
-	struct config_hostport hp;
-	const char *why;
-	char what[200];
-
-	if (*v == '\0') {
-		*FIELD(base, k->off2, bool) = false;
-		return 0;
-	}
-	why = hostport_reason(v, k->defport, &hp);
-	if (why != NULL) {
-		snprintf(what, sizeof(what),
-		    "is not host[:port] or [IPv6]:port: it %s", why);
-		return fail_value(ld, k, v, what);
-	}
-	*FIELD(base, k->off, struct config_hostport) = hp;
-	*FIELD(base, k->off2, bool) = true;
-	return 0;
-}
-
-static int
-set_tls_outbound(struct loader *ld, const struct key *k, void *base, const char *v)
-{
-	static const char *const names[] = { "none", "opportunistic", "required", "verify" };
-	static const enum config_tls_outbound vals[] = {
-		CONFIG_TLS_OUT_NONE, CONFIG_TLS_OUT_OPPORTUNISTIC,
-		CONFIG_TLS_OUT_REQUIRED, CONFIG_TLS_OUT_VERIFY,
-	};
-
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		if (str_ieq(v, names[i])) {
-			*FIELD(base, k->off, enum config_tls_outbound) = vals[i];
-			return 0;
-		}
-	}
-	return fail_value(ld, k, v,
-	    "must be one of none, opportunistic, required, verify");
-}
-
-static int
-set_recipients(struct loader *ld, const struct key *k, void *base, const char *v)
-{
-	if (*v == '\0')
-		return loader_fail(ld, ld->lineno,
-		    "recipients: must not be empty: write any, or the path of a "
-		    "file with one address or @domain per line");
-	if (str_ieq(v, "any"))
-		v = "";
-	set_string(base, k, v);
-	return 0;
+	    key_suggest(keys, n, 0, name, hint, sizeof(hint)), allowed);
 }
 
 /* -- lists: items are separated by commas and/or white space -- */
@@ -1113,7 +911,7 @@ item_hostport(struct loader *ld, const struct key *k, void *base, const char *to
 			    "primary: \"mx\" stands alone: write either "
 			    "primary = mx or a list of host[:port]");
 	}
-	why = hostport_reason(tok, k->defport, &hp);
+	why = config__hostport_reason(tok, k->defport, &hp);
 	if (why != NULL) {
 		snprintf(what, sizeof(what),
 		    "is not host[:port] or [IPv6]:port: it %s", why);
@@ -1135,10 +933,10 @@ item_domain(struct loader *ld, const struct key *k, void *base, const char *tok)
 {
 	struct config_tenant *t = base;
 	size_t len = strlen(tok);
-	const char *why = domain_reason(tok, len);
+	const char *why = config__domain_reason(tok, len);
 	char what[160], *d;
 
-	if (why == NULL && all_digits_and_dots(tok, len))
+	if (why == NULL && config__all_digits_and_dots(tok, len))
 		why = "looks like an IP address";
 	if (why != NULL) {
 		snprintf(what, sizeof(what), "is not a mail domain: it %s", why);
@@ -1163,7 +961,7 @@ item_cidr(struct loader *ld, const struct key *k, void *base, const char *tok)
 {
 	struct config_cidr c, **arr = FIELD(base, k->off, struct config_cidr *);
 	size_t *n = FIELD(base, k->off2, size_t);
-	const char *why = cidr_reason(tok, &c);
+	const char *why = config__cidr_reason(tok, &c);
 	char what[200];
 
 	if (why != NULL) {
@@ -1239,6 +1037,7 @@ static int
 key_apply(struct loader *ld, const struct key *k, const char *v, bool first)
 {
 	void *base = section_base(ld);
+	char msg[CONFIG_ERRLEN];
 
 	if (key_is_list(k))
 		return set_list(ld, k, base, v, first);
@@ -1247,24 +1046,9 @@ key_apply(struct loader *ld, const struct key *k, const char *v, bool first)
 		    "this indented line continues %s, which takes a single value "
 		    "(only lists may go on over indented lines): remove the "
 		    "indentation", k->name);
-	switch (k->kind) {
-	case KIND_UINT:
-	case KIND_U64: return set_number(ld, k, base, v);
-	case KIND_SIZE: return set_size(ld, k, base, v);
-	case KIND_DURATION: return set_duration(ld, k, base, v);
-	case KIND_RATE:
-	case KIND_BURST: return set_rate(ld, k, base, v);
-	case KIND_PORT: return set_port(ld, k, base, v);
-	case KIND_HOSTNAME: return set_hostname(ld, k, base, v);
-	case KIND_PATH:
-	case KIND_SOCKET: return set_path(ld, k, base, v);
-	case KIND_USER: return set_user(ld, k, base, v);
-	case KIND_FILE: return set_file(ld, k, base, v);
-	case KIND_HOSTPORT: return set_hostport(ld, k, base, v);
-	case KIND_TLS_OUTBOUND: return set_tls_outbound(ld, k, base, v);
-	case KIND_RECIPIENTS: return set_recipients(ld, k, base, v);
-	default: return loader_fail(ld, ld->lineno, "%s: internal error", k->name);
-	}
+	if (key_set_value(k, base, v, msg, sizeof(msg)) != 0)
+		return loader_fail(ld, ld->lineno, "%s", msg);
+	return 0;
 }
 
 /* inih's handler: one call per name=value line and per continuation line. */
@@ -1273,7 +1057,7 @@ loader_handle(void *user, const char *section, const char *name,
     const char *value)
 {
 	struct loader *ld = user;
-	const struct key *keys;
+	const struct key *keys, *k;
 	size_t n;
 	unsigned *lines;
 	char q[QBUF], label[96];
@@ -1297,22 +1081,21 @@ loader_handle(void *user, const char *section, const char *name,
 	}
 	keys = section_keys(ld->sect, &n);
 	lines = section_lines(ld);
-	for (size_t i = 0; i < n; i++) {
-		if (strcmp(name, keys[i].name) != 0)
-			continue;
-		if (lines[i] != 0) {
-			loader_fail(ld, ld->lineno,
-			    "duplicate key \"%s\" in %s (first set at line %u): "
-			    "set each key once; continue a list on indented lines",
-			    name, section_label(ld, label, sizeof(label)), lines[i]);
-			return 0;
-		}
-		lines[i] = ld->lineno;
-		ld->prev_key = &keys[i];
-		return key_apply(ld, &keys[i], value, true) == 0;
+	k = key_find(keys, n, name);
+	if (k == NULL) {
+		fail_unknown_key(ld, name);
+		return 0;
 	}
-	fail_unknown_key(ld, name);
-	return 0;
+	if (lines[k - keys] != 0) {
+		loader_fail(ld, ld->lineno,
+		    "duplicate key \"%s\" in %s (first set at line %u): "
+		    "set each key once; continue a list on indented lines",
+		    name, section_label(ld, label, sizeof(label)), lines[k - keys]);
+		return 0;
+	}
+	lines[k - keys] = ld->lineno;
+	ld->prev_key = k;
+	return key_apply(ld, k, value, true) == 0;
 }
 
 static void
@@ -1333,7 +1116,7 @@ tenant_defaults(struct config_tenant *t)
 	t->probe_up_after = 2;
 	t->etrn_from = xcalloc(1, sizeof(*t->etrn_from));
 	t->netrn_from = 1;
-	(void)cidr_reason("127.0.0.1", &t->etrn_from[0]);
+	(void)config__cidr_reason("127.0.0.1", &t->etrn_from[0]);
 }
 
 static int
@@ -1615,7 +1398,7 @@ load_recipients(struct loader *ld, struct config_tenant *t, unsigned cfgline)
 		if (e[-1] == '.')
 			*--e = '\0';
 		util_lower(s);
-		if (domain_reason(at + 1, strlen(at + 1)) != NULL ||
+		if (config__domain_reason(at + 1, strlen(at + 1)) != NULL ||
 		    config_tenant_for_domain(ld->cfg, at + 1, strlen(at + 1)) != t) {
 			ld->name = path;
 			loader_fail(ld, line,
@@ -1702,33 +1485,36 @@ first_line(unsigned a, unsigned b, unsigned c)
 	return a ? a : b ? b : c;
 }
 
+/* The whole-file checks of one tenant; the rate check is the one
+ * config_tenant_set() applies as well. */
 static int
 check_tenant(struct loader *ld, size_t i)
 {
 	struct config *cfg = ld->cfg;
 	struct config_tenant *t = &cfg->tenants[i];
-	const struct tenant_meta *m = &ld->tmeta[i];
-	char a[32], b[32];
+	const unsigned *lines = ld->tmeta[i].lines;
+	unsigned section = ld->tmeta[i].section_line;
+	char a[32], b[32], msg[CONFIG_ERRLEN];
 
 	if (t->ndomains == 0)
-		return loader_fail(ld, first_line(m->lines[TK_DOMAINS], m->section_line, 0),
+		return loader_fail(ld,
+		    first_line(key_line(SECT_TENANT, lines, "domains"), section, 0),
 		    "[tenant:%s] needs domains = ...: the mail domains this relay "
 		    "is backup MX for, e.g. domains = example.com, example.org",
 		    t->name);
 	if (!t->primary_mx && t->nprimaries == 0)
-		return loader_fail(ld, m->lines[TK_PRIMARY],
+		return loader_fail(ld, key_line(SECT_TENANT, lines, "primary"),
 		    "primary: write mx (the domain's own MX hosts) or a list of host[:port]");
-	if (t->drain_initial_rate > t->drain_rate)
+	if (tenant_check_rates(t, msg, sizeof(msg)) != 0)
 		return loader_fail(ld,
-		    first_line(m->lines[TK_DRAIN_INITIAL_RATE], m->lines[TK_DRAIN_RATE],
-		    m->section_line),
-		    "drain_initial_rate (%g) is above drain_rate (%g): the drain "
-		    "starts at drain_initial_rate and ramps up to drain_rate",
-		    t->drain_initial_rate, t->drain_rate);
+		    first_line(key_line(SECT_TENANT, lines, "drain_initial_rate"),
+		    key_line(SECT_TENANT, lines, "drain_rate"), section),
+		    "%s", msg);
 	if (t->quota < cfg->max_message_size)
 		return loader_fail(ld,
-		    first_line(m->lines[TK_QUOTA], ld->server_lines[SK_MAX_MESSAGE_SIZE],
-		    m->section_line),
+		    first_line(key_line(SECT_TENANT, lines, "quota"),
+		    key_line(SECT_SERVER, ld->server_lines, "max_message_size"),
+		    section),
 		    "quota of [tenant:%s] (%s) is below max_message_size (%s): "
 		    "the tenant could not hold even one message",
 		    t->name, fmt_size(a, sizeof(a), t->quota),
@@ -1746,11 +1532,13 @@ loader_finish(struct loader *ld)
 		    "[server] needs spool_dir = ...: the directory that holds "
 		    "the journal, e.g. spool_dir = /var/spool/mxspool");
 	if (cfg->nlisten == 0)
-		return loader_fail(ld, ld->server_lines[SK_LISTEN],
+		return loader_fail(ld,
+		    key_line(SECT_SERVER, ld->server_lines, "listen"),
 		    "listen: needs at least one host:port, e.g. listen = 0.0.0.0:25, [::]:25");
 	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL))
 		return loader_fail(ld,
-		    first_line(ld->tls_lines[TLSK_CERT], ld->tls_lines[TLSK_KEY], 0),
+		    first_line(key_line(SECT_TLS, ld->tls_lines, "cert"),
+		    key_line(SECT_TLS, ld->tls_lines, "key"), 0),
 		    "%s is set but %s is not: inbound STARTTLS needs both cert "
 		    "and key (or neither)",
 		    cfg->tls_cert ? "cert" : "key", cfg->tls_cert ? "key" : "cert");
@@ -1767,7 +1555,7 @@ loader_finish(struct loader *ld)
 	for (size_t i = 0; i < cfg->ntenants; i++)
 		if (cfg->tenants[i].recipients_file != NULL &&
 		    load_recipients(ld, &cfg->tenants[i],
-		    ld->tmeta[i].lines[TK_RECIPIENTS]) != 0)
+		    key_line(SECT_TENANT, ld->tmeta[i].lines, "recipients")) != 0)
 			return -1;
 	return 0;
 }
@@ -1785,8 +1573,8 @@ config_defaults(const char *name)
 	cfg->hostname = xstrdup(host);
 	cfg->listen = xcalloc(2, sizeof(*cfg->listen));
 	cfg->nlisten = 2;
-	(void)hostport_reason("0.0.0.0", DEF_LISTEN_PORT, &cfg->listen[0]);
-	(void)hostport_reason("[::]", DEF_LISTEN_PORT, &cfg->listen[1]);
+	(void)config__hostport_reason("0.0.0.0", DEF_LISTEN_PORT, &cfg->listen[0]);
+	(void)config__hostport_reason("[::]", DEF_LISTEN_PORT, &cfg->listen[1]);
 	cfg->control_socket = xstrdup("/run/mxspool/control.sock");
 	cfg->max_connections = 10000;
 	cfg->max_connections_per_ip = 50;

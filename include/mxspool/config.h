@@ -129,6 +129,27 @@ const struct config_tenant *config_tenant_by_name(const struct config *cfg,
 /* Is ADDR (user@domain, any case) accepted by the tenant's recipients list? */
 bool config_tenant_accepts(const struct config_tenant *t, const char *addr);
 
+/*
+ * Change one key of a running tenant ("mxspoolctl set TENANT KEY=VALUE")
+ * under exactly the rules of the config file: the same key table, parser,
+ * bounds and messages as config_load(), and the same cross-check between
+ * drain_initial_rate and drain_rate (the start of the ramp may not lie
+ * above its ceiling).  KEY must be one of config_runtime_keys().
+ *
+ * On success stores the value into T and returns 0.  On failure T is left
+ * exactly as it was and -1 is returned with one line in ERR: the loader's
+ * message without its "FILE:LINE: " prefix, e.g. "drain_concurrency:
+ * \"0\" must be a whole number from 1 to 10000"; an unknown key, or one
+ * that only the config file may change, is refused with the list of the
+ * keys that may be set.  Only the fields of KEY are written (never a
+ * pointer), so T may be a stack copy that is not part of a struct config.
+ */
+int config_tenant_set(struct config_tenant *t, const char *key,
+    const char *value, char *err, size_t errlen);
+/* The names of the tenant keys config_tenant_set() takes, NULL-terminated,
+ * in config file order (static storage, for help texts and errors). */
+const char *const *config_runtime_keys(void);
+
 /* Value parsers, exported for the control socket's "set" and for tests.
  * Each returns 0 or -1 and never accepts trailing garbage. */
 int config_parse_size(const char *s, uint64_t *out);

@@ -1,5 +1,6 @@
 /*
- * test_config.c - config_load() and the config_parse_* helpers.
+ * test_config.c - config_load(), config_tenant_set() and the
+ * config_parse_* helpers.
  *
  * Every config is written to a mkstemp() file, loaded, and either checked
  * field by field or checked for the exact "FILE:LINE: " prefix and a key
@@ -1097,6 +1098,219 @@ test_example_file_is_defaults(void **state)
 	config_free(def);
 }
 
+/* ---- run-time changes: config_tenant_set() ---- */
+
+/* Load TEXT from memory as "t.ini"; returns config_load_stream()'s rc. */
+static int
+load_mem(const char *text, struct config **cfg, char *err, size_t errlen)
+{
+	FILE *fp = fmemopen((void *)(uintptr_t)text, strlen(text), "r");
+	int rc;
+
+	assert_non_null(fp);
+	rc = config_load_stream(fp, "t.ini", cfg, err, errlen);
+	fclose(fp);
+	return rc;
+}
+
+/* The message of ERR after its "t.ini:LINE: " prefix. */
+static const char *
+strip_where(const char *err)
+{
+	const char *p = strchr(err, ':');
+
+	assert_non_null(p);
+	p = strchr(p + 1, ':');
+	assert_non_null(p);
+	assert_int_equal(p[1], ' ');
+	return p + 2;
+}
+
+/* config_tenant_set(T, KEY, VALUE) must refuse with exactly MESSAGE (or,
+ * when MESSAGE starts with "~", a message containing the rest) and leave
+ * T unchanged. */
+static void
+expect_set_fail(struct config_tenant *t, const char *key, const char *value,
+    const char *message)
+{
+	struct config_tenant before = *t;
+	char err[CONFIG_ERRLEN] = "";
+
+	if (config_tenant_set(t, key, value, err, sizeof(err)) != -1)
+		fail_msg("%s=%s was accepted", key, value);
+	if (message[0] == '~' ? strstr(err, message + 1) == NULL :
+	    strcmp(err, message) != 0)
+		fail_msg("%s=%s: wanted \"%s\", got \"%s\"", key, value, message, err);
+	assert_memory_equal(&before, t, sizeof(before));
+}
+
+static void
+expect_set_ok(struct config_tenant *t, const char *key, const char *value)
+{
+	char err[CONFIG_ERRLEN] = "x";
+
+	if (config_tenant_set(t, key, value, err, sizeof(err)) != 0)
+		fail_msg("%s=%s refused: %s", key, value, err);
+	assert_string_equal(err, "");
+}
+
+static void
+test_runtime_set_bounds(void **state)
+{
+	/* config_tenant_set() takes and refuses what the file does, with the
+	 * file's bounds and messages minus "FILE:LINE: ", and changes nothing
+	 * when it refuses. */
+	struct config *cfg = load_ok(SERVER TENANT);
+	struct config_tenant *t = &cfg->tenants[0];
+
+	(void)state;
+	expect_set_fail(t, "drain_concurrency", "0",
+	    "drain_concurrency: \"0\" must be a whole number from 1 to 10000");
+	expect_set_fail(t, "drain_concurrency", "10001",
+	    "drain_concurrency: \"10001\" must be a whole number from 1 to 10000");
+	expect_set_fail(t, "drain_concurrency", "100000", "~from 1 to 10000");
+	expect_set_ok(t, "drain_concurrency", "10000");
+	assert_int_equal(t->drain_concurrency, 10000);
+	expect_set_fail(t, "drain_rate", "0", "drain_rate: \"0\" must be a number > 0");
+	expect_set_fail(t, "drain_rate", "1e9", "~up to 1000000");
+	expect_set_fail(t, "drain_rate", "-5", "~must be a number > 0");
+	expect_set_ok(t, "drain_rate", "12.5");
+	assert_true(t->drain_rate == 12.5);
+	expect_set_ok(t, "drain_ramp", "5m");
+	assert_int_equal(t->drain_ramp_ms, 5 * 60 * 1000);
+	expect_set_ok(t, "drain_ramp", "0");
+	assert_int_equal(t->drain_ramp_ms, 0);
+	expect_set_fail(t, "probe_interval", "0",
+	    "probe_interval: \"0\" must be longer than 0");
+	expect_set_ok(t, "probe_interval", "1h30m");
+	assert_int_equal(t->probe_interval_ms, 90 * 60 * 1000);
+	expect_set_fail(t, "drain_burst", "0.5", "~must be 0 (one second's worth)");
+	expect_set_ok(t, "drain_burst", "0");
+	expect_set_ok(t, "drain_bandwidth", "10M");
+	assert_int_equal(t->drain_bandwidth, 10 * 1024 * 1024);
+	expect_set_fail(t, "messages_per_connection", "0", "~must be a whole number >= 1");
+	expect_set_ok(t, "messages_per_connection", "4294967295");
+	expect_set_fail(t, "drain_rate", "20 # note",
+	    "~(an inline comment starts with \" ;\", not \"#\")");
+
+	/* Unknown keys and keys only the file may set name what is settable. */
+	expect_set_fail(t, "drain_rat", "5",
+	    "unknown key \"drain_rat\"; did you mean \"drain_rate\"? (settable "
+	    "at run time: drain_rate, drain_bandwidth, drain_concurrency, "
+	    "drain_ramp, drain_initial_rate, drain_burst, "
+	    "messages_per_connection, probe_interval)");
+	expect_set_fail(t, "nonsense", "5", "~settable at run time: drain_rate,");
+	expect_set_fail(t, "domains", "b.example",
+	    "~domains: cannot be changed at run time");
+	expect_set_fail(t, "domains", "b.example", "~probe_interval)");
+	assert_int_equal(t->ndomains, 1);
+	assert_string_equal(t->domains[0], "a.example");
+	expect_set_fail(t, "probe_up_after", "3", "~cannot be changed at run time");
+	expect_set_fail(t, "quota", "1G", "~cannot be changed at run time");
+	expect_set_fail(t, "recipients", "any", "~cannot be changed at run time");
+	expect_set_fail(t, "", "5", "~unknown key \"\"");
+	expect_set_fail(t, NULL, "5", "~no tenant, key or value");
+	expect_set_fail(t, "drain_rate", NULL, "~no tenant, key or value");
+	assert_int_equal(config_tenant_set(NULL, "drain_rate", "5", NULL, 0), -1);
+	config_free(cfg);
+}
+
+static void
+test_runtime_set_cross_check(void **state)
+{
+	/* drain_initial_rate may not exceed drain_rate, whichever of the two
+	 * "set" changes, exactly as the loader refuses it. */
+	struct config *cfg = load_ok(SERVER TENANT "drain_rate = 10\n"
+	    "drain_initial_rate = 5\n");
+	struct config_tenant *t = &cfg->tenants[0];
+	const char *why =
+	    "drain_initial_rate (20) is above drain_rate (10): the drain starts "
+	    "at drain_initial_rate and ramps up to drain_rate";
+
+	(void)state;
+	expect_set_fail(t, "drain_initial_rate", "20", why);
+	expect_fail(SERVER TENANT "drain_rate = 10\ndrain_initial_rate = 20\n", 6, why);
+	expect_set_fail(t, "drain_rate", "4",
+	    "drain_initial_rate (5) is above drain_rate (4): the drain starts "
+	    "at drain_initial_rate and ramps up to drain_rate");
+	expect_set_ok(t, "drain_initial_rate", "10");
+	expect_set_ok(t, "drain_initial_rate", "1");
+	expect_set_ok(t, "drain_rate", "1");
+	assert_true(t->drain_rate == 1 && t->drain_initial_rate == 1);
+	config_free(cfg);
+}
+
+/* The drain fields a run-time key may change, compared one by one. */
+static void
+assert_same_drain_fields(const struct config_tenant *a,
+    const struct config_tenant *b)
+{
+	assert_true(a->drain_rate == b->drain_rate);
+	assert_true(a->drain_initial_rate == b->drain_initial_rate);
+	assert_true(a->drain_burst == b->drain_burst);
+	assert_int_equal(a->drain_bandwidth, b->drain_bandwidth);
+	assert_int_equal(a->drain_concurrency, b->drain_concurrency);
+	assert_int_equal(a->drain_ramp_ms, b->drain_ramp_ms);
+	assert_int_equal(a->messages_per_connection, b->messages_per_connection);
+	assert_int_equal(a->probe_interval_ms, b->probe_interval_ms);
+}
+
+static void
+test_runtime_keys_match_file(void **state)
+{
+	/* Every key config_runtime_keys() lists is a config file key, and for
+	 * each of a range of values the file and config_tenant_set() agree:
+	 * both accept it with the same result, or both refuse it with the
+	 * same message. */
+	static const char *const expected[] = {
+		"drain_rate", "drain_bandwidth", "drain_concurrency", "drain_ramp",
+		"drain_initial_rate", "drain_burst", "messages_per_connection",
+		"probe_interval", NULL,
+	};
+	static const char *const values[] = {
+		"", "0", "1", "2", "0.5", "2.5", "49", "51", "999", "1000",
+		"1001", "9999", "10000", "10001", "1000000", "1000001",
+		"4294967295", "4294967296", "18446744073709551616", "-1", "1e3",
+		"abc", "5m", "5M", "1h30m", "30s", "0s", "100ms", "10G", "1K",
+		"64KiB", "20 # c", ".5", "2.",
+	};
+	const char *const *keys = config_runtime_keys();
+	struct config *def = load_ok(SERVER TENANT);
+	size_t n = 0;
+
+	(void)state;
+	assert_ptr_equal(keys, config_runtime_keys());
+	for (; keys[n] != NULL; n++) {
+		assert_non_null(expected[n]);
+		assert_string_equal(keys[n], expected[n]);
+	}
+	assert_null(expected[n]);
+	for (size_t i = 0; keys[i] != NULL; i++) {
+		for (size_t j = 0; j < sizeof(values) / sizeof(values[0]); j++) {
+			char text[512], ferr[CONFIG_ERRLEN] = "", serr[CONFIG_ERRLEN] = "";
+			struct config *cfg = NULL;
+			struct config_tenant t = def->tenants[0];
+			int frc, src;
+
+			snprintf(text, sizeof(text), SERVER TENANT "%s = %s\n",
+			    keys[i], values[j]);
+			frc = load_mem(text, &cfg, ferr, sizeof(ferr));
+			src = config_tenant_set(&t, keys[i], values[j], serr,
+			    sizeof(serr));
+			if (frc != src)
+				fail_msg("%s = %s: file rc %d (%s), set rc %d (%s)",
+				    keys[i], values[j], frc, ferr, src, serr);
+			if (frc == 0) {
+				assert_same_drain_fields(&cfg->tenants[0], &t);
+				config_free(cfg);
+			} else {
+				assert_string_equal(strip_where(ferr), serr);
+			}
+		}
+	}
+	config_free(def);
+}
+
 int
 main(void)
 {
@@ -1126,6 +1340,9 @@ main(void)
 		cmocka_unit_test(test_reload_sees_file_changes),
 		cmocka_unit_test(test_open_and_stream),
 		cmocka_unit_test(test_example_file_is_defaults),
+		cmocka_unit_test(test_runtime_set_bounds),
+		cmocka_unit_test(test_runtime_set_cross_check),
+		cmocka_unit_test(test_runtime_keys_match_file),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
