@@ -26,6 +26,7 @@
 #include "mxspool/relay.h"
 #include "mxspool/smtp_server.h"
 #include "mxspool/spool.h"
+#include "mxspool/stats.h"
 #include "mxspool/util.h"
 
 #define CONTROL_HTTP_MAX 8192
@@ -176,7 +177,7 @@ control_cmd_status(struct control_req *q)
 		control_buf_printf(b, "mxspoold %s, up %lld s, %u connections, spool %" PRIu64
 		    " bytes\naccepted %" PRIu64 ", delivered %" PRIu64 ", bounced %" PRIu64 "\n\n",
 		    PACKAGE_VERSION, (long long)((now - r->started_ms) / 1000), conns,
-		    spool_bytes, r->accepted_total, r->delivered_total, r->bounced_total);
+		    spool_bytes, stats_total(r->stats, STAT_ACCEPTED), stats_total(r->stats, STAT_DELIVERED), stats_total(r->stats, STAT_BOUNCED));
 		control_buf_printf(b, "%-16s %-8s %-5s %10s %12s %10s %8s %8s %6s %10s\n",
 		    "TENANT", "PRIMARY", "HELD", "QUEUED", "BYTES", "OLDEST_S",
 		    "RATE", "LIMIT", "FLIGHT", "ETA_S");
@@ -186,12 +187,12 @@ control_cmd_status(struct control_req *q)
 		control_buf_printf(b, ", \"uptime_s\": %lld, \"accepted_total\": %" PRIu64
 		    ", \"delivered_total\": %" PRIu64 ", \"bounced_total\": %" PRIu64
 		    ", \"connections\": %u, \"spool_bytes\": %" PRIu64 ", \"tenants\": [",
-		    (long long)((now - r->started_ms) / 1000), r->accepted_total,
-		    r->delivered_total, r->bounced_total, conns, spool_bytes);
+		    (long long)((now - r->started_ms) / 1000), stats_total(r->stats, STAT_ACCEPTED),
+		    stats_total(r->stats, STAT_DELIVERED), stats_total(r->stats, STAT_BOUNCED), conns, spool_bytes);
 	}
 	for (size_t i = 0; i < cfg->ntenants; i++) {
 		const struct config_tenant *t = &cfg->tenants[i];
-		struct relay_tenant_counters *c = relay_counters(r, t->name);
+		const char *c = t->name;   /* counters are kept by tenant name */
 		struct spool_tenant_stats ss;
 		struct drain_status ds;
 		bool held = r->spool ? spool_is_held(r->spool, t->name) : false;
@@ -227,7 +228,7 @@ control_cmd_status(struct control_req *q)
 		    ", \"delivered_total\": %" PRIu64 ", \"bounced_total\": %" PRIu64
 		    ", \"eta_s\": ", held ? "true" : "false", ss.messages, ss.bytes,
 		    oldest, ds.drain_rate, ds.drain_rate_limit, ds.in_flight,
-		    c->delivered_total, c->bounced_total);
+		    stats_tenant(r->stats, c, STAT_DELIVERED), stats_tenant(r->stats, c, STAT_BOUNCED));
 		if (ds.eta_s < 0)
 			control_buf_printf(b, "null}");
 		else
@@ -574,7 +575,7 @@ control_metrics(struct relay *r, struct control_buf *b)
 		control_metric_head(b, per_tenant[m].name, per_tenant[m].type, per_tenant[m].help);
 		for (size_t i = 0; i < cfg->ntenants; i++) {
 			const struct config_tenant *t = &cfg->tenants[i];
-			struct relay_tenant_counters *c = relay_counters(r, t->name);
+			const char *c = t->name;   /* counters are kept by tenant name */
 			struct spool_tenant_stats ss;
 			struct drain_status ds;
 			double v = 0;
@@ -588,9 +589,9 @@ control_metrics(struct relay *r, struct control_buf *b)
 			case 4: v = ds.drain_rate_limit; break;
 			case 5: v = ds.drain_rate; break;
 			case 6: v = ds.in_flight; break;
-			case 7: v = (double)c->accepted_total; break;
-			case 8: v = (double)c->delivered_total; break;
-			case 9: v = (double)c->bounced_total; break;
+			case 7: v = (double)stats_tenant(r->stats, c, STAT_ACCEPTED); break;
+			case 8: v = (double)stats_tenant(r->stats, c, STAT_DELIVERED); break;
+			case 9: v = (double)stats_tenant(r->stats, c, STAT_BOUNCED); break;
 			}
 			control_buf_printf(b, "%s{tenant=\"%s\"} %.17g\n", per_tenant[m].name, t->name, v);
 		}

@@ -53,9 +53,9 @@
 #include "mxspool/drain_policy.h"
 #include "mxspool/dsn.h"
 #include "mxspool/log.h"
-#include "mxspool/relay.h"
 #include "mxspool/smtp_client.h"
 #include "mxspool/spool.h"
+#include "mxspool/stats.h"
 #include "mxspool/tls.h"
 #include "mxspool/util.h"
 
@@ -193,15 +193,16 @@ struct drain_tenant {
 };
 
 struct drain {
-	struct relay *r;
+	uv_loop_t *loop;
+	struct spool *spool;
+	struct dns *dns;              /* the relay's resolver, not ours */
+	struct stats *stats;
+	const struct config *cfg;     /* valid until the next apply_config */
+	struct tls_ctx *tls;          /* client context, or NULL: not ours */
 	struct drain_tenant *tenants;
-	struct dns *own_dns;          /* only when relay has none */
-	struct tls_ctx *own_tls;      /* only when relay has none */
-	enum config_tls_outbound own_tls_mode;
 	struct sockaddr_storage *self;
 	size_t nself;
 	bool closing;
-	bool dns_closing;
 	void (*done)(void *arg);
 	void *done_arg;
 };
@@ -218,13 +219,13 @@ static void conn_assign(struct drain_conn *cn, struct drain_job *j);
 static struct dns *
 drain_dns(struct drain *d)
 {
-	return d->r->dns ? d->r->dns : d->own_dns;
+	return d->dns;
 }
 
 static struct tls_ctx *
 drain_tls(struct drain *d)
 {
-	return d->r->tls_client ? d->r->tls_client : d->own_tls;
+	return d->tls;
 }
 
 static enum smtp_client_tls
@@ -331,6 +332,22 @@ drain_settings_from(struct drain_settings *s, const struct config_tenant *ct)
 	s->mpc = ct->messages_per_connection ? ct->messages_per_connection : 1;
 	s->probe_interval_ms = ct->probe_interval_ms;
 	s->probe_up_after = ct->probe_up_after;
+}
+
+/* The settable fields of S as a config tenant, for config_tenant_set(). */
+static void
+drain_settings_to(struct config_tenant *ct, const struct drain_settings *s)
+{
+	memset(ct, 0, sizeof(*ct));
+	ct->drain_rate = s->rate;
+	ct->drain_initial_rate = s->initial_rate;
+	ct->drain_burst = s->burst;
+	ct->drain_bandwidth = s->bandwidth;
+	ct->drain_concurrency = s->concurrency;
+	ct->drain_ramp_ms = s->ramp_ms;
+	ct->messages_per_connection = s->mpc;
+	ct->probe_interval_ms = s->probe_interval_ms;
+	ct->probe_up_after = s->probe_up_after;
 }
 
 static void
@@ -529,7 +546,7 @@ static void
 resolve_on_mx(void *arg, int status, const struct dns_mx *mx, size_t n)
 {
 	struct drain_resolve *res = arg;
-	const struct config *cfg = res->d->r->cfg;
+	const struct config *cfg = res->d->cfg;
 	const char *self[1] = { cfg->hostname };
 	struct dns_mx *sel = NULL;
 	size_t nsel = 0;
@@ -739,11 +756,11 @@ dsn_connect(struct drain_dsn *x)
 		dsn_on_ready, dsn_on_sent, dsn_on_closed,
 	};
 	struct drain *d = x->j->t->d;
-	const struct config *cfg = d->r->cfg;
+	const struct config *cfg = d->cfg;
 	struct smtp_client_options o;
 
 	memset(&o, 0, sizeof(o));
-	o.loop = d->r->loop;
+	o.loop = d->loop;
 	o.addr = (const struct sockaddr *)&x->targets[x->idx].addr;
 	o.host = x->targets[x->idx].host;
 	o.helo_name = cfg->hostname;
@@ -788,7 +805,7 @@ dsn_build_and_send(struct drain_dsn *x)
 {
 	struct drain_job *j = x->j;
 	struct drain *d = j->t->d;
-	const struct config *cfg = d->r->cfg;
+	const struct config *cfg = d->cfg;
 	const struct spool_envelope *env = spool_msg_envelope(j->msg);
 	struct dsn_rcpt *dr = calloc(x->nfates, sizeof(*dr));
 	char (*diag)[1100] = calloc(x->nfates, sizeof(*diag));
@@ -1024,7 +1041,7 @@ job_free(struct drain_job *j)
 	struct drain_tenant *t = j->t;
 
 	if (j->claimed && (!j->settled || j->write_failed))
-		spool_release(t->d->r->spool, j->qid);
+		spool_release(t->d->spool, j->qid);
 	for (struct drain_job **pp = &t->jobs; *pp; pp = &(*pp)->next) {
 		if (*pp == j) {
 			*pp = j->next;
@@ -1066,7 +1083,7 @@ static void
 job_mark(struct drain_job *j, size_t env, enum spool_rcpt_state st)
 {
 	j->refs++;
-	if (spool_mark_rcpt(j->t->d->r->spool, j->qid, env, st, job_on_write, j) != 0) {
+	if (spool_mark_rcpt(j->t->d->spool, j->qid, env, st, job_on_write, j) != 0) {
 		j->write_failed = true;
 		j->refs--;
 	}
@@ -1120,7 +1137,7 @@ job_delay_2(struct drain_job *j)
 			drain_log_defer(j, env->rcpt[j->temp[i].env].addr,
 			    &j->temp[i].reply, next);
 		j->refs++;
-		if (spool_defer(t->d->r->spool, j->qid, next, job_on_write, j) != 0) {
+		if (spool_defer(t->d->spool, j->qid, next, job_on_write, j) != 0) {
 			j->refs--;
 		} else {
 			j->settled = true;
@@ -1157,20 +1174,16 @@ job_bounce_2(struct drain_job *j, int result)
 		}
 	} else {
 		for (size_t i = 0; i < j->nbounce; i++) {
-			struct relay_tenant_counters *ctr = relay_counters(d->r, t->name);
-
 			drain_log_bounce(j, env->rcpt[j->bounce[i].env].addr,
 			    &j->bounce[i].reply, how);
 			job_mark(j, j->bounce[i].env, SPOOL_RCPT_BOUNCED);
-			d->r->bounced_total++;
-			if (ctr)
-				ctr->bounced_total++;
+			stats_add(d->stats, t->name, STAT_BOUNCED, 1);
 		}
 	}
 	/* A delay warning, once, for the recipients that wait. */
 	if (j->ntemp > 0 && !t->removed && result <= 0 &&
 	    drain_delay_warning_due(env->arrival_ms, util_now_ms(),
-	    d->r->cfg->delay_warning_ms, warned_has(t, j->qid))) {
+	    d->cfg->delay_warning_ms, warned_has(t, j->qid))) {
 		warned_set(t, j->qid, true);
 		dsn_start(j, DSN_ACTION_DELAYED, j->temp, j->ntemp);
 		return;
@@ -1241,17 +1254,12 @@ job_on_result(struct drain_job *j, const struct smtp_client_result *res)
 		size_t e = j->map[i];
 
 		switch (rp->outcome) {
-		case SMTP_CLIENT_DELIVERED: {
-			struct relay_tenant_counters *ctr = relay_counters(d->r, t->name);
-
+		case SMTP_CLIENT_DELIVERED:
 			any_ok = true;
 			drain_log_deliver(j, env->rcpt[e].addr, rp);
 			job_mark(j, e, SPOOL_RCPT_DELIVERED);
-			d->r->delivered_total++;
-			if (ctr)
-				ctr->delivered_total++;
+			stats_add(d->stats, t->name, STAT_DELIVERED, 1);
 			break;
-		}
 		case SMTP_CLIENT_PERMFAIL:
 			if (job_fate_add(&j->bounce, &j->nbounce, env->nrcpt, e, rp) != 0)
 				j->leftover = true;
@@ -1280,7 +1288,7 @@ job_on_result(struct drain_job *j, const struct smtp_client_result *res)
 		job_aimd(t, "timeout", drain_policy_timeout(&t->pol, now));
 	/* Past the queue lifetime a temporary failure is final. */
 	if (j->ntemp > 0 && drain_expired(env->arrival_ms, util_now_ms(),
-	    d->r->cfg->queue_lifetime_ms))
+	    d->cfg->queue_lifetime_ms))
 		job_expire(j);
 	job_settle(j);
 }
@@ -1351,7 +1359,7 @@ job_on_load(void *arg, int status, struct spool_msg *msg)
 	struct drain_tenant *t = j->t;
 	struct drain_conn *cn = j->conn;
 	const struct spool_envelope *env;
-	const struct config *cfg = t->d->r->cfg;
+	const struct config *cfg = t->d->cfg;
 	long n;
 
 	j->msg = msg;
@@ -1418,7 +1426,7 @@ job_start(struct drain_tenant *t, spool_qid qid, struct drain_conn *cn,
 	j->next = t->jobs;
 	t->jobs = j;
 	t->njobs++;
-	rc = spool_load(t->d->r->spool, qid, job_on_load, j);
+	rc = spool_load(t->d->spool, qid, job_on_load, j);
 	if (rc != 0) {
 		/* Undo by hand: job_free() would run the scheduler. */
 		t->jobs = j->next;
@@ -1426,7 +1434,7 @@ job_start(struct drain_tenant *t, spool_qid qid, struct drain_conn *cn,
 		if (cn)
 			cn->job = NULL;
 		if (claimed)
-			spool_release(t->d->r->spool, qid);
+			spool_release(t->d->spool, qid);
 		free(j);
 		return rc;
 	}
@@ -1561,7 +1569,7 @@ conn_open(struct drain_conn *cn)
 		conn_on_ready, conn_on_sent, conn_on_closed,
 	};
 	struct drain_tenant *t = cn->t;
-	const struct config *cfg = t->d->r->cfg;
+	const struct config *cfg = t->d->cfg;
 	struct smtp_client_options o;
 
 	cn->c = NULL;
@@ -1569,7 +1577,7 @@ conn_open(struct drain_conn *cn)
 		return;
 	cn->tg = t->targets[cn->idx];
 	memset(&o, 0, sizeof(o));
-	o.loop = t->d->r->loop;
+	o.loop = t->d->loop;
 	o.addr = (const struct sockaddr *)&cn->tg.addr;
 	o.host = cn->tg.host;
 	o.helo_name = cfg->hostname;
@@ -1692,7 +1700,7 @@ probe_connect(struct drain_tenant *t)
 	static const struct smtp_client_callbacks cbs = {
 		NULL, NULL, probe_on_closed,
 	};
-	const struct config *cfg = t->d->r->cfg;
+	const struct config *cfg = t->d->cfg;
 	uint64_t tmo = cfg->smtp_timeout_ms < DRAIN_PROBE_TIMEOUT_MS ?
 	    cfg->smtp_timeout_ms : DRAIN_PROBE_TIMEOUT_MS;
 	struct smtp_client_options o;
@@ -1703,7 +1711,7 @@ probe_connect(struct drain_tenant *t)
 	}
 	t->probe_tg = t->targets[t->probe_idx];
 	memset(&o, 0, sizeof(o));
-	o.loop = t->d->r->loop;
+	o.loop = t->d->loop;
 	o.addr = (const struct sockaddr *)&t->probe_tg.addr;
 	o.host = t->probe_tg.host;
 	o.helo_name = cfg->hostname;
@@ -1753,7 +1761,7 @@ tenant_on_resolved(void *arg, int status, const char *why,
 static void
 tenant_resolve(struct drain_tenant *t, bool for_probe)
 {
-	const struct config *cfg = t->d->r->cfg;
+	const struct config *cfg = t->d->cfg;
 
 	t->res_for_probe = for_probe;
 	t->res = resolve_start(t->d, t->primary_mx ? NULL : t->hosts, t->nhosts,
@@ -1800,7 +1808,7 @@ static void
 drain_tenant_run(struct drain_tenant *t)
 {
 	struct drain *d = t->d;
-	struct spool *sp = d->r->spool;
+	struct spool *sp = d->spool;
 	int64_t now = util_mono_ms();
 	int64_t sleep_ms = DRAIN_MAX_SLEEP_MS;
 
@@ -1966,7 +1974,7 @@ tenant_new(struct drain *d, const struct config_tenant *ct)
 	    now);
 	drain_meter_init(&t->meter, now);
 	t->logged_limit = 0;
-	if (uv_timer_init(d->r->loop, &t->timer) != 0) {
+	if (uv_timer_init(d->loop, &t->timer) != 0) {
 		free(t->hosts);
 		free(t);
 		return NULL;
@@ -2068,7 +2076,7 @@ tenant_remove(struct drain_tenant *t)
 static void
 drain_collect_self(struct drain *d)
 {
-	const struct config *cfg = d->r->cfg;
+	const struct config *cfg = d->cfg;
 	struct sockaddr_storage *s = NULL, *local = NULL;
 	size_t n = 0, nlocal = 0, cap;
 	bool wildcard = false;
@@ -2115,77 +2123,34 @@ drain_collect_self(struct drain *d)
 
 /* ---- public API -------------------------------------------------------- */
 
-static void
-drain_own_tls(struct drain *d)
-{
-	const struct config *cfg = d->r->cfg;
-	enum tls_client_mode m;
-	char err[256];
-
-	if (d->r->tls_client != NULL || cfg->tls_outbound == CONFIG_TLS_OUT_NONE)
-		return;
-	if (d->own_tls != NULL && d->own_tls_mode == cfg->tls_outbound)
-		return;
-	m = cfg->tls_outbound == CONFIG_TLS_OUT_VERIFY ? TLS_CLIENT_VERIFY :
-	    cfg->tls_outbound == CONFIG_TLS_OUT_REQUIRED ? TLS_CLIENT_REQUIRED :
-	    TLS_CLIENT_OPPORTUNISTIC;
-	tls_ctx_free(d->own_tls);
-	d->own_tls = NULL;
-	if (tls_client_ctx_new(m, cfg->tls_ca_file, &d->own_tls, err,
-	    sizeof(err)) != TLS_OK) {
-		d->own_tls = NULL;
-		log_event(LOG_LEVEL_ERR, "tls", "role=client error=\"%s\"", err);
-		return;
-	}
-	d->own_tls_mode = cfg->tls_outbound;
-}
-
 int
-drain_new(struct relay *r, struct drain **out)
+drain_new(const struct drain_deps *deps, const struct config *cfg,
+    struct tls_ctx *tls_client, struct drain **out)
 {
 	struct drain *d = calloc(1, sizeof(*d));
 
 	if (d == NULL)
 		return -1;
-	d->r = r;
-	if (r->dns == NULL) {
-		/* main did not give us a resolver: make our own on the same
-		 * servers, so that delivery works either way. */
-		char servers[2048] = "";
-		size_t len = 0;
-
-		for (size_t i = 0; i < r->cfg->ndns_servers; i++) {
-			const struct config_hostport *h = &r->cfg->dns_servers[i];
-			bool v6 = strchr(h->host, ':') != NULL && h->host[0] != '[';
-			int n = snprintf(servers + len, sizeof(servers) - len,
-			    "%s%s%s%s:%u", len ? "," : "", v6 ? "[" : "", h->host,
-			    v6 ? "]" : "", h->port ? h->port : 53);
-
-			if (n < 0 || (size_t)n >= sizeof(servers) - len)
-				break;
-			len += (size_t)n;
-		}
-		if (dns_new(r->loop, len ? servers : NULL, &d->own_dns) != DNS_OK) {
-			free(d);
-			return -1;
-		}
-	}
-	drain_own_tls(d);
+	d->loop = deps->loop;
+	d->spool = deps->spool;
+	d->dns = deps->dns;
+	d->stats = deps->stats;
 	*out = d;
-	drain_apply_config(d);
+	drain_apply_config(d, cfg, tls_client);
 	return 0;
 }
 
 void
-drain_apply_config(struct drain *d)
+drain_apply_config(struct drain *d, const struct config *cfg,
+    struct tls_ctx *tls_client)
 {
-	const struct config *cfg = d->r->cfg;
 	struct drain_tenant *t, *next;
 
 	if (d->closing)
 		return;
+	d->cfg = cfg;
+	d->tls = tls_client;
 	drain_collect_self(d);
-	drain_own_tls(d);
 	for (t = d->tenants; t; t = next) {
 		next = t->next;
 		if (!t->removed && config_tenant_by_name(cfg, t->name) == NULL)
@@ -2234,43 +2199,12 @@ drain_flush(struct drain *d, const char *tenant)
 			continue;
 		/* Like postqueue -f: deferred mail is retried now, not at its
 		 * back-off time, but still under the rate limit. */
-		(void)spool_retry_now(d->r->spool, t->name);
+		(void)spool_retry_now(d->spool, t->name);
 		drain_primary_probe_now(&t->pr, util_mono_ms());
 		(void)uv_timer_start(&t->timer, tenant_on_timer, 0, 0);
 		n++;
 	}
 	return n;
-}
-
-static int
-set_parse_double(const char *v, double min, double *out)
-{
-	char *end;
-	double x;
-
-	errno = 0;
-	x = strtod(v, &end);
-	if (errno != 0 || end == v || *end != '\0' || !isfinite(x) || x < min ||
-	    x > 1e9)
-		return -1;
-	*out = x;
-	return 0;
-}
-
-static int
-set_parse_unsigned(const char *v, unsigned *out)
-{
-	char *end;
-	unsigned long x;
-
-	if (*v < '0' || *v > '9')
-		return -1;
-	errno = 0;
-	x = strtoul(v, &end, 10);
-	if (errno != 0 || *end != '\0' || x < 1 || x > 100000)
-		return -1;
-	*out = (unsigned)x;
-	return 0;
 }
 
 int
@@ -2279,41 +2213,17 @@ drain_set(struct drain *d, const char *tenant, const char *key,
 {
 	struct drain_tenant *t = d ? tenant_find(d, tenant) : NULL;
 	struct drain_settings s;
-	int rc = 0;
+	struct config_tenant ct;
 
 	if (t == NULL) {
 		snprintf(err, errlen, "no tenant named %s", tenant);
 		return -1;
 	}
-	s = t->set;
-	if (strcmp(key, "drain_rate") == 0) {
-		rc = set_parse_double(value, 0.001, &s.rate);
-	} else if (strcmp(key, "drain_initial_rate") == 0) {
-		rc = set_parse_double(value, 0, &s.initial_rate);
-	} else if (strcmp(key, "drain_burst") == 0) {
-		rc = set_parse_double(value, 0, &s.burst);
-	} else if (strcmp(key, "drain_bandwidth") == 0) {
-		rc = config_parse_size(value, &s.bandwidth);
-	} else if (strcmp(key, "drain_concurrency") == 0) {
-		rc = set_parse_unsigned(value, &s.concurrency);
-	} else if (strcmp(key, "drain_ramp") == 0) {
-		rc = config_parse_duration(value, &s.ramp_ms);
-	} else if (strcmp(key, "messages_per_connection") == 0) {
-		rc = set_parse_unsigned(value, &s.mpc);
-	} else if (strcmp(key, "probe_interval") == 0) {
-		rc = config_parse_duration(value, &s.probe_interval_ms);
-		if (rc == 0 && s.probe_interval_ms == 0)
-			rc = -1;
-	} else {
-		snprintf(err, errlen, "%s: unknown key (drain_rate, drain_initial_rate, "
-		    "drain_burst, drain_bandwidth, drain_concurrency, drain_ramp, "
-		    "messages_per_connection, probe_interval)", key);
+	/* The config file's own rules, so `set` and the file never disagree. */
+	drain_settings_to(&ct, &t->set);
+	if (config_tenant_set(&ct, key, value, err, errlen) != 0)
 		return -1;
-	}
-	if (rc != 0) {
-		snprintf(err, errlen, "%s: bad value \"%s\"", key, value);
-		return -1;
-	}
+	drain_settings_from(&s, &ct);
 	if (check_only)
 		return 0;
 	t->set = s;
@@ -2332,25 +2242,15 @@ drain_bounce(struct drain *d, uint64_t qid)
 
 	if (d == NULL || d->closing)
 		return SPOOL_ECLOSED;
-	rc = spool_find(d->r->spool, qid, &item);
+	rc = spool_find(d->spool, qid, &item);
 	if (rc != 0)
 		return rc;
 	t = tenant_find(d, item.tenant);
 	if (t == NULL || item.claimed)
 		return SPOOL_EINVAL;  /* unknown tenant, or being delivered */
 	/* Out of the scheduler's reach first: not due for an hour. */
-	(void)spool_defer(d->r->spool, qid, util_now_ms() + 3600 * 1000, NULL, NULL);
+	(void)spool_defer(d->spool, qid, util_now_ms() + 3600 * 1000, NULL, NULL);
 	return job_start(t, qid, NULL, false, true);
-}
-
-static void
-drain_on_dns_freed(void *arg)
-{
-	struct drain *d = arg;
-
-	d->own_dns = NULL;
-	d->dns_closing = false;
-	drain_maybe_done(d);
 }
 
 static void
@@ -2359,16 +2259,10 @@ drain_maybe_done(struct drain *d)
 	void (*done)(void *);
 	void *arg;
 
-	if (!d->closing || d->tenants != NULL || d->dns_closing)
+	if (!d->closing || d->tenants != NULL)
 		return;
-	if (d->own_dns != NULL) {
-		d->dns_closing = true;
-		dns_free(d->own_dns, drain_on_dns_freed, d);
-		return;
-	}
 	done = d->done;
 	arg = d->done_arg;
-	tls_ctx_free(d->own_tls);
 	free(d->self);
 	free(d);
 	if (done)
@@ -2406,8 +2300,8 @@ drain_status(struct drain *d, const char *tenant, struct drain_status *out)
 	if (t == NULL)
 		return -1;
 	up = drain_primary_get(&t->pr) == DRAIN_PRIMARY_UP;
-	draining = up && !spool_is_held(d->r->spool, t->name);
-	spool_tenant_stats(d->r->spool, t->name, &st);
+	draining = up && !spool_is_held(d->spool, t->name);
+	spool_tenant_stats(d->spool, t->name, &st);
 	out->primary_state = drain_primary_state_name(drain_primary_get(&t->pr));
 	out->drain_rate = drain_meter_rate(&t->meter, now);
 	out->drain_rate_limit = up ? drain_policy_limit(&t->pol, now) : 0;

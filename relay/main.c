@@ -33,7 +33,6 @@
 #include "mxspool/relay.h"
 #include "mxspool/smtp_server.h"
 #include "mxspool/spool.h"
-#include "mxspool/tls.h"
 #include "mxspool/util.h"
 
 #define MAIN_GRACE_MS 10000     /* sessions and deliveries finishing on stop */
@@ -56,138 +55,6 @@ main_usage(FILE *f)
 	    "  -d        debug logging\n");
 }
 
-/*
- * sd_notify without libsystemd: the protocol is one datagram to the unix
- * socket named in NOTIFY_SOCKET ('@' = abstract namespace).
- */
-static void
-main_notify(const char *state)
-{
-	const char *path = getenv("NOTIFY_SOCKET");
-	struct sockaddr_un sun;
-	socklen_t slen;
-	size_t plen;
-	int fd;
-
-	if (path == NULL || (path[0] != '/' && path[0] != '@'))
-		return;
-	plen = strlen(path);
-	if (plen >= sizeof(sun.sun_path))
-		return;
-	memset(&sun, 0, sizeof(sun));
-	sun.sun_family = AF_UNIX;
-	memcpy(sun.sun_path, path, plen);
-	if (path[0] == '@')
-		sun.sun_path[0] = '\0';
-	slen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen);
-	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return;
-	if (sendto(fd, state, strlen(state), MSG_NOSIGNAL,
-	    (struct sockaddr *)&sun, slen) < 0)
-		log_event(LOG_LEVEL_WARN, "notify", "state=%s error=\"%s\"",
-		    state, strerror(errno));
-	close(fd);
-}
-
-struct relay_tenant_counters *
-relay_counters(struct relay *r, const char *tenant)
-{
-	struct relay_tenant_counters *c;
-
-	for (size_t i = 0; i < r->ntenant_counters; i++)
-		if (strcmp(r->tenant_counters[i].name, tenant) == 0)
-			return &r->tenant_counters[i];
-	r->tenant_counters = xrealloc(r->tenant_counters,
-	    (r->ntenant_counters + 1) * sizeof(*r->tenant_counters));
-	c = &r->tenant_counters[r->ntenant_counters++];
-	memset(c, 0, sizeof(*c));
-	snprintf(c->name, sizeof(c->name), "%s", tenant);
-	return c;
-}
-
-static void
-main_apply_quotas(struct relay *r)
-{
-	spool_set_disk_reserve(r->spool, r->cfg->disk_reserve);
-	for (size_t i = 0; i < r->cfg->ntenants; i++) {
-		const struct config_tenant *t = &r->cfg->tenants[i];
-
-		spool_set_quota(r->spool, t->name, t->quota, t->quota_messages);
-	}
-}
-
-/* What a reload cannot change without a restart: said, not silently ignored. */
-static void
-main_warn_restart_keys(const struct config *old, const struct config *new)
-{
-	bool listen_changed = old->nlisten != new->nlisten;
-
-	for (size_t i = 0; !listen_changed && i < old->nlisten; i++)
-		listen_changed = strcmp(old->listen[i].host, new->listen[i].host) != 0 ||
-		    old->listen[i].port != new->listen[i].port;
-	if (listen_changed)
-		log_event(LOG_LEVEL_WARN, "reload", "key=listen note=\"takes effect at the next restart\"");
-	if (strcmp(old->spool_dir, new->spool_dir) != 0)
-		log_event(LOG_LEVEL_WARN, "reload", "key=spool_dir note=\"takes effect at the next restart\"");
-	if (strcmp(old->control_socket, new->control_socket) != 0)
-		log_event(LOG_LEVEL_WARN, "reload", "key=control_socket note=\"takes effect at the next restart\"");
-	if ((old->user == NULL) != (new->user == NULL) ||
-	    (old->user && strcmp(old->user, new->user) != 0))
-		log_event(LOG_LEVEL_WARN, "reload", "key=user note=\"takes effect at the next restart\"");
-}
-
-int
-relay_reload(struct relay *r, char *err, size_t errlen)
-{
-	struct config *cfg = NULL;
-	char q[1200];
-
-	main_notify("RELOADING=1");
-	if (config_load(r->cfg->path, &cfg, err, errlen) != 0) {
-		log_event(LOG_LEVEL_ERR, "reload", "result=refused error=%s",
-		    log_quote(q, sizeof(q), err));
-		main_notify("READY=1");
-		return -1;
-	}
-	/* Certificates are re-read so that a renewed one is picked up; a file
-	 * that OpenSSL refuses makes the whole reload fail. */
-	struct tls_ctx *tls = NULL;
-
-	if (cfg->tls_cert && cfg->tls_key &&
-	    tls_server_ctx_new(cfg->tls_cert, cfg->tls_key, &tls, err, errlen) != TLS_OK) {
-		char msg[1024];
-
-		snprintf(msg, sizeof(msg), "%s:0: [tls] cert/key: %s", cfg->path, err);
-		snprintf(err, errlen, "%s", msg);
-		config_free(cfg);
-		log_event(LOG_LEVEL_ERR, "reload", "result=refused error=%s",
-		    log_quote(q, sizeof(q), err));
-		main_notify("READY=1");
-		return -1;
-	}
-	main_warn_restart_keys(r->cfg, cfg);
-	/*
-	 * The listen, spool and control keys keep their old values until a
-	 * restart; everything else is taken from the new file as a whole.
-	 * Sessions already in TLS keep their own reference to the old context.
-	 */
-	struct config *old = r->cfg;
-
-	r->cfg = cfg;
-	tls_ctx_free(r->tls_server);
-	r->tls_server = tls;
-	if (r->spool)
-		main_apply_quotas(r);
-	if (r->drain)
-		drain_apply_config(r->drain);
-	config_free(old);
-	log_event(LOG_LEVEL_INFO, "reload", "result=ok file=%s tenants=%zu",
-	    log_quote(q, sizeof(q), cfg->path), cfg->ntenants);
-	main_notify("READY=1");
-	return 0;
-}
-
 static void
 main_closed(void *arg)
 {
@@ -203,7 +70,10 @@ main_closed(void *arg)
 static void
 main_spool_closed(void *arg)
 {
-	main_closed(arg);
+	struct main_state *m = arg;
+
+	/* The resolver goes last: nothing is left to ask it anything. */
+	relay_close(&m->relay, main_closed, m);
 }
 
 static void
@@ -223,21 +93,22 @@ main_server_closed(void *arg)
 {
 	struct main_state *m = arg;
 
+	m->relay.server = NULL;   /* freed: control must not ask it any more */
 	if (m->relay.drain)
 		drain_close(m->relay.drain, main_drain_closed, m);
 	else
 		main_drain_closed(m);
 }
 
-void
-relay_stop(struct relay *r)
+static void
+main_stop(struct main_state *m)
 {
-	struct main_state *m = (struct main_state *)r;
+	struct relay *r = &m->relay;
 
 	if (r->stopping)
 		return;
 	r->stopping = true;
-	main_notify("STOPPING=1");
+	relay_notify("STOPPING=1");
 	log_event(LOG_LEVEL_INFO, "stop", "reason=signal grace_ms=%u", MAIN_GRACE_MS);
 	/* Two chains close in parallel: control, and server -> drain -> spool. */
 	m->pending_close = 2;
@@ -256,7 +127,7 @@ main_on_signal(uv_signal_t *h, int signum)
 		(void)relay_reload(&m->relay, err, sizeof(err));
 		return;
 	}
-	relay_stop(&m->relay);
+	main_stop(m);
 }
 
 /*
@@ -358,7 +229,7 @@ main_run(struct main_state *m)
 
 	if ((rc = main_lock_spool(r->cfg->spool_dir, &m->lock_fd)) != 0)
 		return rc;
-	if (smtp_server_new(r, &r->server, err, sizeof(err)) != 0) {
+	if (relay_bind_smtp(r, err, sizeof(err)) != 0) {
 		fprintf(stderr, "mxspoold: %s\n", err);
 		return EX_UNAVAILABLE;
 	}
@@ -384,18 +255,17 @@ main_run(struct main_state *m)
 	    (unsigned long long)rs.segments, (unsigned long long)rs.messages,
 	    (unsigned long long)rs.bytes, (unsigned long long)rs.torn_bytes,
 	    (unsigned long long)rs.corrupt_records, (unsigned long long)rs.duration_ms);
-	main_apply_quotas(r);
-	if (drain_new(r, &r->drain) != 0) {
-		fprintf(stderr, "mxspoold: cannot start the drain scheduler\n");
-		return EX_SOFTWARE;
-	}
-	if (main_signals(m) != 0 || smtp_server_start(r->server) != 0) {
-		fprintf(stderr, "mxspoold: cannot start serving\n");
+	if (main_signals(m) != 0) {
+		fprintf(stderr, "mxspoold: cannot install signal handlers\n");
 		return EX_OSERR;
+	}
+	if ((rc = relay_start(r, err, sizeof(err))) != 0) {
+		fprintf(stderr, "mxspoold: %s\n", err);
+		return rc;
 	}
 	log_event(LOG_LEVEL_INFO, "ready", "version=%s hostname=%s tenants=%zu listen=%zu",
 	    PACKAGE_VERSION, r->cfg->hostname, r->cfg->ntenants, r->cfg->nlisten);
-	main_notify("READY=1");
+	relay_notify("READY=1");
 
 	uv_run(r->loop, UV_RUN_DEFAULT);
 
@@ -419,6 +289,7 @@ main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	struct main_state m;
+	struct config *cfg = NULL;
 	const char *path = NULL;
 	char err[1024];
 	int check = 0, debug = 0, ch, rc;
@@ -441,21 +312,23 @@ main(int argc, char **argv)
 
 	memset(&m, 0, sizeof(m));
 	m.lock_fd = -1;
-	if (config_load(path, &m.relay.cfg, err, sizeof(err)) != 0) {
+	if (config_load(path, &cfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "%s\n", err);
 		return EX_CONFIG;
 	}
 	if (check) {
-		config_free(m.relay.cfg);
+		config_free(cfg);
 		return 0;
 	}
-	m.relay.loop = uv_default_loop();
-	m.relay.started_ms = util_now_ms();
 	log_event(LOG_LEVEL_INFO, "start", "version=%s config=%s pid=%ld",
 	    PACKAGE_VERSION, path, (long)getpid());
+	if (relay_init(&m.relay, uv_default_loop(), cfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "mxspoold: %s\n", err);
+		relay_free(&m.relay);
+		return EX_UNAVAILABLE;
+	}
 	rc = main_run(&m);
-	config_free(m.relay.cfg);
-	free(m.relay.tenant_counters);
+	relay_free(&m.relay);
 	if (m.lock_fd >= 0)
 		close(m.lock_fd);
 	return rc;

@@ -31,10 +31,8 @@
 #include <unistd.h>
 
 #include "mxspool/config.h"
-#include "mxspool/drain.h"
 #include "mxspool/log.h"
 #include "mxspool/policy.h"
-#include "mxspool/relay.h"
 #include "mxspool/smtp_proto.h"
 #include "mxspool/smtp_server.h"
 #include "mxspool/spool.h"
@@ -91,7 +89,12 @@ struct smtp_tx {
 };
 
 struct smtp_server {
-	struct relay *relay;
+	uv_loop_t *loop;
+	const struct config *cfg;     /* valid until the next apply_config */
+	struct tls_ctx *tls;          /* STARTTLS context, not ours; or NULL */
+	struct spool *spool;
+	struct smtp_server_hooks hooks;
+	uint64_t last_session_id;     /* session numbers for logs */
 	uv_tcp_t *listeners;
 	size_t nlisteners;
 	unsigned open_listeners;
@@ -147,8 +150,6 @@ struct smtp_write {
 	char data[];
 };
 
-static uint64_t smtp_session_counter;
-
 static void smtp_process(struct smtp_session *sess);
 static void smtp_session_close(struct smtp_session *sess, const char *reason);
 
@@ -157,7 +158,7 @@ static void smtp_session_close(struct smtp_session *sess, const char *reason);
 static const struct config *
 smtp_cfg(const struct smtp_session *sess)
 {
-	return sess->srv->relay->cfg;
+	return sess->srv->cfg;
 }
 
 static void
@@ -465,7 +466,7 @@ smtp_tx_open(struct smtp_session *sess)
 	env.client = client;
 	env.nrcpt = tx->nrcpt;
 	env.rcpt = rcpts;
-	rc = spool_tx_begin(sess->srv->relay->spool, &env, &tx->stx);
+	rc = spool_tx_begin(sess->srv->spool, &env, &tx->stx);
 	free(rcpts);
 	if (rc != 0)
 		return rc;
@@ -555,7 +556,7 @@ static void
 smtp_on_commit(void *arg, int status, spool_qid qid)
 {
 	struct smtp_session *sess = arg;
-	struct relay *r = sess->srv->relay;
+	const struct smtp_server_hooks *hooks = &sess->srv->hooks;
 	struct smtp_tx *tx = sess->tx;
 	char qs[SPOOL_QID_STRLEN + 1], q[300];
 
@@ -563,18 +564,14 @@ smtp_on_commit(void *arg, int status, spool_qid qid)
 	tx->stx = NULL;   /* consumed by spool_tx_commit */
 	spool_qid_format(qid, qs);
 	if (status == 0) {
-		struct relay_tenant_counters *c = relay_counters(r, tx->tenant);
-
-		r->accepted_total++;
-		c->accepted_total++;
 		sess->messages++;
 		log_event(LOG_LEVEL_INFO, "accept", "qid=%s tenant=%s session=%" PRIu64
 		    " client=%s from=<%s> nrcpt=%zu size=%" PRIu64 " proto=%s",
 		    qs, tx->tenant, sess->id, sess->peer_ip,
 		    log_quote(q, sizeof(q), tx->sender), tx->nrcpt, tx->size,
 		    smtp_protocol_name(sess));
-		if (r->drain)
-			drain_kick(r->drain, tx->tenant);
+		if (hooks->on_accepted)
+			hooks->on_accepted(hooks->arg, tx->tenant);
 		if (!sess->closing)
 			smtp_reply(sess, "250 2.0.0 Ok: queued as %s", qs);
 	} else {
@@ -669,7 +666,7 @@ smtp_cmd_helo(struct smtp_session *sess, const struct smtp_cmd *cmd)
 	smtp_reply(sess, "250-PIPELINING");
 	smtp_reply(sess, "250-SIZE %" PRIu64, cfg->max_message_size);
 	smtp_reply(sess, "250-ETRN");
-	if (sess->srv->relay->tls_server && sess->tls == NULL)
+	if (sess->srv->tls && sess->tls == NULL)
 		smtp_reply(sess, "250-STARTTLS");
 	smtp_reply(sess, "250-ENHANCEDSTATUSCODES");
 	smtp_reply(sess, "250-8BITMIME");
@@ -720,7 +717,7 @@ smtp_cmd_mail(struct smtp_session *sess, const struct smtp_cmd *cmd)
 		return;
 	}
 	/* Disk first (no tenant yet); the tenant's quota is checked at RCPT. */
-	rc = spool_check(sess->srv->relay->spool, NULL, m.params.has_size ? m.params.size : 0);
+	rc = spool_check(sess->srv->spool, NULL, m.params.has_size ? m.params.size : 0);
 	if (rc == SPOOL_ENOSPC) {
 		smtp_reply(sess, "452 4.3.1 Insufficient system storage");
 		smtp_log_reject(sess, "mail", "452 4.3.1 Insufficient system storage");
@@ -774,7 +771,7 @@ smtp_cmd_rcpt(struct smtp_session *sess, const struct smtp_cmd *cmd)
 			smtp_error_count(sess);
 		return;
 	}
-	rc = spool_check(sess->srv->relay->spool, t->name,
+	rc = spool_check(sess->srv->spool, t->name,
 	    tx->params.has_size ? tx->params.size : 0);
 	if (rc != 0) {
 		snprintf(reply, sizeof(reply), "452 4.3.1 <%s>: Insufficient system storage",
@@ -912,7 +909,7 @@ smtp_bdat_chunk_done(struct smtp_session *sess, uint64_t size)
 static void
 smtp_cmd_starttls(struct smtp_session *sess, const struct smtp_cmd *cmd)
 {
-	struct tls_ctx *ctx = sess->srv->relay->tls_server;
+	struct tls_ctx *ctx = sess->srv->tls;
 	struct tls_conn *tls;
 
 	if (ctx == NULL) {
@@ -965,7 +962,7 @@ static void
 smtp_cmd_etrn(struct smtp_session *sess, const struct smtp_cmd *cmd)
 {
 	const struct config_tenant *t;
-	struct relay *r = sess->srv->relay;
+	const struct smtp_server_hooks *hooks = &sess->srv->hooks;
 	struct spool_tenant_stats st;
 
 	if (!smtp_need_helo(sess))
@@ -992,12 +989,12 @@ smtp_cmd_etrn(struct smtp_session *sess, const struct smtp_cmd *cmd)
 	case POLICY_ETRN_OK:
 		break;
 	}
-	spool_tenant_stats(r->spool, t->name, &st);
+	spool_tenant_stats(sess->srv->spool, t->name, &st);
 	log_event(LOG_LEVEL_INFO, "etrn", "session=%" PRIu64 " client=%s node=%s tenant=%s "
 	    "queued=%" PRIu64 " result=ok", sess->id, sess->peer_ip, cmd->etrn_node,
 	    t->name, st.messages);
-	if (r->drain)
-		drain_flush(r->drain, t->name);
+	if (hooks->on_etrn)
+		hooks->on_etrn(hooks->arg, t->name);
 	if (st.messages == 0)
 		smtp_reply(sess, "251 2.0.0 OK, no messages waiting for node %s", cmd->etrn_node);
 	else
@@ -1384,7 +1381,7 @@ static void
 smtp_on_connection(uv_stream_t *listener, int status)
 {
 	struct smtp_server *srv = listener->data;
-	const struct config *cfg = srv->relay->cfg;
+	const struct config *cfg = srv->cfg;
 	struct smtp_session *sess;
 	int namelen;
 
@@ -1394,9 +1391,9 @@ smtp_on_connection(uv_stream_t *listener, int status)
 	if (sess == NULL)
 		return;   /* the connection stays in the backlog; retried later */
 	sess->srv = srv;
-	sess->id = ++smtp_session_counter;
-	uv_tcp_init(srv->relay->loop, &sess->tcp);
-	uv_timer_init(srv->relay->loop, &sess->timer);
+	sess->id = ++srv->last_session_id;
+	uv_tcp_init(srv->loop, &sess->tcp);
+	uv_timer_init(srv->loop, &sess->timer);
 	sess->tcp.data = sess;
 	sess->timer.data = sess;
 	sess->open_handles = 2;
@@ -1487,7 +1484,7 @@ smtp_server_inherit(struct smtp_server *srv, char *err, size_t errlen)
 	for (long i = 0; i < n; i++) {
 		uv_tcp_t *l = &srv->listeners[i];
 
-		uv_tcp_init(srv->relay->loop, l);
+		uv_tcp_init(srv->loop, l);
 		l->data = srv;
 		srv->nlisteners++;
 		srv->open_listeners++;
@@ -1508,13 +1505,16 @@ smtp_server_inherit(struct smtp_server *srv, char *err, size_t errlen)
 }
 
 int
-smtp_server_new(struct relay *r, struct smtp_server **out, char *err, size_t errlen)
+smtp_server_new(const struct smtp_server_deps *deps, const struct config *cfg,
+    struct tls_ctx *tls, struct smtp_server **out, char *err, size_t errlen)
 {
-	const struct config *cfg = r->cfg;
 	struct smtp_server *srv = xcalloc(1, sizeof(*srv));
 	int rc;
 
-	srv->relay = r;
+	srv->loop = deps->loop;
+	srv->hooks = deps->hooks;
+	srv->cfg = cfg;
+	srv->tls = tls;
 	*out = srv;
 	rc = smtp_server_inherit(srv, err, errlen);
 	if (rc < 0)
@@ -1531,7 +1531,7 @@ smtp_server_new(struct relay *r, struct smtp_server **out, char *err, size_t err
 			snprintf(err, errlen, "listen %s:%u: not an IP address", hp->host, hp->port);
 			return -1;
 		}
-		uv_tcp_init(r->loop, l);
+		uv_tcp_init(srv->loop, l);
 		l->data = srv;
 		srv->nlisteners++;
 		srv->open_listeners++;
@@ -1546,21 +1546,25 @@ smtp_server_new(struct relay *r, struct smtp_server **out, char *err, size_t err
 			return -1;
 		}
 	}
-	if (cfg->tls_cert && cfg->tls_key) {
-		if (tls_server_ctx_new(cfg->tls_cert, cfg->tls_key, &r->tls_server, err,
-		    errlen) != TLS_OK)
-			return -1;
-	}
 	return 0;
 }
 
+void
+smtp_server_apply_config(struct smtp_server *s, const struct config *cfg,
+    struct tls_ctx *tls)
+{
+	s->cfg = cfg;
+	s->tls = tls;
+}
+
 int
-smtp_server_start(struct smtp_server *s)
+smtp_server_start(struct smtp_server *s, struct spool *spool)
 {
 	char addrs[512];
 	size_t off = 0;
-	const struct config *cfg = s->relay->cfg;
+	const struct config *cfg = s->cfg;
 
+	s->spool = spool;
 	addrs[0] = '\0';
 	if (s->inherited)
 		snprintf(addrs, sizeof(addrs), "systemd(%zu)", s->nlisteners);
@@ -1568,7 +1572,7 @@ smtp_server_start(struct smtp_server *s)
 		off += (size_t)snprintf(addrs + off, sizeof(addrs) - off, "%s%s:%u",
 		    i ? "," : "", cfg->listen[i].host, cfg->listen[i].port);
 	log_event(LOG_LEVEL_INFO, "listen", "smtp=%s starttls=%s", addrs,
-	    s->relay->tls_server ? "yes" : "no");
+	    s->tls ? "yes" : "no");
 	return 0;
 }
 
@@ -1601,9 +1605,6 @@ smtp_server_maybe_done(struct smtp_server *srv)
 			uv_close((uv_handle_t *)&srv->grace, smtp_on_grace_closed);
 		return;
 	}
-	tls_ctx_free(srv->relay->tls_server);
-	srv->relay->tls_server = NULL;
-	srv->relay->server = NULL;
 	free(srv->listeners);
 	free(srv);
 	if (done)
@@ -1639,11 +1640,11 @@ smtp_server_close(struct smtp_server *srv, unsigned grace_ms,
 			continue;
 		if (s->state == SMTP_STATE_INIT || s->state == SMTP_STATE_HELO ||
 		    s->state == SMTP_STATE_QUIT) {
-			smtp_reply(s, "421 4.3.2 %s Service shutting down", srv->relay->cfg->hostname);
+			smtp_reply(s, "421 4.3.2 %s Service shutting down", srv->cfg->hostname);
 			smtp_reply_close(s, "shutdown");
 		}
 	}
-	uv_timer_init(srv->relay->loop, &srv->grace);
+	uv_timer_init(srv->loop, &srv->grace);
 	srv->grace.data = srv;
 	srv->grace_open = true;
 	uv_timer_start(&srv->grace, smtp_on_grace, grace_ms, 0);

@@ -12,13 +12,33 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct relay;
-struct drain;
+#include <uv.h>
 
-int drain_new(struct relay *r, struct drain **out);
-/* (Re)apply r->cfg: new tenants start, removed tenants stop, settings of the
- * others change at once; runtime "set" overrides are dropped. */
-void drain_apply_config(struct drain *d);
+struct config;
+struct dns;
+struct drain;
+struct spool;
+struct stats;
+struct tls_ctx;
+
+/* What the drain works with; owned by the caller (relay.c) and outliving
+ * the drain. */
+struct drain_deps {
+	uv_loop_t *loop;
+	struct spool *spool;
+	struct dns *dns;              /* the one resolver of the relay */
+	struct stats *stats;          /* delivered / bounced counters */
+};
+
+/* CFG and TLS_CLIENT (NULL: no outbound TLS) stay the caller's; they must
+ * live until the next drain_apply_config or drain_close. */
+int drain_new(const struct drain_deps *deps, const struct config *cfg,
+    struct tls_ctx *tls_client, struct drain **out);
+/* (Re)apply a config: new tenants start, removed tenants stop, settings of
+ * the others change at once; runtime "set" overrides are dropped.  After it
+ * returns the drain holds no pointer into the previous config. */
+void drain_apply_config(struct drain *d, const struct config *cfg,
+    struct tls_ctx *tls_client);
 /* A message was queued for TENANT: deliver at once if the primary is up. */
 void drain_kick(struct drain *d, const char *tenant);
 /* ETRN / mxspoolctl flush: probe now (TENANT NULL = all). Returns the number
@@ -26,8 +46,8 @@ void drain_kick(struct drain *d, const char *tenant);
 int drain_flush(struct drain *d, const char *tenant);
 /* mxspoolctl set TENANT KEY=VALUE: 0, or -1 with ERR.  With CHECK_ONLY the
  * pair is validated and nothing changes (so a list applies all or nothing).
- * Keys: drain_rate, drain_initial_rate, drain_burst, drain_bandwidth,
- * drain_concurrency, drain_ramp, messages_per_connection, probe_interval. */
+ * The keys and their rules are the config file's: config_runtime_keys(),
+ * checked by config_tenant_set(). */
 int drain_set(struct drain *d, const char *tenant, const char *key,
     const char *value, char *err, size_t errlen, bool check_only);
 /* mxspoolctl bounce QUEUEID: return the message to its sender now.  Returns

@@ -8,15 +8,41 @@
 #define MXSPOOL_SMTP_SERVER_H
 
 #include <stddef.h>
+#include <uv.h>
 
-struct relay;
+struct config;
 struct smtp_server;
+struct spool;
+struct tls_ctx;
 
-/* Bind every `listen` address (before privileges are dropped). */
-int smtp_server_new(struct relay *r, struct smtp_server **out, char *err,
-    size_t errlen);
-/* Start accepting connections (after the spool is open). */
-int smtp_server_start(struct smtp_server *s);
+/* What the server tells the rest of the relay; called on the loop thread,
+ * each may be NULL.  TENANT is valid only during the call. */
+struct smtp_server_hooks {
+	void *arg;
+	/* A message for TENANT is durable and the client was told 250. */
+	void (*on_accepted)(void *arg, const char *tenant);
+	/* An allowed ETRN asked to start TENANT's queue. */
+	void (*on_etrn)(void *arg, const char *tenant);
+};
+
+struct smtp_server_deps {
+	uv_loop_t *loop;
+	struct smtp_server_hooks hooks;
+};
+
+/*
+ * Bind every `listen` address of CFG (before privileges are dropped), or take
+ * the sockets systemd passed (LISTEN_FDS).  CFG and TLS (NULL: no STARTTLS)
+ * stay the caller's and must live until the next apply_config.
+ */
+int smtp_server_new(const struct smtp_server_deps *deps,
+    const struct config *cfg, struct tls_ctx *tls, struct smtp_server **out,
+    char *err, size_t errlen);
+/* A reload: new sessions and commands see CFG and TLS from now on. */
+void smtp_server_apply_config(struct smtp_server *s, const struct config *cfg,
+    struct tls_ctx *tls);
+/* Start accepting connections into SPOOL (after it is open). */
+int smtp_server_start(struct smtp_server *s, struct spool *spool);
 /* Stop accepting; sessions in progress get 421 at their next command and
  * are closed after at most GRACE_MS; DONE runs when every handle is closed. */
 void smtp_server_close(struct smtp_server *s, unsigned grace_ms,

@@ -30,7 +30,7 @@ mkdir -p "$out"
 sources_for() {
 	case $1 in
 	smtp_*) echo "$top/relay/smtp_proto.c" ;;
-	config) echo "$top/relay/util.c $top/relay/log.c $top/relay/config.c" ;;
+	config) echo "$top/relay/util.c $top/relay/log.c $top/relay/config.c $top/relay/config_value.c" ;;
 	*) echo "run.sh: no source list for target $1" >&2; return 1 ;;
 	esac
 }

@@ -1,0 +1,374 @@
+/*
+ * relay.c - the daemon's shared resources and the wiring between modules.
+ *
+ * Owns what more than one module uses: the counters, the one DNS resolver
+ * (the drain and, later, intake-time lookups share its cache), the inbound
+ * and outbound TLS contexts.  Each is created here and freed here, once.
+ * A reload builds the new config and contexts first and hands them to every
+ * module only when all of them were built, so a bad file or certificate
+ * changes nothing.  The SMTP server's hooks (a message accepted, an ETRN)
+ * are connected to the drain here: smtp_server knows nothing of drain.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sysexits.h>
+
+#include "mxspool/config.h"
+#include "mxspool/dns.h"
+#include "mxspool/drain.h"
+#include "mxspool/log.h"
+#include "mxspool/relay.h"
+#include "mxspool/smtp_server.h"
+#include "mxspool/spool.h"
+#include "mxspool/stats.h"
+#include "mxspool/tls.h"
+#include "mxspool/util.h"
+
+/*
+ * The protocol is one datagram to the unix socket named in NOTIFY_SOCKET
+ * ('@' = abstract namespace); libsystemd is not needed for that.
+ */
+void
+relay_notify(const char *state)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sun;
+	socklen_t slen;
+	size_t plen;
+	int fd;
+
+	if (path == NULL || (path[0] != '/' && path[0] != '@'))
+		return;
+	plen = strlen(path);
+	if (plen >= sizeof(sun.sun_path))
+		return;
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	memcpy(sun.sun_path, path, plen);
+	if (path[0] == '@')
+		sun.sun_path[0] = '\0';
+	slen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen);
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (sendto(fd, state, strlen(state), MSG_NOSIGNAL,
+	    (struct sockaddr *)&sun, slen) < 0)
+		log_event(LOG_LEVEL_WARN, "notify", "state=%s error=\"%s\"",
+		    state, strerror(errno));
+	close(fd);
+}
+
+/* ---- shared resources --------------------------------------------------- */
+
+/* "host:port,[v6]:port" for c-ares, from [server] dns_servers; "" = none. */
+static void
+relay_dns_servers(const struct config *cfg, char *buf, size_t len)
+{
+	size_t off = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < cfg->ndns_servers; i++) {
+		const struct config_hostport *h = &cfg->dns_servers[i];
+		bool v6 = strchr(h->host, ':') != NULL && h->host[0] != '[';
+		int n = snprintf(buf + off, len - off, "%s%s%s%s:%u",
+		    off ? "," : "", v6 ? "[" : "", h->host, v6 ? "]" : "",
+		    h->port ? h->port : 53);
+
+		if (n < 0 || (size_t)n >= len - off) {
+			buf[off] = '\0';
+			break;
+		}
+		off += (size_t)n;
+	}
+}
+
+static int
+relay_tls_server_new(const struct config *cfg, struct tls_ctx **out,
+    char *err, size_t errlen)
+{
+	char why[512];
+
+	*out = NULL;
+	if (cfg->tls_cert == NULL || cfg->tls_key == NULL)
+		return 0;
+	if (tls_server_ctx_new(cfg->tls_cert, cfg->tls_key, out, why,
+	    sizeof(why)) != TLS_OK) {
+		*out = NULL;
+		snprintf(err, errlen, "%s:0: [tls] cert/key: %s", cfg->path, why);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * The outbound context.  A failure is logged and delivery goes on without
+ * TLS where the mode allows it (smtp_client refuses a required/verify
+ * session without a context), as it did before the context moved here.
+ */
+static struct tls_ctx *
+relay_tls_client_new(const struct config *cfg)
+{
+	struct tls_ctx *ctx = NULL;
+	enum tls_client_mode m;
+	char err[256];
+
+	if (cfg->tls_outbound == CONFIG_TLS_OUT_NONE)
+		return NULL;
+	m = cfg->tls_outbound == CONFIG_TLS_OUT_VERIFY ? TLS_CLIENT_VERIFY :
+	    cfg->tls_outbound == CONFIG_TLS_OUT_REQUIRED ? TLS_CLIENT_REQUIRED :
+	    TLS_CLIENT_OPPORTUNISTIC;
+	if (tls_client_ctx_new(m, cfg->tls_ca_file, &ctx, err, sizeof(err)) != TLS_OK) {
+		log_event(LOG_LEVEL_ERR, "tls", "role=client error=\"%s\"", err);
+		return NULL;
+	}
+	return ctx;
+}
+
+static bool
+relay_str_changed(const char *a, const char *b)
+{
+	return (a == NULL) != (b == NULL) || (a != NULL && strcmp(a, b) != 0);
+}
+
+int
+relay_init(struct relay *r, uv_loop_t *loop, struct config *cfg, char *err,
+    size_t errlen)
+{
+	char servers[2048];
+
+	r->loop = loop;
+	r->cfg = cfg;
+	r->started_ms = util_now_ms();
+	if ((r->stats = stats_new()) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	relay_dns_servers(cfg, servers, sizeof(servers));
+	if (dns_new(loop, servers[0] ? servers : NULL, &r->dns) != DNS_OK) {
+		r->dns = NULL;
+		snprintf(err, errlen, "cannot start the DNS resolver (dns_servers = %s)",
+		    servers[0] ? servers : "resolv.conf");
+		return -1;
+	}
+	if (relay_tls_server_new(cfg, &r->tls_server, err, errlen) != 0)
+		return -1;
+	r->tls_client = relay_tls_client_new(cfg);
+	return 0;
+}
+
+/* ---- hooks: what the SMTP server tells the rest of the relay ------------ */
+
+static void
+relay_on_accepted(void *arg, const char *tenant)
+{
+	struct relay *r = arg;
+
+	stats_add(r->stats, tenant, STAT_ACCEPTED, 1);
+	if (r->drain)
+		drain_kick(r->drain, tenant);
+}
+
+static void
+relay_on_etrn(void *arg, const char *tenant)
+{
+	struct relay *r = arg;
+
+	if (r->drain)
+		(void)drain_flush(r->drain, tenant);
+}
+
+int
+relay_bind_smtp(struct relay *r, char *err, size_t errlen)
+{
+	struct smtp_server_deps deps;
+
+	memset(&deps, 0, sizeof(deps));
+	deps.loop = r->loop;
+	deps.hooks.arg = r;
+	deps.hooks.on_accepted = relay_on_accepted;
+	deps.hooks.on_etrn = relay_on_etrn;
+	return smtp_server_new(&deps, r->cfg, r->tls_server, &r->server, err, errlen);
+}
+
+static void
+relay_apply_quotas(struct relay *r)
+{
+	spool_set_disk_reserve(r->spool, r->cfg->disk_reserve);
+	for (size_t i = 0; i < r->cfg->ntenants; i++) {
+		const struct config_tenant *t = &r->cfg->tenants[i];
+
+		spool_set_quota(r->spool, t->name, t->quota, t->quota_messages);
+	}
+}
+
+int
+relay_start(struct relay *r, char *err, size_t errlen)
+{
+	struct drain_deps deps;
+
+	relay_apply_quotas(r);
+	memset(&deps, 0, sizeof(deps));
+	deps.loop = r->loop;
+	deps.spool = r->spool;
+	deps.dns = r->dns;
+	deps.stats = r->stats;
+	if (drain_new(&deps, r->cfg, r->tls_client, &r->drain) != 0) {
+		snprintf(err, errlen, "cannot start the drain scheduler");
+		return EX_SOFTWARE;
+	}
+	if (smtp_server_start(r->server, r->spool) != 0) {
+		snprintf(err, errlen, "cannot start serving");
+		return EX_OSERR;
+	}
+	return 0;
+}
+
+/* ---- reload ------------------------------------------------------------- */
+
+/* What a reload cannot change without a restart: said, not silently ignored. */
+static void
+relay_warn_restart_keys(const struct config *old, const struct config *new)
+{
+	bool listen_changed = old->nlisten != new->nlisten;
+	bool dns_changed = old->ndns_servers != new->ndns_servers;
+	const char *keys[5];
+	size_t n = 0;
+
+	for (size_t i = 0; !listen_changed && i < old->nlisten; i++)
+		listen_changed = strcmp(old->listen[i].host, new->listen[i].host) != 0 ||
+		    old->listen[i].port != new->listen[i].port;
+	for (size_t i = 0; !dns_changed && i < old->ndns_servers; i++)
+		dns_changed = strcmp(old->dns_servers[i].host, new->dns_servers[i].host) != 0 ||
+		    old->dns_servers[i].port != new->dns_servers[i].port;
+	if (listen_changed)
+		keys[n++] = "listen";
+	if (strcmp(old->spool_dir, new->spool_dir) != 0)
+		keys[n++] = "spool_dir";
+	if (strcmp(old->control_socket, new->control_socket) != 0)
+		keys[n++] = "control_socket";
+	if (relay_str_changed(old->user, new->user))
+		keys[n++] = "user";
+	if (dns_changed)
+		keys[n++] = "dns_servers";
+	for (size_t i = 0; i < n; i++)
+		log_event(LOG_LEVEL_WARN, "reload", "key=%s note=\"takes effect at "
+		    "the next restart\"", keys[i]);
+}
+
+static void
+relay_reload_refused(const char *err)
+{
+	char q[1200];
+
+	log_event(LOG_LEVEL_ERR, "reload", "result=refused error=%s",
+	    log_quote(q, sizeof(q), err));
+	relay_notify("READY=1");
+}
+
+int
+relay_reload(struct relay *r, char *err, size_t errlen)
+{
+	struct config *cfg = NULL, *old = r->cfg;
+	struct tls_ctx *tls = NULL, *client = r->tls_client;
+	bool new_client;
+	char q[1200];
+
+	relay_notify("RELOADING=1");
+	if (config_load(old->path, &cfg, err, errlen) != 0) {
+		relay_reload_refused(err);
+		return -1;
+	}
+	/* Certificates are re-read so that a renewed one is picked up; a file
+	 * that OpenSSL refuses makes the whole reload fail. */
+	if (relay_tls_server_new(cfg, &tls, err, errlen) != 0) {
+		config_free(cfg);
+		relay_reload_refused(err);
+		return -1;
+	}
+	new_client = cfg->tls_outbound != old->tls_outbound ||
+	    relay_str_changed(cfg->tls_ca_file, old->tls_ca_file);
+	if (new_client)
+		client = relay_tls_client_new(cfg);
+	relay_warn_restart_keys(old, cfg);
+	/*
+	 * The listen, spool and control keys keep their old values until a
+	 * restart; everything else is taken from the new file as a whole.
+	 * Connections already in TLS keep their own reference to the old
+	 * contexts (tls_ctx_free drops only ours).
+	 */
+	r->cfg = cfg;
+	if (r->server)
+		smtp_server_apply_config(r->server, cfg, tls);
+	tls_ctx_free(r->tls_server);
+	r->tls_server = tls;
+	if (r->drain)
+		drain_apply_config(r->drain, cfg, client);
+	if (new_client) {
+		tls_ctx_free(r->tls_client);
+		r->tls_client = client;
+	}
+	if (r->spool)
+		relay_apply_quotas(r);
+	config_free(old);
+	log_event(LOG_LEVEL_INFO, "reload", "result=ok file=%s tenants=%zu",
+	    log_quote(q, sizeof(q), cfg->path), cfg->ntenants);
+	relay_notify("READY=1");
+	return 0;
+}
+
+/* ---- the end ------------------------------------------------------------ */
+
+struct relay_close {
+	void (*done)(void *arg);
+	void *arg;
+};
+
+static void
+relay_on_dns_freed(void *arg)
+{
+	struct relay_close *c = arg;
+	void (*done)(void *) = c->done;
+	void *darg = c->arg;
+
+	free(c);
+	if (done)
+		done(darg);
+}
+
+void
+relay_close(struct relay *r, void (*done)(void *arg), void *arg)
+{
+	struct relay_close *c;
+
+	if (r->dns == NULL || (c = malloc(sizeof(*c))) == NULL) {
+		/* No resolver, or no memory to wait for it: dns_free still
+		 * closes its handles, without telling us. */
+		dns_free(r->dns, NULL, NULL);
+		r->dns = NULL;
+		if (done)
+			done(arg);
+		return;
+	}
+	c->done = done;
+	c->arg = arg;
+	dns_free(r->dns, relay_on_dns_freed, c);
+	r->dns = NULL;
+}
+
+void
+relay_free(struct relay *r)
+{
+	tls_ctx_free(r->tls_server);
+	tls_ctx_free(r->tls_client);
+	r->tls_server = r->tls_client = NULL;
+	stats_free(r->stats);
+	r->stats = NULL;
+	config_free(r->cfg);
+	r->cfg = NULL;
+}
