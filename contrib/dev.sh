@@ -15,10 +15,12 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 jobs=$(nproc 2>/dev/null || echo 2)
 
+# ca-certificates: the system trust store that `outbound = verify` uses
+# without ca_file (and a test opens); libnet-ssleay-perl: swaks' STARTTLS.
 BUILD_PKGS="build-essential autoconf automake libtool pkg-config libuv1-dev
-  libc-ares-dev libssl-dev libinih-dev"
+  libc-ares-dev libssl-dev libinih-dev ca-certificates"
 TEST_PKGS="libcmocka-dev python3 python3-pytest python3-aiosmtpd python3-dnslib swaks
-  openssl postfix clang libclang-rt-14-dev"
+  libnet-ssleay-perl openssl postfix clang libclang-rt-14-dev"
 
 say() { printf '==> %s\n' "$*" >&2; }
 
