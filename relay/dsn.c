@@ -585,15 +585,128 @@ prefix_has_8bit(const struct sbuf *b)
 	return false;
 }
 
+/* The queue id's letters and digits (at most 16): a safe token for the
+ * boundary and the Message-ID.  Returns its length. */
+static size_t
+dsn_qid_token(const char *queue_id, char qid[24])
+{
+	size_t qn = 0;
+
+	for (const char *q = queue_id; q != NULL && *q && qn < 16; q++)
+		if ((*q >= '0' && *q <= '9') || (*q >= 'A' && *q <= 'Z') ||
+		    (*q >= 'a' && *q <= 'z'))
+			qid[qn++] = *q;
+	qid[qn] = '\0';
+	return qn;
+}
+
+/* The report's own header, up to the place of its Content-Transfer-Encoding. */
+static void
+dsn_add_header(struct sbuf *b, const struct dsn_report *r, enum dsn_action kind,
+    const char *qid, bool global, const char *boundary)
+{
+	sb_adds(b, "Date: ");
+	sb_add_date(b, r->now_ms);
+	sb_adds(b, "\r\nFrom: \"Mail Delivery System\" <MAILER-DAEMON@");
+	sb_add_clean(b, r->hostname, strlen(r->hostname), false);
+	sb_adds(b, ">\r\nTo: <");
+	sb_add_clean(b, r->sender, strlen(r->sender), global);
+	sb_adds(b, ">\r\nSubject: ");
+	sb_adds(b, kind == DSN_ACTION_FAILED ?
+	    "Undelivered Mail Returned to Sender" :
+	    kind == DSN_ACTION_DELAYED ? "Delayed Mail (still being retried)" :
+	    "Successful Mail Delivery Report");
+	sb_addf(b, "\r\nMessage-ID: <%s%s%016llx.dsn@", qid, qid[0] ? "." : "",
+	    (unsigned long long)r->nonce);
+	sb_add_clean(b, r->hostname, strlen(r->hostname), false);
+	sb_adds(b, ">\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n");
+	sb_addf(b, "Content-Type: multipart/report; report-type=%s;\r\n"
+	    "\tboundary=\"%s\"\r\n", global ? "global-delivery-status" :
+	    "delivery-status", boundary);
+}
+
+/* Part 3: the original, or its headers.  Returns whether the whole
+ * original follows (the caller streams its body after the prefix). */
+static bool
+dsn_add_original(struct sbuf *b, const struct dsn_report *r,
+    bool include_body, bool global, const char *boundary)
+{
+	bool body8 = include_body && r->body == ENV_BODY_8BITMIME;
+	const char *type;
+	bool h8 = false;
+
+	if (r->headers == NULL || r->headers_len == 0)
+		return false;
+	type = include_body ? (global ? "message/global" : "message/rfc822") :
+	    (global ? "message/global-headers" : "text/rfc822-headers");
+	/* 8-bit header bytes (seen in the wild despite RFC 5322) or an
+	 * 8BITMIME body need an 8bit part; looking at the whole buffer may
+	 * over-declare, which is harmless. */
+	for (size_t i = 0; i < r->headers_len && !h8; i++)
+		h8 = (unsigned char)r->headers[i] >= 0x80;
+	sb_addf(b, "\r\n--%s\r\nContent-Description: %s\r\n"
+	    "Content-Type: %s\r\n%s\r\n", boundary, include_body ?
+	    "Undelivered Message" : "Message Headers", type,
+	    h8 || body8 || global ? "Content-Transfer-Encoding: 8bit\r\n" : "");
+	sb_add_headers(b, r->headers, r->headers_len);
+	if (include_body)
+		sb_adds(b, "\r\n");  /* ends the original's header */
+	return include_body;
+}
+
+/* Insert the top-level 8bit CTE at CTE_AT, its place in the header, once
+ * the content is known.  Returns whether it was inserted. */
+static bool
+dsn_insert_cte(struct sbuf *b, size_t cte_at)
+{
+	static const char cte[] = "Content-Transfer-Encoding: 8bit\r\n";
+	size_t tail = b->len - cte_at;
+
+	sb_add(b, cte, sizeof(cte) - 1);  /* grow */
+	if (b->oom)
+		return false;
+	memmove(b->p + cte_at + sizeof(cte) - 1, b->p + cte_at, tail);
+	memcpy(b->p + cte_at, cte, sizeof(cte) - 1);
+	b->p[b->len] = '\0';
+	return true;
+}
+
+/* Which recipients get a line, and what kind of report this is.  Returns
+ * how many recipients are wanted. */
+static size_t
+dsn_select(const struct dsn_report *r, bool *want, enum dsn_action *kind,
+    bool *global)
+{
+	bool any_failed = false, any_delayed = false;
+	size_t nwant = 0;
+
+	*global = r->smtputf8 || has_8bit(r->sender);
+	for (size_t i = 0; i < r->nrcpt; i++) {
+		want[i] = dsn_wanted(r->rcpt[i].notify, r->rcpt[i].action);
+		if (!want[i])
+			continue;
+		nwant++;
+		if (r->rcpt[i].action == DSN_ACTION_FAILED)
+			any_failed = true;
+		if (r->rcpt[i].action == DSN_ACTION_DELAYED)
+			any_delayed = true;
+		if (has_8bit(r->rcpt[i].addr))
+			*global = true;
+	}
+	*kind = any_failed ? DSN_ACTION_FAILED :
+	    any_delayed ? DSN_ACTION_DELAYED : DSN_ACTION_DELIVERED;
+	return nwant;
+}
+
 int
 dsn_build(const struct dsn_report *r, struct dsn_output *out)
 {
 	struct sbuf b = { 0 }, s = { 0 };
 	bool *want = NULL;
-	bool global, include_body, any_failed = false, any_delayed = false;
+	bool global, include_body;
 	enum dsn_action kind;
 	char boundary[80], qid[24];
-	size_t nwant = 0, qn = 0;
+	size_t nwant, cte_at;
 	int status;
 
 	memset(out, 0, sizeof(*out));
@@ -609,119 +722,39 @@ dsn_build(const struct dsn_report *r, struct dsn_output *out)
 	want = calloc(r->nrcpt, sizeof(*want));
 	if (want == NULL)
 		return DSN_ENOMEM;
-	global = r->smtputf8 || has_8bit(r->sender);
-	for (size_t i = 0; i < r->nrcpt; i++) {
-		want[i] = dsn_wanted(r->rcpt[i].notify, r->rcpt[i].action);
-		if (!want[i])
-			continue;
-		nwant++;
-		if (r->rcpt[i].action == DSN_ACTION_FAILED)
-			any_failed = true;
-		if (r->rcpt[i].action == DSN_ACTION_DELAYED)
-			any_delayed = true;
-		if (has_8bit(r->rcpt[i].addr))
-			global = true;
-	}
+	nwant = dsn_select(r, want, &kind, &global);
 	if (nwant == 0) {
 		status = DSN_SKIP_NOTIFY;
 		goto done;
 	}
-	kind = any_failed ? DSN_ACTION_FAILED :
-	    any_delayed ? DSN_ACTION_DELAYED : DSN_ACTION_DELIVERED;
-	include_body = any_failed && r->ret != ENV_RET_HDRS &&
+	include_body = kind == DSN_ACTION_FAILED && r->ret != ENV_RET_HDRS &&
 	    r->message_size <= DSN_FULL_MAX && r->body != ENV_BODY_BINARYMIME &&
 	    r->headers != NULL && r->headers_len > 0;
 
 	/* The boundary carries the caller's random nonce: the returned body is
 	 * the sender's own text, and must not be able to close our parts. */
-	for (const char *q = r->queue_id; q != NULL && *q && qn < 16; q++)
-		if ((*q >= '0' && *q <= '9') || (*q >= 'A' && *q <= 'Z') ||
-		    (*q >= 'a' && *q <= 'z'))
-			qid[qn++] = *q;
-	qid[qn] = '\0';
+	(void)dsn_qid_token(r->queue_id, qid);
 	snprintf(boundary, sizeof(boundary), "=_mxspool_%016llx_%s",
 	    (unsigned long long)r->nonce, qid);
 
-	/* Message header. */
-	sb_adds(&b, "Date: ");
-	sb_add_date(&b, r->now_ms);
-	sb_adds(&b, "\r\nFrom: \"Mail Delivery System\" <MAILER-DAEMON@");
-	sb_add_clean(&b, r->hostname, strlen(r->hostname), false);
-	sb_adds(&b, ">\r\nTo: <");
-	sb_add_clean(&b, r->sender, strlen(r->sender), global);
-	sb_adds(&b, ">\r\nSubject: ");
-	sb_adds(&b, kind == DSN_ACTION_FAILED ?
-	    "Undelivered Mail Returned to Sender" :
-	    kind == DSN_ACTION_DELAYED ? "Delayed Mail (still being retried)" :
-	    "Successful Mail Delivery Report");
-	sb_addf(&b, "\r\nMessage-ID: <%s%s%016llx.dsn@", qid, qn ? "." : "",
-	    (unsigned long long)r->nonce);
-	sb_add_clean(&b, r->hostname, strlen(r->hostname), false);
-	sb_adds(&b, ">\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n");
-	sb_addf(&b, "Content-Type: multipart/report; report-type=%s;\r\n"
-	    "\tboundary=\"%s\"\r\n", global ? "global-delivery-status" :
-	    "delivery-status", boundary);
-	/* Content-Transfer-Encoding is added below once the content is known. */
-	{
-		size_t cte_at = b.len;
-
-		sb_adds(&b, "\r\nThis is a MIME-encapsulated message.\r\n");
-
-		/* Part 1: for people. */
-		sb_addf(&b, "\r\n--%s\r\nContent-Description: Notification\r\n"
-		    "Content-Type: text/plain; charset=%s\r\n\r\n", boundary,
-		    global ? "utf-8" : "us-ascii");
-		add_text(&b, r, want, kind, include_body, global);
-
-		/* Part 2: for programs. */
-		sb_addf(&b, "\r\n--%s\r\nContent-Description: Delivery report\r\n"
-		    "Content-Type: message/%s\r\n\r\n", boundary,
-		    global ? "global-delivery-status" : "delivery-status");
-		add_status(&b, r, want, global);
-
-		/* Part 3: the original, or its headers. */
-		if (r->headers != NULL && r->headers_len > 0) {
-			bool body8 = include_body && r->body == ENV_BODY_8BITMIME;
-			const char *type = include_body ?
-			    (global ? "message/global" : "message/rfc822") :
-			    (global ? "message/global-headers" :
-			    "text/rfc822-headers");
-			bool h8 = false;
-
-			/* 8-bit header bytes (seen in the wild despite RFC 5322)
-			 * or an 8BITMIME body need an 8bit part; looking at the
-			 * whole buffer may over-declare, which is harmless. */
-			for (size_t i = 0; i < r->headers_len && !h8; i++)
-				h8 = (unsigned char)r->headers[i] >= 0x80;
-			sb_addf(&b, "\r\n--%s\r\nContent-Description: %s\r\n"
-			    "Content-Type: %s\r\n%s\r\n", boundary, include_body ?
-			    "Undelivered Message" : "Message Headers", type,
-			    h8 || body8 || global ?
-			    "Content-Transfer-Encoding: 8bit\r\n" : "");
-			sb_add_headers(&b, r->headers, r->headers_len);
-			if (include_body)
-				sb_adds(&b, "\r\n");  /* ends the original's header */
-		} else {
-			include_body = false;
-		}
-		sb_addf(&s, "\r\n--%s--\r\n", boundary);
-
-		if (!b.oom && (prefix_has_8bit(&b) || global ||
-		    (include_body && r->body == ENV_BODY_8BITMIME))) {
-			/* Insert the top-level CTE at its place in the header. */
-			static const char cte[] = "Content-Transfer-Encoding: 8bit\r\n";
-			size_t tail = b.len - cte_at;
-
-			sb_add(&b, cte, sizeof(cte) - 1);  /* grow */
-			if (!b.oom) {
-				memmove(b.p + cte_at + sizeof(cte) - 1, b.p + cte_at,
-				    tail);
-				memcpy(b.p + cte_at, cte, sizeof(cte) - 1);
-				b.p[b.len] = '\0';
-				out->eightbit = true;
-			}
-		}
-	}
+	dsn_add_header(&b, r, kind, qid, global, boundary);
+	cte_at = b.len;
+	sb_adds(&b, "\r\nThis is a MIME-encapsulated message.\r\n");
+	/* Part 1: for people. */
+	sb_addf(&b, "\r\n--%s\r\nContent-Description: Notification\r\n"
+	    "Content-Type: text/plain; charset=%s\r\n\r\n", boundary,
+	    global ? "utf-8" : "us-ascii");
+	add_text(&b, r, want, kind, include_body, global);
+	/* Part 2: for programs. */
+	sb_addf(&b, "\r\n--%s\r\nContent-Description: Delivery report\r\n"
+	    "Content-Type: message/%s\r\n\r\n", boundary,
+	    global ? "global-delivery-status" : "delivery-status");
+	add_status(&b, r, want, global);
+	include_body = dsn_add_original(&b, r, include_body, global, boundary);
+	sb_addf(&s, "\r\n--%s--\r\n", boundary);
+	if (!b.oom && (prefix_has_8bit(&b) || global ||
+	    (include_body && r->body == ENV_BODY_8BITMIME)))
+		out->eightbit = dsn_insert_cte(&b, cte_at);
 	if (b.oom || s.oom) {
 		status = DSN_ENOMEM;
 		goto done;
