@@ -4,7 +4,7 @@
  * Pure functions, no I/O and no global mutable state except the CRC tables,
  * which are built once under pthread_once (flush jobs checksum on several
  * threadpool threads at a time).  The layouts are the ones documented at the
- * top of relay/spool.c.
+ * top of relay/spool_journal.c.
  */
 #include "config.h"
 

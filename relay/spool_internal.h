@@ -1,8 +1,9 @@
 /*
- * spool_internal.h - the journal's pure codec, shared by relay/spool.c, the
- * unit tests and the crash-test driver.  Nothing here does I/O.
+ * spool_internal.h - the journal's pure codec, shared by the spool's files
+ * (relay/spool*.c), the unit tests and the crash-test driver.  Nothing here
+ * does I/O.
  *
- * The byte layouts are documented once, at the top of relay/spool.c; the
+ * The byte layouts are documented once, at the top of relay/spool_journal.c; the
  * constants below are the names that comment uses.  Every multi-byte field
  * is little-endian.
  */
@@ -22,7 +23,7 @@
 #define SPOOL_REC_HDR_LEN    24u
 #define SPOOL_REC_MAX_BODY   (1u << 30)   /* 1 GiB: offsets stay in 32 bits */
 #define SPOOL_ENV_MAX        (1u << 20)   /* encoded envelope, = read chunk */
-#define SPOOL_MSG_FIXED_LEN  22u          /* env_len..tenant_len, see spool.c */
+#define SPOOL_MSG_FIXED_LEN  22u          /* env_len..tenant_len, see spool_journal.c */
 #define SPOOL_MAX_RCPT       0xFFFFFFu    /* the index keeps 24 bits */
 #define SPOOL_STR_NULL       0xFFFFu      /* u16 length meaning "absent" */
 

@@ -1,13 +1,21 @@
 /*
- * spool.h - the durable message journal.
+ * spool.h - the message spool: the durable message journal, behind a small
+ * storage backend interface.
  *
  * Every accepted message is one record in an append-only journal of segment
  * files under DIR/journal/; later records change recipient state (delivered,
  * bounced, deferred), hold a tenant, or delete a message.  The on-disk format
- * and the durability argument are documented at the top of relay/spool.c.
+ * and the durability argument are documented at the top of
+ * relay/spool_journal.c.
+ *
+ * Backends (spool_options.backend): "journal" (the default) is the real,
+ * durable one; "ram" keeps everything in memory for unit tests of the
+ * spool's callers, with the same queue order, quotas, figures and callback
+ * timing, plus the test hooks at the end of this header.
  *
  * Threading: every function here is called on the loop thread.  Disk I/O runs
- * on the libuv threadpool; callbacks come back on the loop thread.
+ * on the libuv threadpool; callbacks come back on the loop thread, always
+ * later, never inside the call that asked for them.
  *
  * The spool knows nothing of SMTP: an envelope is strings and flags.
  */
@@ -78,6 +86,10 @@ struct spool_options {
 	uint64_t commit_window_ms;    /* extra wait to batch fsyncs; 0 = none */
 	uint64_t segment_size;        /* 0 = default (64 MiB) */
 	int64_t (*now_ms)(void);      /* wall clock; NULL = real time */
+	const char *backend;          /* NULL or "journal": the journal under
+	                               * DIR; "ram": memory only (DIR, the
+	                               * segment size and the commit window are
+	                               * ignored).  Another name: SPOOL_EINVAL */
 };
 
 struct spool_recovery_stats {
@@ -90,7 +102,8 @@ struct spool_recovery_stats {
 /*
  * Open the spool at opts->dir, creating it if needed, and recover it
  * synchronously (before the loop serves anyone).  Returns 0 or a negative
- * spool_status / -errno.  Takes no lock: the daemon locks spool_dir itself.
+ * spool_status / -errno; SPOOL_EINVAL for an unknown opts->backend.  Takes
+ * no lock: the daemon locks spool_dir itself.
  */
 int spool_open(uv_loop_t *loop, const struct spool_options *opts,
     struct spool **out, struct spool_recovery_stats *stats);
@@ -205,5 +218,36 @@ struct spool_item {
 void spool_foreach(struct spool *sp, const char *tenant,
     int (*cb)(void *arg, const struct spool_item *item), void *arg);
 int spool_find(struct spool *sp, spool_qid qid, struct spool_item *out);
+
+/*
+ * Test hooks of the "ram" backend, for unit tests of smtp_server, drain and
+ * control that must see the spool fail.  Both return 0, or SPOOL_EINVAL when
+ * SP was not opened with backend "ram" (or STATUS is positive).
+ *
+ * spool_ram_fail_next: the next spool_tx_commit or state record (mark_rcpt,
+ * defer, delete, set_held) called after this one reports STATUS (e.g.
+ * SPOOL_EIO, what a failed fsync gives: the 451 path) in its callback
+ * instead of 0.  One shot; 0 cancels.  As with a failed journal write, a
+ * failed commit stores nothing (the message never enters the queue), while a
+ * failed state record's change to the queue has already been made, exactly
+ * as the journal does: the caller only learns it may not be durable.
+ *
+ * spool_ram_set_free_bytes: the free space admission sees is BYTES now;
+ * messages stored afterwards use it up and removed ones give it back (the
+ * default is 1 TiB).  spool_check and spool_tx_commit return SPOOL_ENOSPC
+ * (the 452 path) when free space < disk reserve + bytes being committed +
+ * the new message, as with the journal.
+ *
+ *	struct spool_options o = { .backend = "ram", .disk_reserve = 1000 };
+ *	spool_open(&loop, &o, &sp, NULL);
+ *	spool_ram_set_free_bytes(sp, 500);      // below the reserve
+ *	assert(spool_check(sp, NULL, 1) == SPOOL_ENOSPC);
+ *	spool_ram_set_free_bytes(sp, 1 << 30);
+ *	spool_ram_fail_next(sp, SPOOL_EIO);
+ *	spool_tx_commit(tx, on_commit, &w);     // returns 0 ...
+ *	uv_run(&loop, UV_RUN_DEFAULT);          // ... on_commit gets SPOOL_EIO
+ */
+int spool_ram_fail_next(struct spool *sp, int status);
+int spool_ram_set_free_bytes(struct spool *sp, uint64_t bytes);
 
 #endif

@@ -1,10 +1,11 @@
 /*
- * test_spool.c - unit tests of the message journal (relay/spool.c).
+ * test_spool.c - unit tests of the message journal (the "journal" backend,
+ * relay/spool_journal.c and relay/spool_recover.c, through relay/spool.c).
  *
  * Every test runs a real libuv loop over a fresh directory made with mkdtemp
  * under /tmp, and ends by asserting that the loop closes with no live handle
  * or request.  The record layouts the tests poke at are the ones documented
- * at the top of relay/spool.c.
+ * at the top of relay/spool_journal.c.
  */
 #include "config.h"
 

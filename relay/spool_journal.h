@@ -1,0 +1,89 @@
+/*
+ * spool_journal.h - internals shared by the journal backend's two files:
+ * relay/spool_journal.c (the writer, reads, maintenance, open and close) and
+ * relay/spool_recover.c (the scan at open).  The on-disk format they both
+ * follow is documented at the top of relay/spool_journal.c.
+ *
+ * THREADING.  Everything in struct journal is owned by the loop thread,
+ * except struct wstate (the active segment's descriptor and size), which
+ * only the running flush job touches; the loop thread reads it in the job's
+ * after-callback, which libuv orders after the work function.
+ */
+#ifndef MXSPOOL_SPOOL_JOURNAL_H
+#define MXSPOOL_SPOOL_JOURNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "spool_backend.h"
+
+struct seg {
+	uint64_t no;
+	uint64_t size;
+	uint64_t live_bytes;
+	uint32_t live_msgs;
+	uint32_t copies_out;          /* compaction copies not yet committed */
+	bool compacting;
+	bool copy_failed;
+};
+
+struct wstate {
+	int fd;                       /* active segment, -1 if none */
+	uint64_t segno, size, next_segno;
+	uint8_t *stage;
+	size_t stage_len;
+};
+
+struct pend;
+
+struct journal {
+	struct spool *sp;             /* the wrapper: index and loop */
+	uv_loop_t *loop;
+	struct spool_index *ix;
+	char *dir, *jdir, *tdir, *cdir;
+	uint64_t seg_size;
+	uint64_t window_ms;
+
+	/* segments, oldest first */
+	struct seg *segs;
+	size_t nsegs, capsegs;
+	uint64_t active_segno;        /* 0 = none */
+
+	/* group commit */
+	struct pend *pq_head, **pq_tail;
+	bool flush_running;
+	bool window_armed;
+	struct wstate w;
+	uv_timer_t window_timer;
+
+	/* disk space */
+	uv_timer_t statvfs_timer;
+	bool statvfs_running;
+	uint64_t free_bytes;
+
+	bool maint_running;
+	bool maint_stuck;             /* an unlink failed: stop deleting */
+
+	uint64_t nsyncs;              /* flush jobs that reached fdatasync */
+	unsigned nreqs;               /* work requests in flight */
+	unsigned nhandles;            /* open handles */
+	bool closing, closed_handles;
+	void (*finish)(void *);
+	void *finish_arg;
+};
+
+struct seg *spool__seg_find(struct journal *j, uint64_t no);
+/* Segments are only ever added with a number above every existing one. */
+struct seg *spool__seg_add(struct journal *j, uint64_t no);
+void spool__seg_path(char *buf, size_t len, const char *jdir, uint64_t no);
+
+/*
+ * Recovery (relay/spool_recover.c): scan every segment of J in number
+ * order, verify, replay into J's index, set corrupt records aside, cut torn
+ * tails, empty tmp/, and set J's next segment number.  Runs on the calling
+ * thread before the loop serves anyone.  0 or a negative status / -errno.
+ */
+int spool__journal_recover(struct journal *j, struct spool_recovery_stats *st);
+
+#endif

@@ -1,0 +1,476 @@
+/*
+ * spool_recover.c - the journal backend's recovery at open: scan the
+ * segments in number order, verify every record's CRC, replay the good ones
+ * into the index, set corrupt records in the middle of a segment aside
+ * (copied to corrupt/, counted, skipped) and cut a torn tail.  The rules and
+ * the byte layouts are those of the ON-DISK FORMAT comment at the top of
+ * relay/spool_journal.c; read that first.
+ *
+ * It runs synchronously inside spool_open, before the loop serves anyone,
+ * which is why plain pread/ftruncate are fine here and nowhere else.  The
+ * index is filled in bulk mode (relay/spool_index.h): heaps and segment
+ * liveness are built once at the end.
+ */
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "mxspool/util.h"
+#include "spool_internal.h"
+#include "spool_journal.h"
+
+#define RECOVER_BUF  (8u * 1024 * 1024)   /* recovery read window */
+#define PROBE_CHUNK  (1u << 20)           /* resync scan and set-aside copy */
+
+struct rwin {
+	int fd;
+	uint8_t *buf;
+	size_t cap;
+	uint64_t base;                /* file offset of buf[0] */
+	size_t len;
+};
+
+/* Make [off, off+n) of the file available; n <= cap.  Returns a pointer,
+ * or NULL on a read error or a short file. */
+static const uint8_t *
+rwin_get(struct rwin *w, uint64_t off, size_t n)
+{
+	if (off >= w->base && off + n <= w->base + w->len)
+		return w->buf + (off - w->base);
+	if (off >= w->base && off < w->base + w->len) {
+		size_t keep = (size_t)(w->base + w->len - off);
+
+		memmove(w->buf, w->buf + (off - w->base), keep);
+		w->len = keep;
+	} else
+		w->len = 0;
+	w->base = off;
+	while (w->len < n) {
+		ssize_t r = pread(w->fd, w->buf + w->len, w->cap - w->len,
+		    (off_t)(w->base + w->len));
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return NULL;
+		w->len += (size_t)r;
+	}
+	return w->buf;
+}
+
+/* CRC of LEN body bytes at OFF, streamed through the window. */
+static int
+rwin_crc(struct rwin *w, uint64_t off, uint64_t len, uint32_t *crc)
+{
+	uint32_t c = 0;
+
+	while (len > 0) {
+		size_t n = len > w->cap ? w->cap : (size_t)len;
+		const uint8_t *p = rwin_get(w, off, n);
+
+		if (p == NULL)
+			return SPOOL_EIO;
+		c = spool_crc32c(c, p, n);
+		off += n;
+		len -= n;
+	}
+	*crc = c;
+	return 0;
+}
+
+/* Is there a whole, valid record at OFF?  Sets *END past it. */
+static bool
+rec_valid_at(struct rwin *w, uint64_t off, uint64_t size, uint64_t *end)
+{
+	struct spool_rec_hdr h;
+	const uint8_t *p;
+	uint32_t crc;
+
+	if (off + SPOOL_REC_HDR_LEN > size)
+		return false;
+	p = rwin_get(w, off, SPOOL_REC_HDR_LEN);
+	if (p == NULL || spool_rec_hdr_decode(p, &h) != 0)
+		return false;
+	if (off + SPOOL_REC_HDR_LEN + h.len > size)
+		return false;
+	if (rwin_crc(w, off + SPOOL_REC_HDR_LEN, h.len, &crc) != 0 ||
+	    spool_rec_crc(crc, &h) != h.crc)
+		return false;
+	*end = off + SPOOL_REC_HDR_LEN + h.len;
+	return true;
+}
+
+/* The first offset >= FROM holding a valid record, or 0. */
+static uint64_t
+find_next_valid(int fd, uint64_t from, uint64_t size)
+{
+	static const uint8_t magic[4] = { 0x4D, 0x58, 0x43, 0x52 };
+	struct rwin probe = { .fd = fd, .cap = PROBE_CHUNK };
+	uint8_t *chunk = xmalloc(PROBE_CHUNK);
+	uint64_t found = 0, end;
+
+	probe.buf = xmalloc(probe.cap);
+	while (from + SPOOL_REC_HDR_LEN <= size && found == 0) {
+		ssize_t n = pread(fd, chunk, PROBE_CHUNK, (off_t)from);
+		const uint8_t *p, *q;
+
+		if (n < 4)
+			break;
+		for (p = chunk; (q = memmem(p, (size_t)(chunk + n - p), magic, 4)) != NULL;
+		    p = q + 1)
+			if (rec_valid_at(&probe, from + (uint64_t)(q - chunk), size, &end)) {
+				found = from + (uint64_t)(q - chunk);
+				break;
+			}
+		/* Overlap by 3 so a magic split across chunks is seen. */
+		from += (uint64_t)n - 3;
+	}
+	free(probe.buf);
+	free(chunk);
+	return found;
+}
+
+/* Copy [off, end) of segment NO to corrupt/NNN-OFF; best effort, since the
+ * copy is evidence for the operator and recovery proceeds either way. */
+static void
+set_aside(struct journal *j, int fd, uint64_t no, uint64_t off, uint64_t end)
+{
+	char path[4096];
+	uint8_t *buf = xmalloc(PROBE_CHUNK);
+	int out;
+
+	snprintf(path, sizeof(path), "%s/%012" PRIu64 "-%" PRIu64, j->cdir, no, off);
+	out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	while (out >= 0 && off < end) {
+		size_t want = end - off > PROBE_CHUNK ? PROBE_CHUNK : (size_t)(end - off);
+		ssize_t n = pread(fd, buf, want, (off_t)off);
+
+		if (n <= 0 || write(out, buf, (size_t)n) != n)
+			break;
+		off += (uint64_t)n;
+	}
+	if (out >= 0)
+		(void)close(out);
+	free(buf);
+}
+
+/* ---- replay ------------------------------------------------------------ */
+
+static void
+replay_msg(struct journal *j, const struct spool_rec_hdr *h,
+    const struct spool_msg_prefix *pf, uint64_t segno, uint64_t off)
+{
+	uint32_t slot = spool_index_lookup(j->ix, h->qid);
+	int t;
+
+	if (slot != SPOOL_INDEX_NONE) {
+		/* A compaction copy: the later one wins, the state stays. */
+		spool_index_relocate(j->ix, slot, (uint32_t)segno, (uint32_t)off);
+		return;
+	}
+	if ((t = spool_index_tenant_get(j->ix, pf->tenant, pf->tenant_len)) < 0)
+		return;
+	(void)spool_index_insert(j->ix, h->qid, (unsigned)t, pf->nrcpt,
+	    (uint32_t)segno, (uint32_t)off, SPOOL_REC_HDR_LEN + h->len);
+}
+
+/* Apply one verified record.  Returns SPOOL_ECORRUPT when a record with a
+ * good CRC does not parse (a bug or a foreign writer): it is set aside. */
+static int
+replay(struct journal *j, const struct spool_rec_hdr *h, const uint8_t *body,
+    size_t avail, uint64_t segno, uint64_t off)
+{
+	struct spool_index *ix = j->ix;
+	struct spool_msg_prefix pf;
+	enum spool_rcpt_state st;
+	const struct spool_index_ent *e;
+	uint32_t slot, r, attempts;
+	const char *tn;
+	size_t tl;
+	int64_t next;
+	bool held;
+	int t;
+
+	spool_index_qid_seen(ix, h->qid);
+	if (h->type != SPOOL_REC_HOLD && h->qid == 0)
+		return SPOOL_ECORRUPT;
+	slot = h->type == SPOOL_REC_HOLD ? SPOOL_INDEX_NONE :
+	    spool_index_lookup(ix, h->qid);
+	e = slot == SPOOL_INDEX_NONE ? NULL : spool_index_at(ix, slot);
+	switch (h->type) {
+	case SPOOL_REC_MSG:
+		if (spool_msg_prefix_decode(body, avail, h->len, &pf) != 0)
+			return SPOOL_ECORRUPT;
+		replay_msg(j, h, &pf, segno, off);
+		return 0;
+	case SPOOL_REC_RCPT:
+		if (spool_rcpt_body_decode(body, h->len, &r, &st) != 0)
+			return SPOOL_ECORRUPT;
+		if (e != NULL && r < spool_ent_nrcpt(e))
+			(void)spool_index_mark_rcpt(ix, slot, r, st);
+		return 0;
+	case SPOOL_REC_DEFER:
+		if (spool_defer_body_decode(body, h->len, &next, &attempts) != 0)
+			return SPOOL_ECORRUPT;
+		if (e != NULL)
+			spool_index_set_retry(ix, slot, next, attempts);
+		return 0;
+	case SPOOL_REC_DELETE:
+		if (h->len != 0)
+			return SPOOL_ECORRUPT;
+		if (e != NULL)
+			spool_index_remove(ix, slot);
+		return 0;
+	case SPOOL_REC_HOLD:
+		if (spool_hold_body_decode(body, h->len, &tn, &tl, &held) != 0)
+			return SPOOL_ECORRUPT;
+		if ((t = spool_index_tenant_get(ix, tn, tl)) >= 0)
+			spool_index_tenant_set_held(ix, (unsigned)t, held);
+		return 0;
+	}
+	return SPOOL_ECORRUPT;
+}
+
+/* ---- one segment ------------------------------------------------------- */
+
+/* Outcome of looking at the record at an offset. */
+enum rec_look { REC_GOOD, REC_BAD, REC_IOERR };
+
+/* Verify and replay the record at OFF of segment NO; *WHOLE is its length
+ * when the header could be read (0 otherwise). */
+static enum rec_look
+recover_rec(struct journal *j, struct rwin *w, uint64_t no, uint64_t off,
+    uint64_t size, uint64_t *whole)
+{
+	struct spool_rec_hdr h;
+	const uint8_t *p;
+	uint32_t crc;
+	size_t avail;
+
+	*whole = 0;
+	if (off + SPOOL_REC_HDR_LEN > size)
+		return REC_BAD;
+	if ((p = rwin_get(w, off, SPOOL_REC_HDR_LEN)) == NULL)
+		return REC_IOERR;
+	if (spool_rec_hdr_decode(p, &h) != 0 || off + SPOOL_REC_HDR_LEN + h.len > size)
+		return REC_BAD;
+	*whole = SPOOL_REC_HDR_LEN + (uint64_t)h.len;
+	if (*whole <= w->cap) {
+		/* The common case: one look at the bytes in the window. */
+		if ((p = rwin_get(w, off, (size_t)*whole)) == NULL)
+			return REC_IOERR;
+		crc = spool_crc32c(0, p + SPOOL_REC_HDR_LEN, h.len);
+	} else if (rwin_crc(w, off + SPOOL_REC_HDR_LEN, h.len, &crc) != 0)
+		return REC_IOERR;
+	if (spool_rec_crc(crc, &h) != h.crc)
+		return REC_BAD;
+	avail = h.len < SPOOL_MSG_FIXED_LEN + 0xFFFF ? h.len :
+	    SPOOL_MSG_FIXED_LEN + 0xFFFF;
+	p = rwin_get(w, off + SPOOL_REC_HDR_LEN, avail);
+	if (p == NULL && avail > 0)
+		return REC_IOERR;
+	return replay(j, &h, p, avail, no, off) == 0 ? REC_GOOD : REC_BAD;
+}
+
+/*
+ * A bad record at OFF (of length WHOLE if its header was readable).  If a
+ * valid record follows, the bad bytes are set aside and *NEXT is where to go
+ * on; otherwise it is a torn tail: the segment is cut at OFF, *NEXT is 0 and
+ * *SIZE the new size.
+ */
+static int
+recover_bad(struct journal *j, struct rwin *w, uint64_t no, uint64_t off,
+    uint64_t whole, uint64_t *size, uint64_t *next,
+    struct spool_recovery_stats *st)
+{
+	uint64_t end = 0;
+
+	if (whole > 0 && off + whole < *size &&
+	    rec_valid_at(w, off + whole, *size, &end))
+		end = off + whole;
+	else
+		end = find_next_valid(w->fd, off + 1, *size);
+	if (end != 0) {
+		set_aside(j, w->fd, no, off, end);
+		st->corrupt_records++;
+		*next = end;
+		return 0;
+	}
+	/* Nothing valid follows: a torn tail.  A record that looks whole but
+	 * fails its CRC is kept as evidence first. */
+	if (whole > 0 && off + whole == *size) {
+		set_aside(j, w->fd, no, off, *size);
+		st->corrupt_records++;
+	} else
+		st->torn_bytes += *size - off;
+	if (ftruncate(w->fd, (off_t)off) != 0 || fsync(w->fd) != 0)
+		return -errno;
+	*size = off;
+	spool__seg_find(j, no)->size = off;
+	w->len = 0;
+	*next = 0;
+	return 0;
+}
+
+/* A file too short or foreign to be a segment: remove or move it aside. */
+static int
+recover_not_seg(struct journal *j, const char *path, uint64_t no, uint64_t size,
+    struct spool_recovery_stats *st)
+{
+	char dst[4096];
+
+	if (size < SPOOL_SEG_HDR_LEN) {
+		/* Torn while being created: nothing in it was acknowledged,
+		 * because the first fdatasync covers the header too. */
+		st->torn_bytes += size;
+		return unlink(path) != 0 ? -errno : 0;
+	}
+	/* Not ours or not this version: keep it out of the way. */
+	snprintf(dst, sizeof(dst), "%s/%012" PRIu64 ".seg", j->cdir, no);
+	st->corrupt_records++;
+	return rename(path, dst) != 0 ? -errno : 0;
+}
+
+/* Recover one segment: verify, replay, set aside, cut the torn tail. */
+static int
+recover_seg(struct journal *j, uint64_t no, struct rwin *w,
+    struct spool_recovery_stats *st)
+{
+	char path[4096];
+	struct stat sb;
+	uint64_t size, off, segno, whole, next = 0;
+	const uint8_t *p;
+	int fd, rc = 0;
+
+	spool__seg_path(path, sizeof(path), j->jdir, no);
+	if ((fd = open(path, O_RDWR | O_CLOEXEC)) < 0)
+		return -errno;
+	if (fstat(fd, &sb) != 0) {
+		rc = -errno;
+		goto done;
+	}
+	size = (uint64_t)sb.st_size;
+	w->fd = fd;
+	w->base = 0;
+	w->len = 0;
+	p = size < SPOOL_SEG_HDR_LEN ? NULL : rwin_get(w, 0, SPOOL_SEG_HDR_LEN);
+	if (p == NULL || spool_seg_hdr_decode(p, &segno) != 0 || segno != no) {
+		rc = recover_not_seg(j, path, no, size, st);
+		goto done;
+	}
+	spool__seg_add(j, no)->size = size;
+	st->segments++;
+	off = SPOOL_SEG_HDR_LEN;
+	while (off < size) {
+		switch (recover_rec(j, w, no, off, size, &whole)) {
+		case REC_GOOD:
+			st->records++;
+			off += whole;
+			continue;
+		case REC_IOERR:
+			rc = SPOOL_EIO;
+			goto done;
+		case REC_BAD:
+			break;
+		}
+		if ((rc = recover_bad(j, w, no, off, whole, &size, &next, st)) != 0)
+			goto done;
+		if (next == 0)
+			break;
+		off = next;
+	}
+	st->bytes += size;
+done:
+	(void)close(fd);
+	return rc;
+}
+
+/* ---- the whole journal ------------------------------------------------- */
+
+/* Remove leftovers of transactions that were in progress at the crash. */
+static int
+clean_tmp(struct journal *j)
+{
+	DIR *d = opendir(j->tdir);
+	struct dirent *de;
+	char path[4096];
+
+	if (d == NULL)
+		return -errno;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", j->tdir, de->d_name);
+		(void)unlink(path);
+	}
+	(void)closedir(d);
+	return 0;
+}
+
+/* The segment numbers in journal/, sorted; *N of them in *OUT (free()). */
+static int
+list_segments(struct journal *j, uint64_t **out, size_t *n)
+{
+	DIR *d = opendir(j->jdir);
+	struct dirent *de;
+	size_t cap = 0;
+
+	*out = NULL;
+	*n = 0;
+	if (d == NULL)
+		return -errno;
+	while ((de = readdir(d)) != NULL) {
+		char *endp;
+		unsigned long long v;
+
+		if (strlen(de->d_name) != 16 || strcmp(de->d_name + 12, ".seg") != 0)
+			continue;
+		v = strtoull(de->d_name, &endp, 10);
+		if (endp != de->d_name + 12 || v == 0 || v > UINT32_MAX)
+			continue;
+		if (*n == cap) {
+			cap = cap ? cap * 2 : 64;
+			*out = xrealloc(*out, cap * sizeof(**out));
+		}
+		(*out)[(*n)++] = v;
+	}
+	(void)closedir(d);
+	if (*n > 0)
+		qsort(*out, *n, sizeof(**out), spool__u64_cmp);
+	return 0;
+}
+
+int
+spool__journal_recover(struct journal *j, struct spool_recovery_stats *st)
+{
+	struct rwin w = { .fd = -1, .cap = RECOVER_BUF };
+	uint64_t *nos, maxno = 0;
+	size_t n;
+	int rc;
+
+	if ((rc = list_segments(j, &nos, &n)) != 0)
+		return rc;
+	w.buf = xmalloc(w.cap);
+	spool_index_bulk_begin(j->ix);
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		rc = recover_seg(j, nos[i], &w, st);
+		maxno = nos[i];
+	}
+	/* Segment liveness, heaps and oldest figures, in one pass. */
+	st->messages = spool_index_bulk_end(j->ix);
+	free(w.buf);
+	free(nos);
+	if (rc != 0)
+		return rc;
+	j->w.next_segno = maxno + 1;
+	return clean_tmp(j);
+}
