@@ -28,6 +28,11 @@ struct drain_deps {
 	struct spool *spool;
 	struct dns *dns;              /* the one resolver of the relay */
 	struct stats *stats;          /* delivered / bounced counters */
+	/* Wall clock in ms since the epoch for spool times, queue lifetime,
+	 * delay warnings and DSN dates; NULL = util_now_ms.  Tests pass a fake
+	 * clock (give the spool the same one).  Timers and the rate limit run
+	 * on the monotonic clock regardless. */
+	int64_t (*now_ms)(void);
 };
 
 /* CFG and TLS_CLIENT (NULL: no outbound TLS) stay the caller's; they must

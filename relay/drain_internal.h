@@ -1,0 +1,242 @@
+/*
+ * drain_internal.h - what the three files of the drain share, and nothing
+ * the rest of the relay may use (the public interface is mxspool/drain.h).
+ *
+ *   drain.c         the per-tenant scheduler: probe state, rate limit,
+ *                   delivery connections, jobs and their retries; the
+ *                   public API except drain_bounce().
+ *   drain_target.c  where mail goes: "primary = host[:port], ..." or
+ *                   "primary = mx" resolved into addresses, our own
+ *                   addresses dropped; also where a DSN goes.
+ *   drain_bounce.c  DSNs: the bounce after a 5xx or expiry, the delay
+ *                   warning, the operator's "mxspoolctl bounce".
+ *
+ * Names shared between these files carry a drain__ prefix (STYLE 2); each
+ * file's own helpers are static.  The structs are here because all three
+ * files walk them; only the file that owns a field changes it:
+ *   struct drain, struct drain_tenant, struct drain_conn: drain.c (the
+ *     bounce path reads them, drain_target.c reads the config and the self
+ *     addresses and fills struct drain_target arrays);
+ *   struct drain_job: drain.c, except the bounce and fate lists and dsn,
+ *     which drain_bounce.c fills while a DSN is under way;
+ *   struct drain_dsn and struct drain_resolve: opaque outside their file.
+ *
+ * Everything runs on the loop thread.  A job is reference counted (see
+ * drain.c): every function here that starts asynchronous work on a job
+ * takes its own reference and says where it is dropped.
+ */
+#ifndef MXSPOOL_DRAIN_INTERNAL_H
+#define MXSPOOL_DRAIN_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <uv.h>
+
+#include "mxspool/config.h"
+#include "mxspool/drain.h"
+#include "mxspool/drain_policy.h"
+#include "mxspool/dsn.h"
+#include "mxspool/smtp_client.h"
+#include "mxspool/spool.h"
+
+/* Probes and connects do not wait the full smtp_timeout (5 min). */
+#define DRAIN_PROBE_TIMEOUT_MS   (30 * 1000)
+#define DRAIN_CONNECT_TIMEOUT_MS (30 * 1000)
+
+/* One address to connect to, with the name it was found under. */
+struct drain_target {
+	struct sockaddr_storage addr;   /* port included */
+	char host[CONFIG_HOST_MAX + 1];
+};
+
+/* The tenant's drain settings: the config's, or changed by "set". */
+struct drain_settings {
+	double rate, initial_rate, burst;
+	uint64_t bandwidth;
+	unsigned concurrency;
+	uint64_t ramp_ms;
+	unsigned mpc;                 /* messages per connection */
+	uint64_t probe_interval_ms;
+	unsigned probe_up_after;
+};
+
+struct drain_resolve;               /* drain_target.c */
+struct drain_dsn;                   /* drain_bounce.c */
+struct drain_tenant;
+struct drain_job;
+
+/* A delivery connection to the primary. */
+struct drain_conn {
+	struct drain_conn *next;
+	struct drain_tenant *t;
+	struct smtp_client *c;
+	size_t idx;                   /* target in use */
+	struct drain_target tg;       /* a copy: a reload may swap targets */
+	struct drain_job *job;        /* assigned (loading or sending) */
+	unsigned sent;
+	bool ready, quitting, failed;
+};
+
+/* One recipient's fate in this attempt. */
+struct drain_fate {
+	size_t env;                   /* index in the envelope */
+	struct smtp_client_reply reply;
+};
+
+/* One message being delivered or bounced. */
+struct drain_job {
+	struct drain_job *next;
+	struct drain_tenant *t;
+	spool_qid qid;
+	char qids[SPOOL_QID_STRLEN + 1];
+	struct spool_msg *msg;
+	struct drain_conn *conn;
+	unsigned refs;
+	int64_t start_mono;
+	bool claimed;                 /* the claim is ours to settle */
+	bool settled;                 /* deferred, released or all done */
+	bool write_failed;
+	bool admin_bounce;            /* mxspoolctl bounce */
+	const char *dsn_how;          /* "sent", "none", "refused", ... */
+	char relay[CONFIG_HOST_MAX + 80];
+	/* the message as handed to smtp_client */
+	struct smtp_client_msg cm;
+	struct smtp_client_rcpt *crcpt;
+	size_t *map;                  /* cm index -> envelope index */
+	/* outcome lists */
+	struct drain_fate *bounce, *temp;
+	size_t nbounce, ntemp;
+	bool leftover;                /* session failure: release */
+	struct drain_dsn *dsn;        /* a DSN under way, or NULL */
+};
+
+struct drain_tenant {
+	struct drain_tenant *next;
+	struct drain *d;
+	char name[CONFIG_TENANT_NAME_MAX + 1];
+	char domain[CONFIG_HOST_MAX + 1];
+	bool primary_mx;
+	struct config_hostport *hosts;
+	size_t nhosts;
+	struct drain_settings cfgset, set;   /* from the config; in force */
+	struct drain_primary pr;
+	struct drain_policy pol;
+	struct drain_meter meter;
+	uv_timer_t timer;
+	bool timer_open;
+	struct drain_target *targets;
+	size_t ntargets;
+	int64_t targets_mono;
+	struct drain_resolve *res;
+	bool res_for_probe;
+	struct smtp_client *probe;
+	size_t probe_idx;
+	struct drain_target probe_tg;
+	int64_t up_mono;              /* when the primary last came up */
+	char probe_why[256];
+	struct drain_conn *conns;
+	unsigned nconns;
+	struct drain_job *jobs;
+	unsigned njobs;
+	double logged_limit;
+	spool_qid *warned;            /* delay warning sent (this run) */
+	size_t nwarned, capwarned;
+	bool removed;
+	bool removing;                /* inside tenant_remove(): keep t */
+};
+
+struct drain {
+	uv_loop_t *loop;
+	struct spool *spool;
+	struct dns *dns;              /* the relay's resolver, not ours */
+	struct stats *stats;
+	int64_t (*now_ms)(void);      /* wall clock (deps, or util_now_ms) */
+	const struct config *cfg;     /* valid until the next apply_config */
+	struct tls_ctx *tls;          /* client context, or NULL: not ours */
+	struct drain_tenant *tenants;
+	struct sockaddr_storage *self;
+	size_t nself;
+	bool closing;
+	void (*done)(void *arg);
+	void *done_arg;
+};
+
+/* ---- drain.c: shared helpers and the job's steps ------------------------ */
+
+/* The wall clock the drain runs on (spool times, expiry, DSN dates). */
+int64_t drain__now(const struct drain *d);
+/* 64 random bits (getrandom, or a hrtime fallback): DSN nonces, jitter. */
+uint64_t drain__random(void);
+/* "250 2.0.0 text" on one line, for logs and DSN diagnostics. */
+void drain__reply_line(const struct smtp_client_reply *rp, char *buf,
+    size_t len);
+/* Session options for TG under D's config and TLS context: TIMEOUT_MS per
+ * reply, CONNECT_MS to connect.  O borrows TG; TG must outlive the session. */
+void drain__client_options(struct drain *d, const struct drain_target *tg,
+    uint64_t timeout_ms, uint64_t connect_ms, struct smtp_client_options *o);
+struct drain_tenant *drain__tenant_find(struct drain *d, const char *name);
+/* Start a job for QID: on connection CN (NULL: an operator bounce, which
+ * fails every pending recipient as soon as the message is loaded).
+ * CLAIMED: the caller claimed QID and the job settles the claim.  Returns
+ * 0 or a spool status; on failure nothing is left behind (a claim is
+ * released). */
+int drain__job_start(struct drain_tenant *t, spool_qid qid,
+    struct drain_conn *cn, bool claimed, bool admin_bounce);
+/* Drop one reference; the last frees the job and runs the scheduler. */
+void drain__job_unref(struct drain_job *j);
+/* Record recipient ENV's final state; the job holds a reference until the
+ * write calls back (a failed write makes the job release its claim). */
+void drain__job_mark(struct drain_job *j, size_t env,
+    enum spool_rcpt_state st);
+/* Append ENV's fate with reply RP to *ARR (allocated with CAP slots on
+ * first use).  Returns 0, or -1 when out of memory. */
+int drain__fate_add(struct drain_fate **arr, size_t *n, size_t cap,
+    size_t env, const struct smtp_client_reply *rp);
+/* The last step of every job: j->temp deferred with back-off, or the claim
+ * left for job_free() to release, or the message finished. */
+void drain__job_retry(struct drain_job *j);
+
+/* ---- drain_target.c: where mail goes ------------------------------------ */
+
+/* The targets found (CB owns T, free() it; may be NULL with N 0); STATUS is
+ * a dns status, WHY says what failed in words. */
+typedef void (*drain__resolve_cb)(void *arg, int status, const char *why,
+    struct drain_target *t, size_t n);
+/*
+ * Resolve HOSTS in order (port 0: MX_PORT), or with HOSTS NULL the MX of
+ * DOMAIN: the hosts preferred over us (dns_select_primaries), on MX_PORT.
+ * Addresses that are D's own (drain__self_collect) are dropped.  CB runs
+ * exactly once, later, unless the resolution is cancelled.  Returns NULL
+ * when nothing could be started: CB then never runs.
+ */
+struct drain_resolve *drain__resolve_start(struct drain *d,
+    const struct config_hostport *hosts, size_t nhosts, const char *domain,
+    uint16_t mx_port, drain__resolve_cb cb, void *arg);
+/* Drop pending lookups and free RES (NULL is fine); CB never runs. */
+void drain__resolve_cancel(struct drain_resolve *res);
+/* Recompute D's own addresses from cfg->listen (wildcards expanded to the
+ * local interfaces), for self detection. */
+void drain__self_collect(struct drain *d);
+/* "host[addr]:port" for logs. */
+void drain__target_name(const struct drain_target *tg, char *buf, size_t len);
+
+/* ---- drain_bounce.c: DSNs ----------------------------------------------- */
+
+/* The recipients' outcomes are sorted into j->bounce and j->temp: send the
+ * bounce for j->bounce (if any), then perhaps a delay warning for j->temp,
+ * and end with drain__job_retry(). */
+void drain__job_settle(struct drain_job *j);
+/* Every recipient in j->cm fails with our own ENH and REASON (expiry, the
+ * operator); then as drain__job_settle(). */
+void drain__job_fail_all(struct drain_job *j, const char *enh,
+    const char *reason);
+/* The tenant goes away: stop J's DSN, if one is under way.  It ends as
+ * "try again later", possibly from inside this call. */
+void drain__dsn_abort(struct drain_job *j);
+/* QID needs no delay warning any more (all its recipients are final). */
+void drain__delay_forget(struct drain_tenant *t, spool_qid qid);
+
+#endif
