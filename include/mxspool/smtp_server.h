@@ -47,6 +47,11 @@ int smtp_server_start(struct smtp_server *s, struct spool *spool);
  * are closed after at most GRACE_MS; DONE runs when every handle is closed. */
 void smtp_server_close(struct smtp_server *s, unsigned grace_ms,
     void (*done)(void *arg), void *arg);
+/* Sessions open or still closing. */
 unsigned smtp_server_connections(const struct smtp_server *s);
+/* The local port listener I is bound to (config `listen` order, or the
+ * order of the inherited sockets): what `listen = 127.0.0.1:0` picked.
+ * -1 if there is no listener I. */
+int smtp_server_local_port(const struct smtp_server *s, size_t i);
 
 #endif
