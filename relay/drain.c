@@ -213,7 +213,8 @@ drain_log_probe(struct drain_tenant *t, const char *why)
 static void
 drain_log_rate(struct drain_tenant *t, double limit, const char *reason)
 {
-	log_event(LOG_LEVEL_INFO, "rate", "tenant=%s limit=%.2f ceiling=%.2f reason=%s",
+	log_event(LOG_LEVEL_INFO, "rate",
+	    "tenant=%s limit=%.2f ceiling=%.2f reason=%s",
 	    t->name, limit, t->set.rate, reason);
 	t->logged_limit = limit;
 }
@@ -393,7 +394,8 @@ job_on_result(struct drain_job *j, const struct smtp_client_result *res)
 }
 
 static int
-job_read(void *arg, uint64_t off, size_t max, smtp_client_chunk_cb cb, void *cbarg)
+job_read(void *arg, uint64_t off, size_t max, smtp_client_chunk_cb cb,
+    void *cbarg)
 {
 	struct drain_job *j = arg;
 
@@ -557,7 +559,8 @@ conn_on_ready(void *arg, struct smtp_client *c)
 }
 
 static void
-conn_on_sent(void *arg, struct smtp_client *c, const struct smtp_client_result *res)
+conn_on_sent(void *arg, struct smtp_client *c,
+    const struct smtp_client_result *res)
 {
 	struct drain_conn *cn = arg;
 	struct drain_tenant *t = cn->t;
@@ -829,8 +832,8 @@ tenant_resolve(struct drain_tenant *t, bool for_probe)
 	const struct config *cfg = t->d->cfg;
 
 	t->res_for_probe = for_probe;
-	t->res = drain__resolve_start(t->d, t->primary_mx ? NULL : t->hosts, t->nhosts,
-	    t->domain, cfg->mx_port, tenant_on_resolved, t);
+	t->res = drain__resolve_start(t->d, t->primary_mx ? NULL : t->hosts,
+	    t->nhosts, t->domain, cfg->mx_port, tenant_on_resolved, t);
 	if (t->res == NULL && for_probe)
 		probe_result(t, false, "cannot resolve the primary (no resolver)");
 }

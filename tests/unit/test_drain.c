@@ -591,8 +591,17 @@ fx_queued(struct fx *fx)
 	return st.messages;
 }
 
-static bool pred_up(struct fx *fx) { return strcmp(fx_state(fx), "up") == 0; }
-static bool pred_down(struct fx *fx) { return strcmp(fx_state(fx), "down") == 0; }
+static bool
+pred_up(struct fx *fx)
+{
+	return strcmp(fx_state(fx), "up") == 0;
+}
+
+static bool
+pred_down(struct fx *fx)
+{
+	return strcmp(fx_state(fx), "down") == 0;
+}
 static bool pred_quits(struct fx *fx) { return fx->prim.quits >= fx->want; }
 static bool pred_delivered(struct fx *fx) { return fx->prim.nmsg >= fx->want; }
 static bool pred_bounced(struct fx *fx) { return fx->bounce.nmsg >= fx->want; }
