@@ -1,11 +1,19 @@
 /*
- * control.c - the control socket (mxspoolctl) and the /metrics listener.
+ * control.c - the control socket (mxspoolctl) and the /metrics listener:
+ * the connections, the command table, and the filling of the snapshots the
+ * answers are rendered from.
  *
- * Both are tiny request/response servers on the loop: read one bounded
- * request, answer, close.  A request that does not fit CONTROL_REQUEST_MAX
- * (control) or 8 KiB (HTTP) is refused, so a stuck or hostile client costs
- * one fixed buffer.  Commands that need the disk (show) answer
- * asynchronously through the spool's threadpool reads.
+ * Both listeners are tiny request/response servers on the loop: read one
+ * bounded request, answer, close.  A request that does not fit
+ * CONTROL_REQUEST_MAX (control) or 8 KiB (HTTP) is refused, so a stuck or
+ * hostile client costs one fixed buffer.  Commands that need the disk (show)
+ * answer asynchronously through the spool's threadpool reads.
+ *
+ * Every answer is made in two steps: a control_fill_* function reads the
+ * relay (spool, drain, counters, SMTP server) into one snapshot of
+ * control_internal.h, then a pure renderer (control_render.c for text and
+ * JSON, metrics.c for Prometheus) writes it out.  This is the only file of
+ * the three that sees struct relay.
  */
 #include "config.h"
 
@@ -15,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,15 +32,17 @@
 #include "mxspool/control.h"
 #include "mxspool/drain.h"
 #include "mxspool/log.h"
+#include "mxspool/metrics.h"
 #include "mxspool/relay.h"
 #include "mxspool/smtp_server.h"
 #include "mxspool/spool.h"
 #include "mxspool/stats.h"
 #include "mxspool/util.h"
 
+#include "control_internal.h"
+
 #define CONTROL_HTTP_MAX 8192
 #define CONTROL_IDLE_MS 10000
-#define CONTROL_QUEUE_LIST_MAX 10000  /* lines of "queue" before "... more" */
 
 struct control {
 	struct relay *relay;
@@ -40,7 +51,7 @@ struct control {
 	bool has_http;
 	unsigned open_handles;
 	unsigned nclients;
-	struct control_client *clients;
+	LIST_HEAD(, control_client) clients;
 	void (*done)(void *);
 	void *done_arg;
 	bool closing;
@@ -48,7 +59,7 @@ struct control {
 
 struct control_client {
 	struct control *ctl;
-	struct control_client *next, *prev;
+	LIST_ENTRY(control_client) entry;
 	union {
 		uv_stream_t stream;
 		uv_pipe_t pipe;
@@ -66,51 +77,137 @@ struct control_client {
 	bool want_json;
 };
 
-/* ---- buffer helpers ---------------------------------------------------- */
+/* ---- snapshots ---------------------------------------------------------- */
 
-void
-control_buf_printf(struct control_buf *b, const char *fmt, ...)
+/* One tenant's figures; strings are borrowed from the config (T). */
+static void
+control_fill_tenant(struct relay *r, const struct config_tenant *t, int64_t now,
+    struct control_tenant_row *row)
 {
-	va_list ap;
-	int n;
+	struct spool_tenant_stats ss;
+	struct drain_status ds;
 
-	for (;;) {
-		size_t room = b->cap - b->len;
-
-		va_start(ap, fmt);
-		n = vsnprintf(b->data ? b->data + b->len : NULL, room, fmt, ap);
-		va_end(ap);
-		if (n < 0)
-			return;
-		if ((size_t)n < room) {
-			b->len += (size_t)n;
-			return;
-		}
-		b->cap = b->cap * 2 + (size_t)n + 256;
-		b->data = xrealloc(b->data, b->cap);
+	memset(&ss, 0, sizeof(ss));
+	ss.oldest_arrival_ms = -1;
+	if (r->spool)
+		spool_tenant_stats(r->spool, t->name, &ss);
+	memset(&ds, 0, sizeof(ds));
+	ds.primary_state = "unknown";
+	ds.eta_s = -1;
+	if (r->drain == NULL || drain_status(r->drain, t->name, &ds) != 0) {
+		ds.primary_state = "unknown";
+		ds.eta_s = -1;
 	}
+	memset(row, 0, sizeof(*row));
+	row->name = t->name;
+	row->domains = t->domains;
+	row->ndomains = t->ndomains;
+	row->primary_state = ds.primary_state ? ds.primary_state : "unknown";
+	row->held = r->spool ? spool_is_held(r->spool, t->name) : false;
+	row->queued_messages = ss.messages;
+	row->queued_bytes = ss.bytes;
+	/* A message stamped in the future (the clock stepped back) is age 0. */
+	if (ss.oldest_arrival_ms >= 0 && ss.oldest_arrival_ms < now)
+		row->oldest_age_ms = now - ss.oldest_arrival_ms;
+	row->drain_rate = ds.drain_rate;
+	row->drain_rate_limit = ds.drain_rate_limit;
+	row->in_flight = ds.in_flight;
+	/* Counters are kept by tenant name: they survive a reload. */
+	row->accepted_total = stats_tenant(r->stats, t->name, STAT_ACCEPTED);
+	row->delivered_total = stats_tenant(r->stats, t->name, STAT_DELIVERED);
+	row->bounced_total = stats_tenant(r->stats, t->name, STAT_BOUNCED);
+	row->eta_s = ds.eta_s;
 }
 
-void
-control_buf_json_string(struct control_buf *b, const char *s)
+/* The figures of status and /metrics; free ST->tenants afterwards. */
+static void
+control_fill_status(struct relay *r, struct control_status *st)
 {
-	control_buf_printf(b, "\"");
-	for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-		if (*p == '"' || *p == '\\')
-			control_buf_printf(b, "\\%c", *p);
-		else if (*p < 0x20)
-			control_buf_printf(b, "\\u%04x", *p);
-		else
-			control_buf_printf(b, "%c", *p);
-	}
-	control_buf_printf(b, "\"");
+	const struct config *cfg = r->cfg;
+	int64_t now = util_now_ms();
+
+	memset(st, 0, sizeof(*st));
+	st->version = PACKAGE_VERSION;
+	st->uptime_s = (now - r->started_ms) / 1000;
+	st->accepted_total = stats_total(r->stats, STAT_ACCEPTED);
+	st->delivered_total = stats_total(r->stats, STAT_DELIVERED);
+	st->bounced_total = stats_total(r->stats, STAT_BOUNCED);
+	st->connections = r->server ? smtp_server_connections(r->server) : 0;
+	st->spool_bytes = r->spool ? spool_total_bytes(r->spool) : 0;
+	st->ntenants = cfg->ntenants;
+	st->tenants = xcalloc(cfg->ntenants ? cfg->ntenants : 1, sizeof(*st->tenants));
+	for (size_t i = 0; i < cfg->ntenants; i++)
+		control_fill_tenant(r, &cfg->tenants[i], now, &st->tenants[i]);
 }
 
-void
-control_buf_free(struct control_buf *b)
+struct control_queue_walk {
+	struct control_queue *q;
+	int64_t now;
+};
+
+static int
+control_fill_queue_row(void *arg, const struct spool_item *it)
 {
-	free(b->data);
-	memset(b, 0, sizeof(*b));
+	struct control_queue_walk *w = arg;
+	struct control_queue_row *row;
+
+	if (w->q->nrows == CONTROL_QUEUE_LIST_MAX) {
+		w->q->truncated = true;
+		return 1;
+	}
+	row = control_queue_add(w->q);
+	spool_qid_format(it->qid, row->qid);
+	row->tenant = it->tenant;     /* the spool's: valid until the loop runs */
+	row->size = it->size;
+	row->age_ms = w->now - it->arrival_ms;
+	row->attempts = it->attempts;
+	if (it->next_attempt_ms > w->now)
+		row->next_attempt_ms = it->next_attempt_ms - w->now;
+	row->in_flight = it->claimed;
+	return 0;
+}
+
+/* TENANT's messages (all if NULL), oldest first, at most
+ * CONTROL_QUEUE_LIST_MAX; control_queue_free() afterwards. */
+static void
+control_fill_queue(struct relay *r, const char *tenant, struct control_queue *q)
+{
+	struct control_queue_walk w = { q, util_now_ms() };
+
+	memset(q, 0, sizeof(*q));
+	spool_foreach(r->spool, tenant, control_fill_queue_row, &w);
+}
+
+/* A loaded message; strings borrowed from M, free CM->rcpt afterwards. */
+static void
+control_fill_message(const struct spool_msg *m, struct control_message *cm)
+{
+	static const char *const state[] = {
+		[SPOOL_RCPT_PENDING] = "pending",
+		[SPOOL_RCPT_DELIVERED] = "delivered",
+		[SPOOL_RCPT_BOUNCED] = "bounced",
+	};
+	const struct spool_envelope *e = spool_msg_envelope(m);
+
+	memset(cm, 0, sizeof(*cm));
+	spool_qid_format(spool_msg_qid(m), cm->qid);
+	cm->tenant = e->tenant;
+	cm->sender = e->sender;
+	cm->size = spool_msg_size(m);
+	cm->arrival_ms = e->arrival_ms;
+	cm->attempts = spool_msg_attempts(m);
+	cm->client = e->client;
+	cm->envid = e->envid;
+	cm->ret = e->ret == ENV_RET_FULL ? "FULL" : e->ret == ENV_RET_HDRS ? "HDRS" : NULL;
+	cm->smtputf8 = e->smtputf8;
+	cm->nrcpt = e->nrcpt;
+	cm->rcpt = xcalloc(e->nrcpt ? e->nrcpt : 1, sizeof(*cm->rcpt));
+	for (size_t i = 0; i < e->nrcpt; i++) {
+		cm->rcpt[i].address = e->rcpt[i].addr;
+		cm->rcpt[i].state = state[spool_msg_rcpt_state(m, i)];
+		cm->rcpt[i].orcpt = e->rcpt[i].orcpt;
+		cm->rcpt[i].notify = e->rcpt[i].notify;
+	}
 }
 
 /* ---- commands ---------------------------------------------------------- */
@@ -137,105 +234,37 @@ control_error(struct control_req *q, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	q->out->len = 0;
-	control_buf_printf(q->out, "error %s\n", msg);
+	control_render_error(q->out, msg);
 }
 
 static void
-control_tenant_status(struct relay *r, const struct config_tenant *t,
-    struct spool_tenant_stats *ss, struct drain_status *ds)
+control_ack(struct control_req *q, enum control_ack_kind kind,
+    const char *tenant, int count)
 {
-	int64_t now = util_now_ms();
+	struct control_ack a = { kind, tenant, count };
 
-	memset(ss, 0, sizeof(*ss));
-	ss->oldest_arrival_ms = -1;
-	if (r->spool)
-		spool_tenant_stats(r->spool, t->name, ss);
-	memset(ds, 0, sizeof(*ds));
-	ds->primary_state = "unknown";
-	ds->eta_s = -1;
-	if (r->drain == NULL || drain_status(r->drain, t->name, ds) != 0) {
-		ds->primary_state = "unknown";
-		ds->eta_s = -1;
-	}
-	if (ss->oldest_arrival_ms >= 0 && ss->oldest_arrival_ms > now)
-		ss->oldest_arrival_ms = now;
+	control_render_ack(&a, q->json, q->out);
+}
+
+/* The tenant named by ARGV[I], or an error answered and NULL. */
+static const struct config_tenant *
+control_tenant_arg(struct control_req *q, int i)
+{
+	const struct config_tenant *t = config_tenant_by_name(q->relay->cfg, q->argv[i]);
+
+	if (t == NULL)
+		control_error(q, "no tenant named %s", q->argv[i]);
+	return t;
 }
 
 static void
 control_cmd_status(struct control_req *q)
 {
-	struct relay *r = q->relay;
-	struct control_buf *b = q->out;
-	const struct config *cfg = r->cfg;
-	int64_t now = util_now_ms();
-	unsigned conns = r->server ? smtp_server_connections(r->server) : 0;
-	uint64_t spool_bytes = r->spool ? spool_total_bytes(r->spool) : 0;
+	struct control_status st;
 
-	control_buf_printf(b, "ok\n");
-	if (!q->json) {
-		control_buf_printf(b, "mxspoold %s, up %lld s, %u connections, spool %" PRIu64
-		    " bytes\naccepted %" PRIu64 ", delivered %" PRIu64 ", bounced %" PRIu64 "\n\n",
-		    PACKAGE_VERSION, (long long)((now - r->started_ms) / 1000), conns,
-		    spool_bytes, stats_total(r->stats, STAT_ACCEPTED), stats_total(r->stats, STAT_DELIVERED), stats_total(r->stats, STAT_BOUNCED));
-		control_buf_printf(b, "%-16s %-8s %-5s %10s %12s %10s %8s %8s %6s %10s\n",
-		    "TENANT", "PRIMARY", "HELD", "QUEUED", "BYTES", "OLDEST_S",
-		    "RATE", "LIMIT", "FLIGHT", "ETA_S");
-	} else {
-		control_buf_printf(b, "{\"version\": ");
-		control_buf_json_string(b, PACKAGE_VERSION);
-		control_buf_printf(b, ", \"uptime_s\": %lld, \"accepted_total\": %" PRIu64
-		    ", \"delivered_total\": %" PRIu64 ", \"bounced_total\": %" PRIu64
-		    ", \"connections\": %u, \"spool_bytes\": %" PRIu64 ", \"tenants\": [",
-		    (long long)((now - r->started_ms) / 1000), stats_total(r->stats, STAT_ACCEPTED),
-		    stats_total(r->stats, STAT_DELIVERED), stats_total(r->stats, STAT_BOUNCED), conns, spool_bytes);
-	}
-	for (size_t i = 0; i < cfg->ntenants; i++) {
-		const struct config_tenant *t = &cfg->tenants[i];
-		const char *c = t->name;   /* counters are kept by tenant name */
-		struct spool_tenant_stats ss;
-		struct drain_status ds;
-		bool held = r->spool ? spool_is_held(r->spool, t->name) : false;
-		long long oldest;
-
-		control_tenant_status(r, t, &ss, &ds);
-		oldest = ss.oldest_arrival_ms < 0 ? 0 : (now - ss.oldest_arrival_ms) / 1000;
-		if (!q->json) {
-			char eta[24];
-
-			if (ds.eta_s < 0)
-				snprintf(eta, sizeof(eta), "-");
-			else
-				snprintf(eta, sizeof(eta), "%lld", (long long)ds.eta_s);
-			control_buf_printf(b, "%-16s %-8s %-5s %10" PRIu64 " %12" PRIu64
-			    " %10lld %8.2f %8.2f %6u %10s\n", t->name, ds.primary_state,
-			    held ? "yes" : "no", ss.messages, ss.bytes, oldest,
-			    ds.drain_rate, ds.drain_rate_limit, ds.in_flight, eta);
-			continue;
-		}
-		control_buf_printf(b, "%s{\"name\": ", i ? ", " : "");
-		control_buf_json_string(b, t->name);
-		control_buf_printf(b, ", \"domains\": [");
-		for (size_t j = 0; j < t->ndomains; j++) {
-			control_buf_printf(b, "%s", j ? ", " : "");
-			control_buf_json_string(b, t->domains[j]);
-		}
-		control_buf_printf(b, "], \"primary_state\": ");
-		control_buf_json_string(b, ds.primary_state);
-		control_buf_printf(b, ", \"held\": %s, \"queued_messages\": %" PRIu64
-		    ", \"queued_bytes\": %" PRIu64 ", \"oldest_age_s\": %lld"
-		    ", \"drain_rate\": %.3f, \"drain_rate_limit\": %.3f, \"in_flight\": %u"
-		    ", \"delivered_total\": %" PRIu64 ", \"bounced_total\": %" PRIu64
-		    ", \"eta_s\": ", held ? "true" : "false", ss.messages, ss.bytes,
-		    oldest, ds.drain_rate, ds.drain_rate_limit, ds.in_flight,
-		    stats_tenant(r->stats, c, STAT_DELIVERED), stats_tenant(r->stats, c, STAT_BOUNCED));
-		if (ds.eta_s < 0)
-			control_buf_printf(b, "null}");
-		else
-			control_buf_printf(b, "%lld}", (long long)ds.eta_s);
-	}
-	if (q->json)
-		control_buf_printf(b, "]}\n");
+	control_fill_status(q->relay, &st);
+	control_render_status(&st, q->json, q->out);
+	free(st.tenants);
 }
 
 static void
@@ -247,77 +276,20 @@ control_cmd_reload(struct control_req *q)
 		control_error(q, "reload refused, old config kept: %s", err);
 		return;
 	}
-	control_buf_printf(q->out, "ok\n");
-	if (q->json)
-		control_buf_printf(q->out, "{\"reload\": \"ok\"}\n");
-	else
-		control_buf_printf(q->out, "configuration reloaded\n");
-}
-
-struct control_queue_walk {
-	struct control_req *q;
-	size_t n;
-	int64_t now;
-	bool truncated;               /* CONTROL_QUEUE_LIST_MAX reached */
-};
-
-static int
-control_queue_line(void *arg, const struct spool_item *it)
-{
-	struct control_queue_walk *w = arg;
-	struct control_buf *b = w->q->out;
-	char qid[SPOOL_QID_STRLEN + 1];
-
-	if (w->n == CONTROL_QUEUE_LIST_MAX) {
-		w->truncated = true;
-		if (!w->q->json)
-			control_buf_printf(b, "... (listing stopped after %d messages)\n",
-			    CONTROL_QUEUE_LIST_MAX);
-		return 1;
-	}
-	spool_qid_format(it->qid, qid);
-	if (w->q->json) {
-		control_buf_printf(b, "%s{\"queue_id\": \"%s\", \"tenant\": ", w->n ? ", " : "", qid);
-		control_buf_json_string(b, it->tenant);
-		control_buf_printf(b, ", \"size\": %" PRIu64 ", \"age_s\": %lld, \"attempts\": %u"
-		    ", \"next_attempt_s\": %lld, \"in_flight\": %s}", it->size,
-		    (long long)((w->now - it->arrival_ms) / 1000), it->attempts,
-		    (long long)(it->next_attempt_ms > w->now ? (it->next_attempt_ms - w->now) / 1000 : 0),
-		    it->claimed ? "true" : "false");
-	} else {
-		control_buf_printf(b, "%s %-16s %10" PRIu64 " %8lld %8u %8lld%s\n", qid,
-		    it->tenant, it->size, (long long)((w->now - it->arrival_ms) / 1000),
-		    it->attempts,
-		    (long long)(it->next_attempt_ms > w->now ? (it->next_attempt_ms - w->now) / 1000 : 0),
-		    it->claimed ? " *" : "");
-	}
-	w->n++;
-	return 0;
+	control_ack(q, CONTROL_ACK_RELOAD, NULL, 0);
 }
 
 static void
 control_cmd_queue(struct control_req *q)
 {
-	struct control_queue_walk w = { q, 0, util_now_ms(), false };
 	const char *tenant = q->argc > 1 ? q->argv[1] : NULL;
+	struct control_queue list;
 
-	if (tenant && config_tenant_by_name(q->relay->cfg, tenant) == NULL) {
-		control_error(q, "no tenant named %s", tenant);
+	if (tenant && control_tenant_arg(q, 1) == NULL)
 		return;
-	}
-	control_buf_printf(q->out, "ok\n");
-	if (q->json)
-		control_buf_printf(q->out, "{\"messages\": [");
-	else
-		control_buf_printf(q->out, "%-16s %-16s %10s %8s %8s %8s\n", "QUEUE_ID",
-		    "TENANT", "SIZE", "AGE_S", "ATTEMPTS", "NEXT_S");
-	spool_foreach(q->relay->spool, tenant, control_queue_line, &w);
-	if (q->json)
-		control_buf_printf(q->out, "], \"count\": %zu, \"truncated\": %s}\n", w.n,
-		    w.truncated ? "true" : "false");
-	else
-		control_buf_printf(q->out, "-- %zu message%s (* = being delivered)\n",
-		    w.n, w.n == 1 ? "" : "s");
+	control_fill_queue(q->relay, tenant, &list);
+	control_render_queue(&list, q->json, q->out);
+	control_queue_free(&list);
 }
 
 static int
@@ -353,37 +325,25 @@ control_cmd_show(struct control_req *q)
 		control_error(q, "%s: %s", q->argv[1], spool_strerror(rc));
 }
 
+/* delete and bounce: one queue id, one verb. */
 static void
 control_cmd_delete(struct control_req *q)
 {
+	bool bounce = strcmp(q->argv[0], "bounce") == 0;
 	spool_qid qid;
 	int rc;
 
 	if (control_parse_qid(q, &qid) != 0)
 		return;
-	rc = spool_delete(q->relay->spool, qid, NULL, NULL);
+	rc = bounce ? drain_bounce(q->relay->drain, qid) :
+	    spool_delete(q->relay->spool, qid, NULL, NULL);
 	if (rc != 0) {
 		control_error(q, "%s: %s", q->argv[1], spool_strerror(rc));
 		return;
 	}
-	log_event(LOG_LEVEL_INFO, "delete", "qid=%s by=mxspoolctl", q->argv[1]);
-	control_buf_printf(q->out, "ok\n%s\n", q->json ? "{\"deleted\": 1}" : "deleted");
-}
-
-static void
-control_cmd_bounce(struct control_req *q)
-{
-	spool_qid qid;
-	int rc;
-
-	if (control_parse_qid(q, &qid) != 0)
-		return;
-	rc = drain_bounce(q->relay->drain, qid);
-	if (rc != 0) {
-		control_error(q, "%s: %s", q->argv[1], spool_strerror(rc));
-		return;
-	}
-	control_buf_printf(q->out, "ok\n%s\n", q->json ? "{\"bounced\": 1}" : "bounce queued");
+	if (!bounce)
+		log_event(LOG_LEVEL_INFO, "delete", "qid=%s by=mxspoolctl", q->argv[1]);
+	control_ack(q, bounce ? CONTROL_ACK_BOUNCE : CONTROL_ACK_DELETE, NULL, 0);
 }
 
 static void
@@ -392,17 +352,11 @@ control_cmd_flush(struct control_req *q)
 	const char *tenant = q->argc > 1 ? q->argv[1] : NULL;
 	int n;
 
-	if (tenant && config_tenant_by_name(q->relay->cfg, tenant) == NULL) {
-		control_error(q, "no tenant named %s", tenant);
+	if (tenant && control_tenant_arg(q, 1) == NULL)
 		return;
-	}
 	n = drain_flush(q->relay->drain, tenant);
 	log_event(LOG_LEVEL_INFO, "flush", "tenant=%s by=mxspoolctl", tenant ? tenant : "*");
-	control_buf_printf(q->out, "ok\n");
-	if (q->json)
-		control_buf_printf(q->out, "{\"flushed_tenants\": %d}\n", n);
-	else
-		control_buf_printf(q->out, "probing the primary of %d tenant%s now\n", n, n == 1 ? "" : "s");
+	control_ack(q, CONTROL_ACK_FLUSH, NULL, n);
 }
 
 static void
@@ -415,10 +369,8 @@ control_cmd_hold(struct control_req *q)
 		control_error(q, "usage: %s TENANT", q->argv[0]);
 		return;
 	}
-	if (config_tenant_by_name(q->relay->cfg, q->argv[1]) == NULL) {
-		control_error(q, "no tenant named %s", q->argv[1]);
+	if (control_tenant_arg(q, 1) == NULL)
 		return;
-	}
 	rc = spool_set_held(q->relay->spool, q->argv[1], hold, NULL, NULL);
 	if (rc != 0) {
 		control_error(q, "%s: %s", q->argv[1], spool_strerror(rc));
@@ -427,12 +379,7 @@ control_cmd_hold(struct control_req *q)
 	log_event(LOG_LEVEL_INFO, hold ? "hold" : "release", "tenant=%s by=mxspoolctl", q->argv[1]);
 	if (!hold)
 		drain_kick(q->relay->drain, q->argv[1]);
-	control_buf_printf(q->out, "ok\n");
-	if (q->json)
-		control_buf_printf(q->out, "{\"tenant\": \"%s\", \"held\": %s}\n", q->argv[1],
-		    hold ? "true" : "false");
-	else
-		control_buf_printf(q->out, "tenant %s %s\n", q->argv[1], hold ? "held" : "released");
+	control_ack(q, hold ? CONTROL_ACK_HOLD : CONTROL_ACK_RELEASE, q->argv[1], 0);
 }
 
 static void
@@ -444,10 +391,8 @@ control_cmd_set(struct control_req *q)
 		control_error(q, "usage: set TENANT KEY=VALUE...");
 		return;
 	}
-	if (config_tenant_by_name(q->relay->cfg, q->argv[1]) == NULL) {
-		control_error(q, "no tenant named %s", q->argv[1]);
+	if (control_tenant_arg(q, 1) == NULL)
 		return;
-	}
 	/* Validate every pair before applying any: all or nothing. */
 	for (int pass = 0; pass < 2; pass++) {
 		for (int i = 2; i < q->argc; i++) {
@@ -467,7 +412,7 @@ control_cmd_set(struct control_req *q)
 			}
 		}
 	}
-	control_buf_printf(q->out, "ok\n%s\n", q->json ? "{\"set\": \"ok\"}" : "applied");
+	control_ack(q, CONTROL_ACK_SET, NULL, 0);
 }
 
 static const struct control_cmd {
@@ -480,7 +425,7 @@ static const struct control_cmd {
 	{ "queue", 0, 1, control_cmd_queue },
 	{ "show", 1, 1, control_cmd_show },
 	{ "delete", 1, 1, control_cmd_delete },
-	{ "bounce", 1, 1, control_cmd_bounce },
+	{ "bounce", 1, 1, control_cmd_delete },
 	{ "flush", 0, 1, control_cmd_flush },
 	{ "hold", 1, 1, control_cmd_hold },
 	{ "release", 1, 1, control_cmd_hold },
@@ -544,64 +489,14 @@ control_execute(struct relay *r, const char *line, struct control_buf *out)
 
 /* ---- metrics ----------------------------------------------------------- */
 
-static void
-control_metric_head(struct control_buf *b, const char *name, const char *type,
-    const char *help)
-{
-	control_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
 void
 control_metrics(struct relay *r, struct control_buf *b)
 {
-	static const struct {
-		const char *name, *type, *help;
-	} per_tenant[] = {
-		{ "mxspool_queue_messages", "gauge", "Messages queued for the tenant." },
-		{ "mxspool_queue_bytes", "gauge", "Bytes queued for the tenant." },
-		{ "mxspool_queue_oldest_seconds", "gauge", "Age of the oldest queued message." },
-		{ "mxspool_primary_up", "gauge", "1 when the tenant's primary is up." },
-		{ "mxspool_drain_rate_limit", "gauge", "Messages per second the drain allows now." },
-		{ "mxspool_drain_rate", "gauge", "Messages per second delivered over the last 10 s." },
-		{ "mxspool_drain_in_flight", "gauge", "Messages being delivered now." },
-		{ "mxspool_messages_accepted_total", "counter", "Messages accepted (250 after DATA)." },
-		{ "mxspool_messages_delivered_total", "counter", "Messages delivered to the primary." },
-		{ "mxspool_messages_bounced_total", "counter", "Messages returned to the sender." },
-	};
-	const struct config *cfg = r->cfg;
-	int64_t now = util_now_ms();
+	struct control_status st;
 
-	for (size_t m = 0; m < sizeof(per_tenant) / sizeof(per_tenant[0]); m++) {
-		control_metric_head(b, per_tenant[m].name, per_tenant[m].type, per_tenant[m].help);
-		for (size_t i = 0; i < cfg->ntenants; i++) {
-			const struct config_tenant *t = &cfg->tenants[i];
-			const char *c = t->name;   /* counters are kept by tenant name */
-			struct spool_tenant_stats ss;
-			struct drain_status ds;
-			double v = 0;
-
-			control_tenant_status(r, t, &ss, &ds);
-			switch (m) {
-			case 0: v = (double)ss.messages; break;
-			case 1: v = (double)ss.bytes; break;
-			case 2: v = ss.oldest_arrival_ms < 0 ? 0 : (double)(now - ss.oldest_arrival_ms) / 1000.0; break;
-			case 3: v = strcmp(ds.primary_state, "up") == 0; break;
-			case 4: v = ds.drain_rate_limit; break;
-			case 5: v = ds.drain_rate; break;
-			case 6: v = ds.in_flight; break;
-			case 7: v = (double)stats_tenant(r->stats, c, STAT_ACCEPTED); break;
-			case 8: v = (double)stats_tenant(r->stats, c, STAT_DELIVERED); break;
-			case 9: v = (double)stats_tenant(r->stats, c, STAT_BOUNCED); break;
-			}
-			control_buf_printf(b, "%s{tenant=\"%s\"} %.17g\n", per_tenant[m].name, t->name, v);
-		}
-	}
-	control_metric_head(b, "mxspool_connections", "gauge", "Inbound SMTP connections open now.");
-	control_buf_printf(b, "mxspool_connections %u\n", r->server ? smtp_server_connections(r->server) : 0);
-	control_metric_head(b, "mxspool_spool_bytes", "gauge", "Bytes of live messages in the spool.");
-	control_buf_printf(b, "mxspool_spool_bytes %" PRIu64 "\n", r->spool ? spool_total_bytes(r->spool) : 0);
-	control_metric_head(b, "mxspool_uptime_seconds", "gauge", "Seconds since mxspoold started.");
-	control_buf_printf(b, "mxspool_uptime_seconds %lld\n", (long long)((now - r->started_ms) / 1000));
+	control_fill_status(r, &st);
+	metrics_render(&st, b);
+	free(st.tenants);
 }
 
 /* ---- connections ------------------------------------------------------- */
@@ -628,12 +523,7 @@ control_client_free(uv_handle_t *h)
 
 	if (--cl->closing_handles > 0)
 		return;
-	if (cl->prev)
-		cl->prev->next = cl->next;
-	else
-		c->clients = cl->next;
-	if (cl->next)
-		cl->next->prev = cl->prev;
+	LIST_REMOVE(cl, entry);
 	c->nclients--;
 	control_buf_free(&cl->out);
 	free(cl);
@@ -672,9 +562,7 @@ static void
 control_show_loaded(void *arg, int status, struct spool_msg *m)
 {
 	struct control_client *cl = arg;
-	struct control_buf *b = &cl->out;
-	const struct spool_envelope *e;
-	char qid[SPOOL_QID_STRLEN + 1];
+	struct control_message cm;
 
 	if (cl->closing_handles) {
 		if (m)
@@ -682,61 +570,13 @@ control_show_loaded(void *arg, int status, struct spool_msg *m)
 		return;
 	}
 	if (status != 0 || m == NULL) {
-		control_buf_printf(b, "error %s\n", spool_strerror(status));
+		control_render_error(&cl->out, spool_strerror(status));
 		control_send(cl);
 		return;
 	}
-	e = spool_msg_envelope(m);
-	spool_qid_format(spool_msg_qid(m), qid);
-	control_buf_printf(b, "ok\n");
-	if (cl->want_json) {
-		control_buf_printf(b, "{\"queue_id\": \"%s\", \"tenant\": ", qid);
-		control_buf_json_string(b, e->tenant);
-		control_buf_printf(b, ", \"sender\": ");
-		control_buf_json_string(b, e->sender);
-		control_buf_printf(b, ", \"size\": %" PRIu64 ", \"arrival_ms\": %lld, \"attempts\": %u"
-		    ", \"client\": ", spool_msg_size(m), (long long)e->arrival_ms,
-		    spool_msg_attempts(m));
-		control_buf_json_string(b, e->client);
-		control_buf_printf(b, ", \"envid\": ");
-		if (e->envid)
-			control_buf_json_string(b, e->envid);
-		else
-			control_buf_printf(b, "null");
-		control_buf_printf(b, ", \"ret\": %s, \"smtputf8\": %s, \"recipients\": [",
-		    e->ret == ENV_RET_FULL ? "\"FULL\"" : e->ret == ENV_RET_HDRS ? "\"HDRS\"" : "null",
-		    e->smtputf8 ? "true" : "false");
-		for (size_t i = 0; i < e->nrcpt; i++) {
-			static const char *const st[] = { "pending", "delivered", "bounced" };
-			unsigned nf = e->rcpt[i].notify;
-
-			control_buf_printf(b, "%s{\"address\": ", i ? ", " : "");
-			control_buf_json_string(b, e->rcpt[i].addr);
-			control_buf_printf(b, ", \"state\": \"%s\", \"orcpt\": ", st[spool_msg_rcpt_state(m, i)]);
-			if (e->rcpt[i].orcpt)
-				control_buf_json_string(b, e->rcpt[i].orcpt);
-			else
-				control_buf_printf(b, "null");
-			control_buf_printf(b, ", \"notify\": [%s%s%s%s%s%s%s]}",
-			    nf & ENV_NOTIFY_NEVER ? "\"NEVER\"" : "",
-			    nf & ENV_NOTIFY_SUCCESS ? "\"SUCCESS\"" : "",
-			    (nf & ENV_NOTIFY_SUCCESS) && (nf & (ENV_NOTIFY_FAILURE | ENV_NOTIFY_DELAY)) ? ", " : "",
-			    nf & ENV_NOTIFY_FAILURE ? "\"FAILURE\"" : "",
-			    (nf & ENV_NOTIFY_FAILURE) && (nf & ENV_NOTIFY_DELAY) ? ", " : "",
-			    nf & ENV_NOTIFY_DELAY ? "\"DELAY\"" : "", "");
-		}
-		control_buf_printf(b, "]}\n");
-	} else {
-		control_buf_printf(b, "queue id:  %s\ntenant:    %s\nsender:    <%s>\nsize:      %"
-		    PRIu64 "\nattempts:  %u\nclient:    %s\n", qid, e->tenant, e->sender,
-		    spool_msg_size(m), spool_msg_attempts(m), e->client ? e->client : "-");
-		for (size_t i = 0; i < e->nrcpt; i++) {
-			static const char *const st[] = { "pending", "delivered", "bounced" };
-
-			control_buf_printf(b, "recipient: <%s> %s\n", e->rcpt[i].addr,
-			    st[spool_msg_rcpt_state(m, i)]);
-		}
-	}
+	control_fill_message(m, &cm);
+	control_render_message(&cm, cl->want_json, &cl->out);
+	free(cm.rcpt);
 	spool_msg_free(m);
 	control_send(cl);
 }
@@ -833,10 +673,7 @@ control_on_connection(uv_stream_t *server, int status)
 	uv_timer_init(c->relay->loop, &cl->timer);
 	cl->h.stream.data = cl;
 	cl->timer.data = cl;
-	cl->next = c->clients;
-	if (c->clients)
-		c->clients->prev = cl;
-	c->clients = cl;
+	LIST_INSERT_HEAD(&c->clients, cl, entry);
 	c->nclients++;
 	if (uv_accept(server, &cl->h.stream) != 0 ||
 	    uv_read_start(&cl->h.stream, control_alloc, control_on_read) != 0) {
@@ -932,11 +769,14 @@ control_listener_closed(uv_handle_t *h)
 void
 control_close(struct control *c, void (*done)(void *arg), void *arg)
 {
+	struct control_client *cl;
+
 	c->closing = true;
 	c->done = done;
 	c->done_arg = arg;
 	(void)unlink(c->relay->cfg->control_socket);
-	for (struct control_client *cl = c->clients; cl; cl = cl->next)
+	/* A client is unlinked in its close callback, not here. */
+	LIST_FOREACH(cl, &c->clients, entry)
 		control_client_close(cl);
 	uv_close((uv_handle_t *)&c->pipe, control_listener_closed);
 	if (c->has_http)

@@ -5,6 +5,11 @@
  * single line "COMMAND [ARGS...] [--json]\n"; the server answers with a line
  * "ok" or "error MESSAGE", then the body, then closes.  This keeps mxspoolctl
  * a dumb pipe: all formatting, JSON included, is done here.
+ *
+ * control.c owns the listeners and fills one snapshot per answer from the
+ * relay; the pure renderers (relay/control_render.c: text and JSON and the
+ * buffer below; relay/metrics.c: Prometheus) write the answers from it.
+ * The snapshots are declared in relay/control_internal.h.
  */
 #ifndef MXSPOOL_CONTROL_H
 #define MXSPOOL_CONTROL_H
@@ -35,7 +40,7 @@ void control_buf_printf(struct control_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void control_buf_json_string(struct control_buf *b, const char *s);
 void control_buf_free(struct control_buf *b);
-/* The Prometheus text exposition of the relay's metrics. */
+/* The Prometheus text exposition of the relay's metrics (metrics.h). */
 void control_metrics(struct relay *r, struct control_buf *out);
 
 #endif

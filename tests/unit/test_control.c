@@ -1,0 +1,669 @@
+/*
+ * test_control.c - the control socket's pure renderers (control_render.c,
+ * metrics.c) on hand-built snapshots: text, JSON and Prometheus output.
+ *
+ * No loop, no spool, no struct relay: each test fills a snapshot of
+ * control_internal.h by hand and checks the bytes rendered from it.  The
+ * exact strings are the contract of DESIGN.md ("Command line",
+ * "Observability") that tests/integration and external tools also pin.
+ */
+#include "config.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mxspool/envelope.h"
+#include "mxspool/metrics.h"
+#include "../../relay/control_internal.h"
+
+/* ---- a tiny JSON checker: validity and the keys of chosen objects -------- */
+
+struct json_check {
+	const char *p;
+	int depth;
+	int want_depth;              /* record the keys of objects at this depth */
+	char keys[64][32];
+	size_t nkeys;
+	bool keys_done;              /* only the first object at want_depth */
+};
+
+static bool json_value(struct json_check *j);
+
+static void
+json_ws(struct json_check *j)
+{
+	while (*j->p == ' ' || *j->p == '\n' || *j->p == '\t' || *j->p == '\r')
+		j->p++;
+}
+
+/* A string; its content (unescaped bytes only) copied to OUT if given. */
+static bool
+json_string(struct json_check *j, char *out, size_t outlen)
+{
+	size_t n = 0;
+
+	if (*j->p++ != '"')
+		return false;
+	while (*j->p != '"') {
+		unsigned char c = (unsigned char)*j->p++;
+
+		if (c < 0x20 || c == '\0')
+			return false;          /* a raw control character */
+		if (c == '\\') {
+			if (*j->p == 'u') {
+				for (int i = 1; i <= 4; i++)
+					if (!strchr("0123456789abcdefABCDEF", j->p[i]) || !j->p[i])
+						return false;
+				j->p += 5;
+			} else if (*j->p && strchr("\"\\/bfnrt", *j->p)) {
+				j->p++;
+			} else {
+				return false;
+			}
+		}
+		if (out && n + 1 < outlen)
+			out[n++] = (char)c;
+	}
+	if (out)
+		out[n] = '\0';
+	j->p++;
+	return true;
+}
+
+static bool
+json_container(struct json_check *j, char close)
+{
+	bool record = close == '}' && j->depth + 1 == j->want_depth && !j->keys_done;
+
+	j->p++;
+	j->depth++;
+	json_ws(j);
+	if (*j->p == close) {
+		j->p++;
+		j->depth--;
+		return true;
+	}
+	for (;;) {
+		json_ws(j);
+		if (close == '}') {
+			char key[32];
+
+			if (!json_string(j, key, sizeof(key)))
+				return false;
+			if (record && j->nkeys < 64)
+				snprintf(j->keys[j->nkeys++], sizeof(j->keys[0]), "%s", key);
+			json_ws(j);
+			if (*j->p++ != ':')
+				return false;
+		}
+		if (!json_value(j))
+			return false;
+		json_ws(j);
+		if (*j->p == ',') {
+			j->p++;
+			continue;
+		}
+		if (*j->p++ != close)
+			return false;
+		j->depth--;
+		if (record)
+			j->keys_done = true;
+		return true;
+	}
+}
+
+static bool
+json_value(struct json_check *j)
+{
+	json_ws(j);
+	if (*j->p == '{')
+		return json_container(j, '}');
+	if (*j->p == '[')
+		return json_container(j, ']');
+	if (*j->p == '"')
+		return json_string(j, NULL, 0);
+	for (const char *lit = "true\0false\0null\0"; *lit; lit += strlen(lit) + 1)
+		if (strncmp(j->p, lit, strlen(lit)) == 0) {
+			j->p += strlen(lit);
+			return true;
+		}
+	if (*j->p == '-' || (*j->p >= '0' && *j->p <= '9')) {
+		char *end;
+
+		(void)strtod(j->p, &end);
+		j->p = end;
+		return true;
+	}
+	return false;
+}
+
+/* TEXT (after its "ok\n" line) is one JSON value and a newline; the keys of
+ * the first object at DEPTH (1 = top level) are left in J. */
+static void
+assert_json(const char *text, int depth, struct json_check *j)
+{
+	assert_true(strncmp(text, "ok\n", 3) == 0);
+	memset(j, 0, sizeof(*j));
+	j->p = text + 3;
+	j->want_depth = depth;
+	assert_true(json_value(j));
+	assert_string_equal(j->p, "\n");
+}
+
+static void
+assert_keys(const struct json_check *j, const char *const *want, size_t n)
+{
+	assert_int_equal(j->nkeys, n);
+	for (size_t i = 0; i < n; i++)
+		assert_string_equal(j->keys[i], want[i]);
+}
+
+/* The checker itself refuses what is not JSON (else the tests above prove
+ * nothing). */
+static void
+test_json_checker_rejects(void **state)
+{
+	static const char *const bad[] = { "{\"a\": 1,}", "{\"a\" 1}", "[1 2]",
+		"\"raw\ttab\"", "\"bad \\x escape\"", "{\"a\": tru}", "{" };
+	struct json_check j;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		memset(&j, 0, sizeof(j));
+		j.p = bad[i];
+		assert_false(json_value(&j) && *j.p == '\0');
+	}
+	memset(&j, 0, sizeof(j));
+	j.p = "{\"a\": [1, -2.5e3, \"x\\u0001\\\"\"], \"b\": null}";
+	assert_true(json_value(&j) && *j.p == '\0');
+}
+
+/* ---- snapshots ------------------------------------------------------------ */
+
+static char *demo_domains[] = { "example.test", "two.example" };
+
+static void
+make_status(struct control_status *st, struct control_tenant_row rows[2])
+{
+	memset(rows, 0, 2 * sizeof(rows[0]));
+	*st = (struct control_status){
+		.version = "1.2.3", .uptime_s = 75, .accepted_total = 12,
+		.delivered_total = 9, .bounced_total = 1, .connections = 3,
+		.spool_bytes = 4096, .ntenants = 2, .tenants = rows,
+	};
+	rows[0] = (struct control_tenant_row){
+		.name = "demo", .domains = demo_domains, .ndomains = 2,
+		.primary_state = "up", .held = false, .queued_messages = 5,
+		.queued_bytes = 1234, .oldest_age_ms = 61500, .drain_rate = 1.5,
+		.drain_rate_limit = 10, .in_flight = 2, .accepted_total = 10,
+		.delivered_total = 8, .bounced_total = 1, .eta_s = 4,
+	};
+	rows[1] = (struct control_tenant_row){
+		.name = "other", .domains = demo_domains + 1, .ndomains = 1,
+		.primary_state = "down", .held = true, .eta_s = -1,
+		.accepted_total = 2, .delivered_total = 1,
+	};
+}
+
+/* The status snapshot of make_status(), built fresh for each test. */
+struct status_fixture {
+	struct control_status st;
+	struct control_tenant_row rows[2];
+};
+
+static int
+setup_status(void **state)
+{
+	struct status_fixture *f = calloc(1, sizeof(*f));
+
+	if (f == NULL)
+		return -1;
+	make_status(&f->st, f->rows);
+	*state = f;
+	return 0;
+}
+
+static int
+teardown_status(void **state)
+{
+	free(*state);
+	return 0;
+}
+
+#define FIXTURE_STATUS(state) (&((struct status_fixture *)*(state))->st)
+#define FIXTURE_ROWS(state) (((struct status_fixture *)*(state))->rows)
+
+static char *
+render_status(const struct control_status *st, bool json)
+{
+	struct control_buf b = { 0 };
+
+	control_render_status(st, json, &b);
+	control_buf_printf(&b, "%s", "");   /* NUL-terminated even if empty */
+	return b.data;
+}
+
+/* ---- status ---------------------------------------------------------------- */
+
+/* status renders the summary lines and one padded row per tenant. */
+static void
+test_status_text(void **state)
+{
+	struct control_status *st = FIXTURE_STATUS(state);
+	char *s;
+
+	s = render_status(st, false);
+	assert_string_equal(s,
+	    "ok\n"
+	    "mxspoold 1.2.3, up 75 s, 3 connections, spool 4096 bytes\n"
+	    "accepted 12, delivered 9, bounced 1\n"
+	    "\n"
+	    "TENANT           PRIMARY  HELD      QUEUED        BYTES   OLDEST_S     RATE    LIMIT FLIGHT      ETA_S\n"
+	    "demo             up       no             5         1234         61     1.50    10.00      2          4\n"
+	    "other            down     yes            0            0          0     0.00     0.00      0          -\n");
+	free(s);
+}
+
+/* status --json is valid JSON with exactly the DESIGN.md keys, in order. */
+static void
+test_status_json_keys(void **state)
+{
+	static const char *const top[] = { "version", "uptime_s", "accepted_total",
+		"delivered_total", "bounced_total", "connections", "spool_bytes", "tenants" };
+	static const char *const tenant[] = { "name", "domains", "primary_state",
+		"held", "queued_messages", "queued_bytes", "oldest_age_s", "drain_rate",
+		"drain_rate_limit", "in_flight", "delivered_total", "bounced_total", "eta_s" };
+	struct control_status *st = FIXTURE_STATUS(state);
+	struct json_check j;
+	char *s;
+
+	s = render_status(st, true);
+	assert_json(s, 1, &j);
+	assert_keys(&j, top, sizeof(top) / sizeof(top[0]));
+	assert_json(s, 3, &j);          /* {"tenants": [{...}]} */
+	assert_keys(&j, tenant, sizeof(tenant) / sizeof(tenant[0]));
+	assert_string_equal(s,
+	    "ok\n{\"version\": \"1.2.3\", \"uptime_s\": 75, \"accepted_total\": 12, "
+	    "\"delivered_total\": 9, \"bounced_total\": 1, \"connections\": 3, "
+	    "\"spool_bytes\": 4096, \"tenants\": [{\"name\": \"demo\", \"domains\": "
+	    "[\"example.test\", \"two.example\"], \"primary_state\": \"up\", \"held\": false, "
+	    "\"queued_messages\": 5, \"queued_bytes\": 1234, \"oldest_age_s\": 61, "
+	    "\"drain_rate\": 1.500, \"drain_rate_limit\": 10.000, \"in_flight\": 2, "
+	    "\"delivered_total\": 8, \"bounced_total\": 1, \"eta_s\": 4}, "
+	    "{\"name\": \"other\", \"domains\": [\"two.example\"], \"primary_state\": \"down\", "
+	    "\"held\": true, \"queued_messages\": 0, \"queued_bytes\": 0, \"oldest_age_s\": 0, "
+	    "\"drain_rate\": 0.000, \"drain_rate_limit\": 0.000, \"in_flight\": 0, "
+	    "\"delivered_total\": 1, \"bounced_total\": 0, \"eta_s\": null}]}\n");
+	free(s);
+}
+
+/* Quotes, backslashes and control characters in strings are escaped, so the
+ * answer stays valid JSON whatever a name holds. */
+static void
+test_status_json_escapes(void **state)
+{
+	static char *odd_domains[] = { "a\"b\\c", "tab\there\x01" };
+	struct control_status *st = FIXTURE_STATUS(state);
+	struct control_tenant_row *rows = FIXTURE_ROWS(state);
+	struct json_check j;
+	char *s;
+
+	rows[0].name = "q\"uote\nline";
+	rows[0].domains = odd_domains;
+	st->ntenants = 1;
+	s = render_status(st, true);
+	assert_json(s, 1, &j);
+	assert_non_null(strstr(s, "{\"name\": \"q\\\"uote\\u000aline\", "
+	    "\"domains\": [\"a\\\"b\\\\c\", \"tab\\u0009here\\u0001\"]"));
+	free(s);
+}
+
+/* With no tenant, status --json still has the array, empty. */
+static void
+test_status_json_no_tenants(void **state)
+{
+	struct control_status *st = FIXTURE_STATUS(state);
+	struct json_check j;
+	char *s;
+
+	st->ntenants = 0;
+	s = render_status(st, true);
+	assert_json(s, 1, &j);
+	assert_non_null(strstr(s, "\"tenants\": []}\n"));
+	free(s);
+}
+
+/* ---- metrics ---------------------------------------------------------------- */
+
+/* /metrics of ST, NUL-terminated; free() it. */
+static char *
+render_metrics(const struct control_status *st)
+{
+	struct control_buf b = { 0 };
+
+	metrics_render(st, &b);
+	control_buf_printf(&b, "%s", "");
+	return b.data;
+}
+
+static size_t
+count_lines(const char *text, const char *prefix)
+{
+	size_t n = 0, len = strlen(prefix);
+
+	for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+		if (strncmp(p, prefix, len) == 0)
+			n++;
+	return n;
+}
+
+/* Every contract metric has HELP and TYPE once and one sample per tenant;
+ * the relay-wide ones have one unlabelled sample. */
+static void
+test_metrics_families(void **state)
+{
+	static const char *const per_tenant[] = { "mxspool_queue_messages",
+		"mxspool_queue_bytes", "mxspool_queue_oldest_seconds", "mxspool_primary_up",
+		"mxspool_drain_rate_limit", "mxspool_messages_accepted_total",
+		"mxspool_messages_delivered_total", "mxspool_messages_bounced_total" };
+	static const char *const global[] = { "mxspool_connections", "mxspool_spool_bytes" };
+	struct control_status *st = FIXTURE_STATUS(state);
+	char want[128], *m;
+
+	m = render_metrics(st);
+	for (size_t i = 0; i < sizeof(per_tenant) / sizeof(per_tenant[0]); i++) {
+		snprintf(want, sizeof(want), "# HELP %s ", per_tenant[i]);
+		assert_int_equal(count_lines(m, want), 1);
+		snprintf(want, sizeof(want), "# TYPE %s ", per_tenant[i]);
+		assert_int_equal(count_lines(m, want), 1);
+		snprintf(want, sizeof(want), "%s{tenant=\"", per_tenant[i]);
+		assert_int_equal(count_lines(m, want), 2);
+	}
+	for (size_t i = 0; i < sizeof(global) / sizeof(global[0]); i++) {
+		snprintf(want, sizeof(want), "# TYPE %s gauge\n%s ", global[i], global[i]);
+		assert_non_null(strstr(m, want));
+		snprintf(want, sizeof(want), "%s ", global[i]);
+		assert_int_equal(count_lines(m, want), 1);
+	}
+	assert_non_null(strstr(m,
+	    "# HELP mxspool_queue_messages Messages queued for the tenant.\n"
+	    "# TYPE mxspool_queue_messages gauge\n"
+	    "mxspool_queue_messages{tenant=\"demo\"} 5\n"
+	    "mxspool_queue_messages{tenant=\"other\"} 0\n"));
+	assert_non_null(strstr(m, "mxspool_queue_oldest_seconds{tenant=\"demo\"} 61.5\n"));
+	assert_non_null(strstr(m, "mxspool_primary_up{tenant=\"demo\"} 1\n"
+	    "mxspool_primary_up{tenant=\"other\"} 0\n"));
+	assert_non_null(strstr(m, "# TYPE mxspool_messages_accepted_total counter\n"
+	    "mxspool_messages_accepted_total{tenant=\"demo\"} 10\n"));
+	assert_non_null(strstr(m, "mxspool_drain_rate{tenant=\"demo\"} 1.5\n"));
+	assert_non_null(strstr(m, "mxspool_connections 3\n"));
+	assert_non_null(strstr(m, "mxspool_spool_bytes 4096\n"));
+	assert_non_null(strstr(m, "mxspool_uptime_seconds 75\n"));
+	free(m);
+}
+
+/* A label value has backslash, quote and newline escaped. */
+static void
+test_metrics_label_escape(void **state)
+{
+	struct control_status *st = FIXTURE_STATUS(state);
+	struct control_tenant_row *rows = FIXTURE_ROWS(state);
+	char *m;
+
+	rows[1].name = "a\"b\\c\nd";
+	m = render_metrics(st);
+	assert_non_null(strstr(m, "mxspool_queue_messages{tenant=\"a\\\"b\\\\c\\nd\"} 0\n"));
+	assert_null(strstr(m, "c\nd"));
+	free(m);
+}
+
+/* With no tenant the families are still announced, with no sample. */
+static void
+test_metrics_no_tenants(void **state)
+{
+	struct control_status *st = FIXTURE_STATUS(state);
+	char *m;
+
+	st->ntenants = 0;
+	m = render_metrics(st);
+	assert_int_equal(count_lines(m, "# HELP "), 13);
+	assert_int_equal(count_lines(m, "mxspool_queue_messages"), 0);
+	free(m);
+}
+
+/* ---- queue, show, acknowledgements ------------------------------------------ */
+
+static void
+make_queue(struct control_queue *q)
+{
+	struct control_queue_row *r;
+
+	memset(q, 0, sizeof(*q));
+	r = control_queue_add(q);
+	snprintf(r->qid, sizeof(r->qid), "1A2B3C4D5E6F7081");
+	r->tenant = "demo";
+	r->size = 352;
+	r->age_ms = 29999;
+	r->attempts = 2;
+	r->next_attempt_ms = 60000;
+	r->in_flight = true;
+	r = control_queue_add(q);
+	snprintf(r->qid, sizeof(r->qid), "1A2B3C4D5E6F7082");
+	r->tenant = "t\"x";
+	r->size = 7;
+}
+
+/* queue: a header, one row per message (* when being delivered), a count. */
+static void
+test_queue_text_and_json(void **state)
+{
+	struct control_queue q;
+	struct control_buf b = { 0 };
+	struct json_check j;
+	static const char *const keys[] = { "queue_id", "tenant", "size", "age_s",
+		"attempts", "next_attempt_s", "in_flight" };
+
+	(void)state;
+	make_queue(&q);
+	control_render_queue(&q, false, &b);
+	control_buf_printf(&b, "%s", "");
+	assert_string_equal(b.data, "ok\n"
+	    "QUEUE_ID         TENANT                 SIZE    AGE_S ATTEMPTS   NEXT_S\n"
+	    "1A2B3C4D5E6F7081 demo                    352       29        2       60 *\n"
+	    "1A2B3C4D5E6F7082 t\"x                       7        0        0        0\n"
+	    "-- 2 messages (* = being delivered)\n");
+	b.len = 0;
+	control_render_queue(&q, true, &b);
+	control_buf_printf(&b, "%s", "");
+	assert_json(b.data, 3, &j);
+	assert_keys(&j, keys, sizeof(keys) / sizeof(keys[0]));
+	assert_string_equal(b.data, "ok\n{\"messages\": [{\"queue_id\": \"1A2B3C4D5E6F7081\", "
+	    "\"tenant\": \"demo\", \"size\": 352, \"age_s\": 29, \"attempts\": 2, "
+	    "\"next_attempt_s\": 60, \"in_flight\": true}, {\"queue_id\": \"1A2B3C4D5E6F7082\", "
+	    "\"tenant\": \"t\\\"x\", \"size\": 7, \"age_s\": 0, \"attempts\": 0, "
+	    "\"next_attempt_s\": 0, \"in_flight\": false}], \"count\": 2, \"truncated\": false}\n");
+	control_buf_free(&b);
+	control_queue_free(&q);
+}
+
+/* A cut listing says so, in both forms; one message is "message". */
+static void
+test_queue_truncated(void **state)
+{
+	struct control_queue q;
+	struct control_buf b = { 0 };
+
+	(void)state;
+	make_queue(&q);
+	q.nrows = 1;
+	q.truncated = true;
+	control_render_queue(&q, false, &b);
+	control_buf_printf(&b, "%s", "");
+	assert_non_null(strstr(b.data, " 60 *\n... (listing stopped after 10000 messages)\n"
+	    "-- 1 message (* = being delivered)\n"));
+	b.len = 0;
+	control_render_queue(&q, true, &b);
+	control_buf_printf(&b, "%s", "");
+	assert_non_null(strstr(b.data, "], \"count\": 1, \"truncated\": true}\n"));
+	control_buf_free(&b);
+	control_queue_free(&q);
+}
+
+static void
+make_message(struct control_message *m, struct control_rcpt_row rc[2])
+{
+	memset(m, 0, sizeof(*m));
+	snprintf(m->qid, sizeof(m->qid), "1A2B3C4D5E6F7081");
+	m->tenant = "demo";
+	m->sender = "alice@sender.test";
+	m->size = 158;
+	m->arrival_ms = 1796119638084;
+	m->attempts = 1;
+	m->client = "client.test [127.0.0.1]";
+	m->envid = "abc+2Bdef";
+	m->ret = "HDRS";
+	m->nrcpt = 2;
+	m->rcpt = rc;
+	rc[0] = (struct control_rcpt_row){ "bob@example.test", "delivered",
+		"rfc822;bob@example.test",
+		ENV_NOTIFY_SUCCESS | ENV_NOTIFY_FAILURE | ENV_NOTIFY_DELAY };
+	rc[1] = (struct control_rcpt_row){ "carol@two.example", "pending", NULL, 0 };
+}
+
+/* show: labelled lines and one line per recipient. */
+static void
+test_show_text(void **state)
+{
+	struct control_message m;
+	struct control_rcpt_row rc[2];
+	struct control_buf b = { 0 };
+
+	(void)state;
+	make_message(&m, rc);
+	m.sender = "";
+	m.client = NULL;
+	control_render_message(&m, false, &b);
+	control_buf_printf(&b, "%s", "");
+	assert_string_equal(b.data, "ok\n"
+	    "queue id:  1A2B3C4D5E6F7081\n"
+	    "tenant:    demo\n"
+	    "sender:    <>\n"
+	    "size:      158\n"
+	    "attempts:  1\n"
+	    "client:    -\n"
+	    "recipient: <bob@example.test> delivered\n"
+	    "recipient: <carol@two.example> pending\n");
+	control_buf_free(&b);
+}
+
+/* show --json: DSN fields as given, null when absent, NOTIFY as a list. */
+static void
+test_show_json(void **state)
+{
+	static const char *const keys[] = { "queue_id", "tenant", "sender", "size",
+		"arrival_ms", "attempts", "client", "envid", "ret", "smtputf8", "recipients" };
+	struct control_message m;
+	struct control_rcpt_row rc[2];
+	struct control_buf b = { 0 };
+	struct json_check j;
+
+	(void)state;
+	make_message(&m, rc);
+	control_render_message(&m, true, &b);
+	control_buf_printf(&b, "%s", "");
+	assert_json(b.data, 1, &j);
+	assert_keys(&j, keys, sizeof(keys) / sizeof(keys[0]));
+	assert_string_equal(b.data, "ok\n{\"queue_id\": \"1A2B3C4D5E6F7081\", \"tenant\": \"demo\", "
+	    "\"sender\": \"alice@sender.test\", \"size\": 158, \"arrival_ms\": 1796119638084, "
+	    "\"attempts\": 1, \"client\": \"client.test [127.0.0.1]\", \"envid\": \"abc+2Bdef\", "
+	    "\"ret\": \"HDRS\", \"smtputf8\": false, \"recipients\": [{\"address\": "
+	    "\"bob@example.test\", \"state\": \"delivered\", \"orcpt\": \"rfc822;bob@example.test\", "
+	    "\"notify\": [\"SUCCESS\", \"FAILURE\", \"DELAY\"]}, {\"address\": \"carol@two.example\", "
+	    "\"state\": \"pending\", \"orcpt\": null, \"notify\": []}]}\n");
+	b.len = 0;
+	m.envid = m.ret = m.client = NULL;
+	rc[0].notify = ENV_NOTIFY_NEVER;
+	control_render_message(&m, true, &b);
+	control_buf_printf(&b, "%s", "");
+	assert_json(b.data, 1, &j);
+	assert_non_null(strstr(b.data, "\"client\": \"\", \"envid\": null, \"ret\": null, "));
+	assert_non_null(strstr(b.data, "\"notify\": [\"NEVER\"]}"));
+	control_buf_free(&b);
+}
+
+/* The acknowledgements, text and JSON, and the error line. */
+static void
+test_acks(void **state)
+{
+	static const struct {
+		struct control_ack a;
+		const char *text, *json;
+	} cases[] = {
+		{ { CONTROL_ACK_RELOAD, NULL, 0 }, "configuration reloaded", "{\"reload\": \"ok\"}" },
+		{ { CONTROL_ACK_DELETE, NULL, 0 }, "deleted", "{\"deleted\": 1}" },
+		{ { CONTROL_ACK_BOUNCE, NULL, 0 }, "bounce queued", "{\"bounced\": 1}" },
+		{ { CONTROL_ACK_SET, NULL, 0 }, "applied", "{\"set\": \"ok\"}" },
+		{ { CONTROL_ACK_FLUSH, NULL, 1 }, "probing the primary of 1 tenant now",
+		  "{\"flushed_tenants\": 1}" },
+		{ { CONTROL_ACK_FLUSH, NULL, 3 }, "probing the primary of 3 tenants now",
+		  "{\"flushed_tenants\": 3}" },
+		{ { CONTROL_ACK_HOLD, "demo", 0 }, "tenant demo held",
+		  "{\"tenant\": \"demo\", \"held\": true}" },
+		{ { CONTROL_ACK_RELEASE, "demo", 0 }, "tenant demo released",
+		  "{\"tenant\": \"demo\", \"held\": false}" },
+	};
+	struct control_buf b = { 0 };
+	char want[256];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		for (int json = 0; json < 2; json++) {
+			b.len = 0;
+			control_render_ack(&cases[i].a, json, &b);
+			control_buf_printf(&b, "%s", "");
+			snprintf(want, sizeof(want), "ok\n%s\n", json ? cases[i].json : cases[i].text);
+			assert_string_equal(b.data, want);
+		}
+	}
+	control_buf_printf(&b, "partial answer");
+	control_render_error(&b, "no tenant named x");
+	control_buf_printf(&b, "%s", "");
+	assert_string_equal(b.data, "error no tenant named x\n");
+	control_buf_free(&b);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_json_checker_rejects),
+		cmocka_unit_test_setup_teardown(test_status_text, setup_status,
+		    teardown_status),
+		cmocka_unit_test_setup_teardown(test_status_json_keys, setup_status,
+		    teardown_status),
+		cmocka_unit_test_setup_teardown(test_status_json_escapes, setup_status,
+		    teardown_status),
+		cmocka_unit_test_setup_teardown(test_status_json_no_tenants, setup_status,
+		    teardown_status),
+		cmocka_unit_test_setup_teardown(test_metrics_families, setup_status,
+		    teardown_status),
+		cmocka_unit_test_setup_teardown(test_metrics_label_escape, setup_status,
+		    teardown_status),
+		cmocka_unit_test_setup_teardown(test_metrics_no_tenants, setup_status,
+		    teardown_status),
+		cmocka_unit_test(test_queue_text_and_json),
+		cmocka_unit_test(test_queue_truncated),
+		cmocka_unit_test(test_show_text),
+		cmocka_unit_test(test_show_json),
+		cmocka_unit_test(test_acks),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
