@@ -123,6 +123,7 @@ enum key_kind {
 	KIND_PRIMARY,
 	KIND_RECIPIENTS,
 	KIND_CIDR_LIST,
+	KIND_ADDRESS,       /* char *, local@domain; empty: NULL */
 };
 
 /*
@@ -163,6 +164,9 @@ static const struct key server_keys[] = {
 	{ "disk_reserve", KIND_SIZE, S(disk_reserve), 0, 0, 0, 0, 0 },
 	{ "queue_lifetime", KIND_DURATION, S(queue_lifetime_ms), 0, 1, 0, 0, 0 },
 	{ "delay_warning", KIND_DURATION, S(delay_warning_ms), 0, 0, 0, 0, 0 },
+	/* RFC 5321 6.3: a loop shows as a pile of Received: fields. */
+	{ "max_received", KIND_UINT, S(max_received), 0, 1, 10000, 0, 0 },
+	{ "postmaster", KIND_ADDRESS, S(postmaster), 0, 0, 0, 0, 0 },
 	{ "dns_servers", KIND_DNS_LIST, S(dns_servers), S(ndns_servers), 0, 0, DEF_DNS_PORT, 0 },
 	{ "mx_port", KIND_PORT, S(mx_port), 0, 0, 0, 0, 0 },
 	{ "bounce_relay", KIND_HOSTPORT, S(bounce_relay), S(has_bounce_relay), 0, 0, DEF_SMTP_PORT, 0 },
@@ -192,6 +196,8 @@ static const struct key tenant_keys[] = {
 	{ "probe_interval", KIND_DURATION, T(probe_interval_ms), 0, 1, 0, 0, KEY_RUNTIME },
 	{ "probe_up_after", KIND_UINT, T(probe_up_after), 0, 1, 1000, 0, 0 },
 	{ "etrn_from", KIND_CIDR_LIST, T(etrn_from), T(netrn_from), 0, 0, 0, 0 },
+	{ "queue_lifetime", KIND_DURATION, T(queue_lifetime_ms), 0, 1, 0, 0, 0 },
+	{ "delay_warning", KIND_DURATION, T(delay_warning_ms), 0, 0, 0, 0, 0 },
 };
 
 #undef S
@@ -534,6 +540,38 @@ set_user(const struct key *k, void *base, const char *v, char *msg, size_t len)
 	return 0;
 }
 
+/* A mailbox for our own use (postmaster): local@domain, plain ASCII, no
+ * quoting; whether the domain is a tenant's is checked at the end. */
+static int
+set_address(const struct key *k, void *base, const char *v, char *msg,
+    size_t len)
+{
+	const char *at = strrchr(v, '@');
+	const char *why;
+
+	if (*v == '\0') {
+		set_string(base, k, v);
+		return 0;
+	}
+	for (const char *p = v; *p != '\0'; p++)
+		if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f ||
+		    strchr("<>()[]\\,;:\"", *p) != NULL)
+			return value_msg(msg, len, k, v, "is not a plain address "
+			    "(write it as local@domain, without <> or quotes)");
+	if (at == NULL || at == v || at[1] == '\0' || strchr(v, '@') != at)
+		return value_msg(msg, len, k, v, "is not an address: it needs "
+		    "local@domain, e.g. postmaster@example.com");
+	if ((why = config__domain_reason(at + 1, strlen(at + 1))) != NULL) {
+		char what[160];
+
+		snprintf(what, sizeof(what), "has a bad domain: it %s", why);
+		return value_msg(msg, len, k, v, what);
+	}
+	set_string(base, k, v);
+	util_lower(*FIELD(base, k->off, char *) + (size_t)(at - v) + 1);
+	return 0;
+}
+
 /*
  * A certificate, key or CA file must be readable now: finding out at the
  * first STARTTLS, hours later, is the worst time.  Only regular files are
@@ -645,6 +683,7 @@ key_set_value(const struct key *k, void *base, const char *v, char *msg,
 	case KIND_HOSTPORT: return set_hostport(k, base, v, msg, len);
 	case KIND_TLS_OUTBOUND: return set_tls_outbound(k, base, v, msg, len);
 	case KIND_RECIPIENTS: return set_recipients(k, base, v, msg, len);
+	case KIND_ADDRESS: return set_address(k, base, v, msg, len);
 	default:
 		snprintf(msg, len, "%s: internal error", k->name);
 		return -1;
@@ -1117,6 +1156,10 @@ tenant_defaults(struct config_tenant *t)
 	t->etrn_from = xcalloc(1, sizeof(*t->etrn_from));
 	t->netrn_from = 1;
 	(void)config__cidr_reason("127.0.0.1", &t->etrn_from[0]);
+	/* Unset: loader_finish() gives the [server] value, wherever in the
+	 * file [server] comes. */
+	t->queue_lifetime_ms = UINT64_MAX;
+	t->delay_warning_ms = UINT64_MAX;
 }
 
 static int
@@ -1546,11 +1589,26 @@ loader_finish(struct loader *ld)
 		return loader_fail(ld, 0,
 		    "no [tenant:NAME] section: without a tenant the relay accepts "
 		    "no mail; add one with domains = ...");
-	for (size_t i = 0; i < cfg->ntenants; i++)
+	for (size_t i = 0; i < cfg->ntenants; i++) {
+		struct config_tenant *t = &cfg->tenants[i];
+
+		if (t->queue_lifetime_ms == UINT64_MAX)
+			t->queue_lifetime_ms = cfg->queue_lifetime_ms;
+		if (t->delay_warning_ms == UINT64_MAX)
+			t->delay_warning_ms = cfg->delay_warning_ms;
 		if (check_tenant(ld, i) != 0)
 			return -1;
+	}
 	if (build_domain_index(ld) != 0)
 		return -1;
+	if (cfg->postmaster != NULL &&
+	    config_tenant_for_domain(cfg, strrchr(cfg->postmaster, '@') + 1,
+	    strlen(strrchr(cfg->postmaster, '@') + 1)) == NULL)
+		return loader_fail(ld,
+		    key_line(SECT_SERVER, ld->server_lines, "postmaster"),
+		    "postmaster: %s is not in a domain of any tenant: mail to "
+		    "<Postmaster> must go to a primary this relay forwards to",
+		    cfg->postmaster);
 	/* Last, so that each entry's domain is checked through the index. */
 	for (size_t i = 0; i < cfg->ntenants; i++)
 		if (cfg->tenants[i].recipients_file != NULL &&
@@ -1586,6 +1644,7 @@ config_defaults(const char *name)
 	cfg->disk_reserve = 1 * GIB;
 	cfg->queue_lifetime_ms = 5 * DAY_MS;
 	cfg->delay_warning_ms = 4 * HOUR_MS;
+	cfg->max_received = 50;
 	cfg->mx_port = 25;
 	cfg->commit_window_ms = 0;
 	cfg->tls_outbound = CONFIG_TLS_OUT_OPPORTUNISTIC;
@@ -1676,6 +1735,7 @@ config_free(struct config *cfg)
 	free(cfg->spool_dir);
 	free(cfg->control_socket);
 	free(cfg->user);
+	free(cfg->postmaster);
 	free(cfg->dns_servers);
 	free(cfg->tls_cert);
 	free(cfg->tls_key);

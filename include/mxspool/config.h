@@ -62,6 +62,9 @@ struct config_tenant {
 	unsigned probe_up_after;
 	struct config_cidr *etrn_from;
 	size_t netrn_from;
+	/* The tenant's own, or [server]'s when the tenant does not set it. */
+	uint64_t queue_lifetime_ms;
+	uint64_t delay_warning_ms;    /* 0 = off */
 };
 
 struct config {
@@ -82,8 +85,10 @@ struct config {
 	unsigned max_errors;          /* bad commands before 421 */
 	uint64_t smtp_timeout_ms;
 	uint64_t disk_reserve;
-	uint64_t queue_lifetime_ms;
+	uint64_t queue_lifetime_ms;   /* defaults for tenants that set none */
 	uint64_t delay_warning_ms;    /* 0 = off */
+	unsigned max_received;        /* more Received: fields: 554 5.4.6 */
+	char *postmaster;             /* where RCPT TO:<Postmaster> goes, or NULL */
 	struct config_hostport *dns_servers;
 	size_t ndns_servers;
 	uint16_t mx_port;

@@ -1311,6 +1311,58 @@ test_runtime_keys_match_file(void **state)
 	config_free(def);
 }
 
+/* A tenant's queue_lifetime / delay_warning win; a tenant without them takes
+ * [server]'s, also when [server] comes after the tenant in the file. */
+static void
+test_tenant_lifetime_overrides(void **state)
+{
+	struct config *cfg;
+
+	(void)state;
+	cfg = load_ok("[tenant:a]\ndomains = a.example\nqueue_lifetime = 3d\n"
+	    "delay_warning = 0\n"
+	    "[tenant:b]\ndomains = b.example\n"
+	    "[server]\nspool_dir = /var/spool/mxspool\nqueue_lifetime = 7d\n"
+	    "delay_warning = 2h\n");
+	assert_int_equal(cfg->tenants[0].queue_lifetime_ms, 3ull * 86400 * 1000);
+	assert_int_equal(cfg->tenants[0].delay_warning_ms, 0);
+	assert_int_equal(cfg->tenants[1].queue_lifetime_ms, 7ull * 86400 * 1000);
+	assert_int_equal(cfg->tenants[1].delay_warning_ms, 2ull * 3600 * 1000);
+	config_free(cfg);
+	/* Defaults: 5d and 4h for everybody. */
+	cfg = load_ok(SERVER TENANT);
+	assert_int_equal(cfg->tenants[0].queue_lifetime_ms, 5ull * 86400 * 1000);
+	assert_int_equal(cfg->tenants[0].delay_warning_ms, 4ull * 3600 * 1000);
+	assert_int_equal(cfg->max_received, 50);
+	assert_null(cfg->postmaster);
+	config_free(cfg);
+	expect_fail(SERVER TENANT "queue_lifetime = 0\n", 5, "queue_lifetime");
+	expect_fail(SERVER TENANT "delay_warning = soon\n", 5, "delay_warning");
+}
+
+/* max_received has bounds; postmaster must be a plain address in a
+ * tenant's domain (the mail has to go to a primary we forward to). */
+static void
+test_max_received_and_postmaster(void **state)
+{
+	struct config *cfg;
+
+	(void)state;
+	cfg = load_ok(SERVER "max_received = 30\npostmaster = Hostmaster@A.Example\n"
+	    TENANT);
+	assert_int_equal(cfg->max_received, 30);
+	assert_string_equal(cfg->postmaster, "Hostmaster@a.example");
+	config_free(cfg);
+	expect_fail(SERVER "max_received = 0\n" TENANT, 3, "max_received");
+	expect_fail(SERVER "postmaster = nobody\n" TENANT, 3, "local@domain");
+	expect_fail(SERVER "postmaster = <pm@a.example>\n" TENANT, 3, "plain address");
+	expect_fail(SERVER "postmaster = pm@b.example\n" TENANT, 3,
+	    "not in a domain of any tenant");
+	cfg = load_ok(SERVER "postmaster =\n" TENANT);
+	assert_null(cfg->postmaster);
+	config_free(cfg);
+}
+
 int
 main(void)
 {
@@ -1343,6 +1395,8 @@ main(void)
 		cmocka_unit_test(test_runtime_set_bounds),
 		cmocka_unit_test(test_runtime_set_cross_check),
 		cmocka_unit_test(test_runtime_keys_match_file),
+		cmocka_unit_test(test_tenant_lifetime_overrides),
+		cmocka_unit_test(test_max_received_and_postmaster),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
