@@ -212,12 +212,60 @@ struct spool_item {
 	uint64_t size;                /* journal bytes: record incl. envelope */
 	unsigned attempts;
 	bool claimed;
+	bool warned;                  /* spool_mark_warned() was journaled */
 };
 /* Visit TENANT's messages (all tenants if NULL), oldest first; stop when CB
  * returns non-zero. */
 void spool_foreach(struct spool *sp, const char *tenant,
     int (*cb)(void *arg, const struct spool_item *item), void *arg);
 int spool_find(struct spool *sp, spool_qid qid, struct spool_item *out);
+
+/*
+ * The clock-driven walk (queue_lifetime, delay_warning), cheap enough to run
+ * every second on a queue of millions: it costs the messages it visits, not
+ * the queue.  Per tenant, oldest first (arrival = queue id time):
+ *   SPOOL_AGE_EXPIRED for every live message with arrival_ms at or before
+ *     EXPIRE_BEFORE_MS, on every call until the message is gone (the caller
+ *     bounces it; a claimed one is visited with item->claimed set and left
+ *     to the delivery in flight);
+ *   SPOOL_AGE_WARN once per message and spool_open() for a message that is
+ *     not warned, not expired, and arrived at or before WARN_BEFORE_MS
+ *     (INT64_MIN: no warnings).  The caller sends the notice (or decides
+ *     the sender wants none) and calls spool_mark_warned() to make that
+ *     survive a restart.
+ * At most MAX callbacks per call; CB returning non-zero stops the walk.
+ * Returns the number of callbacks made.
+ */
+enum spool_age { SPOOL_AGE_EXPIRED, SPOOL_AGE_WARN };
+typedef int (*spool_age_cb)(void *arg, const struct spool_item *item,
+    enum spool_age what);
+unsigned spool_walk_aged(struct spool *sp, const char *tenant,
+    int64_t expire_before_ms, int64_t warn_before_ms, unsigned max,
+    spool_age_cb cb, void *arg);
+/* Journal that QID's delay notice is done (a WARNED record): from now on,
+ * and after any restart, spool_item.warned is true and the walk skips it. */
+int spool_mark_warned(struct spool *sp, spool_qid qid, spool_done_cb cb,
+    void *arg);
+
+/*
+ * The primary's capabilities as its last EHLO announced them, kept per
+ * tenant in the journal (a CAPS record; each new segment repeats the current
+ * ones, as it does HOLD) so that intake knows them after a restart while the
+ * primary is still down.  The spool does not interpret EXT.
+ */
+struct spool_caps {
+	unsigned ext;                 /* SMTP_EXT_* bits of smtp_proto.h */
+	uint64_t size_max;            /* SIZE value; 0 = none announced */
+	uint32_t rcpt_max, mail_max;  /* RFC 9422 LIMITS; 0 = none */
+	int64_t seen_ms;              /* when that EHLO was read */
+};
+/* Record CAPS for TENANT; caps equal to the known ones (seen_ms aside)
+ * write nothing and CB (may be NULL) gets 0 later all the same. */
+int spool_set_caps(struct spool *sp, const char *tenant,
+    const struct spool_caps *caps, spool_done_cb cb, void *arg);
+/* true and *OUT when TENANT's caps are known; false otherwise. */
+bool spool_get_caps(struct spool *sp, const char *tenant,
+    struct spool_caps *out);
 
 /*
  * Test hooks of the "ram" backend, for unit tests of smtp_server, drain and
