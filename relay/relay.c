@@ -231,22 +231,31 @@ relay_start(struct relay *r, char *err, size_t errlen)
 
 /* ---- reload ------------------------------------------------------------- */
 
-/* What a reload cannot change without a restart: said, not silently ignored. */
-static void
-relay_warn_restart_keys(const struct config *old, const struct config *new)
+static bool
+relay_hostports_differ(const struct config_hostport *a, size_t na,
+    const struct config_hostport *b, size_t nb)
 {
-	bool listen_changed = old->nlisten != new->nlisten;
-	bool dns_changed = old->ndns_servers != new->ndns_servers;
-	const char *keys[5];
-	size_t n = 0;
+	if (na != nb)
+		return true;
+	for (size_t i = 0; i < na; i++)
+		if (strcmp(a[i].host, b[i].host) != 0 || a[i].port != b[i].port)
+			return true;
+	return false;
+}
 
-	for (size_t i = 0; !listen_changed && i < old->nlisten; i++)
-		listen_changed = strcmp(old->listen[i].host, new->listen[i].host) != 0 ||
-		    old->listen[i].port != new->listen[i].port;
-	for (size_t i = 0; !dns_changed && i < old->ndns_servers; i++)
-		dns_changed = strcmp(old->dns_servers[i].host, new->dns_servers[i].host) != 0 ||
-		    old->dns_servers[i].port != new->dns_servers[i].port;
-	if (listen_changed)
+/*
+ * What a reload cannot change without a restart: each such key is named in
+ * a log line and in r->restart_keys (for `mxspoolctl reload`), never
+ * silently ignored.  Everything else in the file takes effect at once.
+ */
+static void
+relay_note_restart_keys(struct relay *r, const struct config *old,
+    const struct config *new)
+{
+	const char *keys[8];
+	size_t n = 0, off = 0;
+
+	if (relay_hostports_differ(old->listen, old->nlisten, new->listen, new->nlisten))
 		keys[n++] = "listen";
 	if (strcmp(old->spool_dir, new->spool_dir) != 0)
 		keys[n++] = "spool_dir";
@@ -254,11 +263,25 @@ relay_warn_restart_keys(const struct config *old, const struct config *new)
 		keys[n++] = "control_socket";
 	if (relay_str_changed(old->user, new->user))
 		keys[n++] = "user";
-	if (dns_changed)
+	if (relay_hostports_differ(old->dns_servers, old->ndns_servers,
+	    new->dns_servers, new->ndns_servers))
 		keys[n++] = "dns_servers";
-	for (size_t i = 0; i < n; i++)
+	if (old->has_metrics != new->has_metrics || (old->has_metrics &&
+	    relay_hostports_differ(&old->metrics_listen, 1, &new->metrics_listen, 1)))
+		keys[n++] = "metrics_listen";
+	if (old->commit_window_ms != new->commit_window_ms)
+		keys[n++] = "commit_window";
+	/* Keys changed by an earlier reload and still waiting stay listed:
+	 * the running daemon still uses the values it started with. */
+	r->restart_keys[0] = '\0';
+	for (size_t i = 0; i < n; i++) {
 		log_event(LOG_LEVEL_WARN, "reload", "key=%s note=\"takes effect at "
 		    "the next restart\"", keys[i]);
+		off += (size_t)snprintf(r->restart_keys + off,
+		    sizeof(r->restart_keys) - off, "%s%s", off ? " " : "", keys[i]);
+		if (off >= sizeof(r->restart_keys))
+			break;
+	}
 }
 
 static void
@@ -295,7 +318,7 @@ relay_reload(struct relay *r, char *err, size_t errlen)
 	    relay_str_changed(cfg->tls_ca_file, old->tls_ca_file);
 	if (new_client)
 		client = relay_tls_client_new(cfg);
-	relay_warn_restart_keys(old, cfg);
+	relay_note_restart_keys(r, r->started_cfg ? r->started_cfg : old, cfg);
 	/*
 	 * The listen, spool and control keys keep their old values until a
 	 * restart; everything else is taken from the new file as a whole.
@@ -315,7 +338,10 @@ relay_reload(struct relay *r, char *err, size_t errlen)
 	}
 	if (r->spool)
 		relay_apply_quotas(r);
-	config_free(old);
+	if (r->started_cfg == NULL)
+		r->started_cfg = old;
+	else
+		config_free(old);
 	log_event(LOG_LEVEL_INFO, "reload", "result=ok file=%s tenants=%zu",
 	    log_quote(q, sizeof(q), cfg->path), cfg->ntenants);
 	relay_notify("READY=1");
@@ -370,5 +396,6 @@ relay_free(struct relay *r)
 	stats_free(r->stats);
 	r->stats = NULL;
 	config_free(r->cfg);
-	r->cfg = NULL;
+	config_free(r->started_cfg);
+	r->cfg = r->started_cfg = NULL;
 }

@@ -34,6 +34,11 @@ struct tls_ctx;
 struct relay {
 	uv_loop_t *loop;
 	struct config *cfg;           /* current; replaced whole on reload */
+	struct config *started_cfg;   /* the one read at start, once a reload
+	                               * replaced it: restart-only keys keep
+	                               * its values */
+	char restart_keys[160];       /* "listen dns_servers": changed in the
+	                               * file, waiting for a restart; "" none */
 	struct stats *stats;
 	struct dns *dns;
 	struct tls_ctx *tls_server;   /* NULL unless [tls] cert and key */
@@ -63,7 +68,8 @@ int relay_start(struct relay *r, char *err, size_t errlen);
 
 /*
  * Re-read the config file.  A valid file is applied to every module and 0
- * returned; an invalid one is refused whole, the old config stays, -1 is
+ * returned (keys that only a restart changes are named in r->restart_keys
+ * and logged); an invalid one is refused whole, the old config stays, -1 is
  * returned and ERR holds "FILE:LINE: message".  Logs event=reload either way.
  */
 int relay_reload(struct relay *r, char *err, size_t errlen);
