@@ -65,8 +65,8 @@ enum smtp_proto_status {
 	SMTP_PROTO_ENUL = -14,         /* 500 5.5.2 Error: NUL character received */
 
 	/* DATA phase (smtp_proto_data_push), answered at end of data. */
-	SMTP_PROTO_EDATA_BARELF = -15, /* 554 5.5.2 Error: bare <LF> received in message data */
-	SMTP_PROTO_EDATA_BARECR = -16, /* 554 5.5.2 Error: bare <CR> received in message data */
+	SMTP_PROTO_EDATA_BARELF = -15, /* 550 5.5.2 Error: bare <LF> received in message data */
+	SMTP_PROTO_EDATA_BARECR = -16, /* 550 5.5.2 Error: bare <CR> received in message data */
 	SMTP_PROTO_EDATA_LINE = -17,   /* 554 5.6.0 Error: message text line too long */
 
 	/* Caller or peer faults that are not a client's command. */
@@ -346,6 +346,34 @@ int smtp_proto_data_push(struct smtp_data_decoder *d, const char *in,
 int smtp_proto_data_error(const struct smtp_data_decoder *d);
 /* True once the end-of-data line was consumed. */
 bool smtp_proto_data_done(const struct smtp_data_decoder *d);
+
+/* ---- Received: counter (loop detection) ------------------------------------ */
+
+/*
+ * Push counter of the "Received:" header fields of a message, for loop
+ * detection (RFC 5321 6.3).  Feed it the message octets as the server stores
+ * them (DATA text after dot-unstuffing, BDAT chunks as they are), in any
+ * chunking: the count does not depend on where the pieces split.
+ *
+ * A field counts when a line of the header section starts with the name
+ * "Received" in any case, optionally followed by SP/HTAB (RFC 5322 obsolete
+ * syntax), then ':'.  The header section ends at the first empty line
+ * (CRLF, or a bare LF, right at the start of a line); nothing after it is
+ * looked at.  Folded continuation lines start with SP or HTAB and never
+ * count.  A line ends at LF (CR is an ordinary octet: the DATA decoder and
+ * the BDAT check refuse bare ones).  The counter saturates at UINT32_MAX.
+ */
+struct smtp_received_counter {
+	uint32_t count;               /* Received: fields so far (public) */
+	int state;                    /* private */
+	unsigned pos;                 /* private: octets of the name matched */
+};
+void smtp_proto_received_init(struct smtp_received_counter *rc);
+/* Scan IN[0..LEN); returns the count so far. */
+uint32_t smtp_proto_received_push(struct smtp_received_counter *rc,
+    const char *in, size_t len);
+/* True once the empty line that ends the header section was seen. */
+bool smtp_proto_received_done(const struct smtp_received_counter *rc);
 
 /* ---- xtext (RFC 3461 section 4) ------------------------------------------- */
 

@@ -29,7 +29,7 @@ mkdir -p "$out"
 # Target name -> the modules it links (and their libraries).
 sources_for() {
 	case $1 in
-	smtp_*) echo "$top/relay/smtp_proto.c" ;;
+	smtp_*) echo "$top/relay/smtp_proto.c $top/relay/smtp_proto_hdr.c" ;;
 	config) echo "$top/relay/util.c $top/relay/log.c $top/relay/config.c $top/relay/config_value.c" ;;
 	*) echo "run.sh: no source list for target $1" >&2; return 1 ;;
 	esac

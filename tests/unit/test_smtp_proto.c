@@ -1293,8 +1293,8 @@ test_status_replies(void **state)
 		{ SMTP_PROTO_EBARELF, "500 5.5.2 Error: bare <LF>" },
 		{ SMTP_PROTO_EBARECR, "500 5.5.2 Error: bare <CR>" },
 		{ SMTP_PROTO_ENUL, "500 5.5.2 " },
-		{ SMTP_PROTO_EDATA_BARELF, "554 5.5.2 " },
-		{ SMTP_PROTO_EDATA_BARECR, "554 5.5.2 " },
+		{ SMTP_PROTO_EDATA_BARELF, "550 5.5.2 " },
+		{ SMTP_PROTO_EDATA_BARECR, "550 5.5.2 " },
 		{ SMTP_PROTO_EDATA_LINE, "554 5.6.0 " },
 		{ SMTP_PROTO_ENOSPC, "451 4.3.0 " },
 		{ 12345, "451 4.3.0 " },
@@ -1310,6 +1310,95 @@ test_status_replies(void **state)
 	assert_string_equal(smtp_proto_status_name(SMTP_PROTO_ERELAY), "relay_denied");
 	assert_string_equal(smtp_proto_verb_name(SMTP_VERB_STARTTLS), "STARTTLS");
 	assert_string_equal(smtp_proto_verb_name(SMTP_VERB_UNKNOWN), "UNKNOWN");
+}
+
+/* ---- Received: counter ----------------------------------------------------- */
+
+static const struct received_case {
+	const char *name;
+	const char *in;
+	uint32_t count;
+	bool done;                    /* the header section's end was seen */
+} received_cases[] = {
+	{ "none", "Subject: x\r\n\r\nbody\r\n", 0, true },
+	{ "one", "Received: from a\r\n\r\n", 1, true },
+	{ "sample", "Received: from a by b; Mon, 1 Jan 2024\r\n"
+	  "RECEIVED: from c\r\n\tby d; Mon, 1 Jan 2024\r\n"
+	  "received:x\r\nSubject: hi\r\nReceived : obsolete space\r\n"
+	  "Received\t:tab\r\n\r\nReceived: in the body\r\n", 5, true },
+	{ "folded not counted", "Subject: a\r\n Received: folded\r\n"
+	  "\tReceived: folded\r\n\r\n", 0, true },
+	{ "body not counted", "From: a\r\n\r\nReceived: x\r\nReceived: y\r\n", 0, true },
+	{ "no header end", "Received: a\r\nReceived: b\r\n", 2, false },
+	{ "no header end no crlf", "Received: a\r\nReceived:", 2, false },
+	{ "empty message", "", 0, false },
+	{ "empty first line", "\r\nReceived: a\r\n", 0, true },
+	{ "bare lf empty line", "Received: a\n\nReceived: b\n", 1, true },
+	{ "longer name", "Received-SPF: pass\r\nReceivedX: y\r\n\r\n", 0, true },
+	{ "shorter name", "Receive: y\r\nReceived\r\nReceived x: z\r\n\r\n", 0, true },
+	{ "name mid line", "X: Received: a\r\nX-Received: b\r\n\r\n", 0, true },
+	{ "cr then name", "\rReceived: a\r\n\r\n", 0, true },
+	{ "8bit", "R\xc3\xa9\x63\x65ived: a\r\nReceived: \xff\r\n\r\n", 1, true },
+};
+
+/* Push IN whole, then octet by octet, then in two pieces split at every
+ * offset: the count and the end must not depend on the split. */
+static void
+test_received_counter(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < N_ELEMS(received_cases); i++) {
+		const struct received_case *c = &received_cases[i];
+		size_t n = strlen(c->in);
+		struct smtp_received_counter rc;
+
+		smtp_proto_received_init(&rc);
+		if (smtp_proto_received_push(&rc, c->in, n) != c->count)
+			fail_msg("%s: whole: count %u, want %u", c->name,
+			    (unsigned)rc.count, (unsigned)c->count);
+		if (smtp_proto_received_done(&rc) != c->done)
+			fail_msg("%s: whole: done %d", c->name, (int)!c->done);
+		smtp_proto_received_init(&rc);
+		for (size_t k = 0; k < n; k++)
+			smtp_proto_received_push(&rc, c->in + k, 1);
+		if (rc.count != c->count || smtp_proto_received_done(&rc) != c->done)
+			fail_msg("%s: octet by octet: count %u", c->name,
+			    (unsigned)rc.count);
+		for (size_t s = 0; s <= n; s++) {
+			smtp_proto_received_init(&rc);
+			smtp_proto_received_push(&rc, c->in, s);
+			smtp_proto_received_push(&rc, c->in + s, n - s);
+			if (rc.count != c->count ||
+			    smtp_proto_received_done(&rc) != c->done)
+				fail_msg("%s: split at %zu: count %u", c->name, s,
+				    (unsigned)rc.count);
+		}
+	}
+}
+
+/* 60 fields of a real-looking header: each counts, then the end freezes
+ * the count whatever follows; an empty push changes nothing. */
+static void
+test_received_counter_many(void **state)
+{
+	struct smtp_received_counter rc;
+	char line[128];
+
+	(void)state;
+	smtp_proto_received_init(&rc);
+	for (unsigned i = 0; i < 60; i++) {
+		int n = snprintf(line, sizeof(line), "Received: from h%u.example "
+		    "(h%u [192.0.2.%u])\r\n\tby mx.example; Mon, 1 Jan 2024\r\n",
+		    i, i, i % 250);
+
+		assert_int_equal(smtp_proto_received_push(&rc, line, (size_t)n), i + 1);
+	}
+	assert_int_equal(smtp_proto_received_push(&rc, NULL, 0), 60);
+	assert_false(smtp_proto_received_done(&rc));
+	smtp_proto_received_push(&rc, "\r\n", 2);
+	assert_true(smtp_proto_received_done(&rc));
+	smtp_proto_received_push(&rc, "Received: x\r\n", 13);
+	assert_int_equal(rc.count, 60);
 }
 
 int
@@ -1336,6 +1425,8 @@ main(void)
 		cmocka_unit_test(test_data_table),
 		cmocka_unit_test(test_data_error_and_after_end),
 		cmocka_unit_test(test_data_default_limit),
+		cmocka_unit_test(test_received_counter),
+		cmocka_unit_test(test_received_counter_many),
 		cmocka_unit_test(test_xtext),
 		cmocka_unit_test(test_format_reply),
 		cmocka_unit_test(test_parse_reply_line),
