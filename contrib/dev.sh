@@ -18,7 +18,7 @@ jobs=$(nproc 2>/dev/null || echo 2)
 # ca-certificates: the system trust store that `outbound = verify` uses
 # without ca_file (and a test opens); libnet-ssleay-perl: swaks' STARTTLS.
 BUILD_PKGS="build-essential autoconf automake libtool pkg-config libuv1-dev
-  libc-ares-dev libssl-dev libinih-dev ca-certificates"
+  libc-ares-dev libssl-dev libinih-dev libncurses-dev ca-certificates"
 TEST_PKGS="libcmocka-dev python3 python3-pytest python3-aiosmtpd python3-dnslib swaks
   libnet-ssleay-perl openssl postfix clang libclang-rt-14-dev"
 

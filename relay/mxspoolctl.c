@@ -19,6 +19,8 @@
 #include <sysexits.h>
 #include <unistd.h>
 
+#include "mxspoolctl.h"
+
 #define CTL_DEFAULT_SOCKET "/run/mxspool/control.sock"
 #define CTL_DEFAULT_CONFIG SYSCONFDIR "/mxspool/mxspool.ini"
 #define CTL_TIMEOUT_MS 30000
@@ -39,6 +41,8 @@ ctl_usage(FILE *f)
 	    "  bounce QUEUEID         return a message to its sender now\n"
 	    "  set TENANT KEY=VALUE.. change drain settings until the next reload\n"
 	    "  reload                 re-read the configuration file\n"
+	    "  watch [--interval S] [--count N]\n"
+	    "                         full-screen drain view, redrawn every second\n"
 	    "-c FILE finds the socket from the config's [server] control_socket;\n"
 	    "the default is -c " CTL_DEFAULT_CONFIG " if it exists, else " CTL_DEFAULT_SOCKET ".\n");
 }
@@ -117,6 +121,77 @@ ctl_write_all(int fd, const char *buf, size_t len)
 	return 0;
 }
 
+/*
+ * One request: send REQ (LEN bytes, newline included) to SOCK and read the
+ * whole answer into *RESP (NUL-terminated, free()).  0, or a <sysexits.h>
+ * code after saying why on stderr.
+ */
+int
+ctl_request(const char *sock, const char *req, size_t len, char **respp,
+    size_t *rlenp)
+{
+	char *resp = NULL;
+	size_t rlen = 0, rcap = 0;
+	int fd, rc;
+
+	*respp = NULL;
+	if ((fd = ctl_connect(sock)) < 0)
+		return EX_UNAVAILABLE;
+	if (ctl_write_all(fd, req, len) != 0) {
+		fprintf(stderr, "mxspoolctl: write to %s: %s\n", sock, strerror(errno));
+		close(fd);
+		return EX_IOERR;
+	}
+	for (;;) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ssize_t n;
+
+		if (rcap - rlen < 4096) {
+			char *nr = realloc(resp, rcap * 2 + 65536);
+
+			if (nr == NULL) {
+				fprintf(stderr, "mxspoolctl: out of memory\n");
+				rc = EX_OSERR;
+				goto fail;
+			}
+			resp = nr;
+			rcap = rcap * 2 + 65536;
+		}
+		if ((rc = poll(&p, 1, CTL_TIMEOUT_MS)) <= 0) {
+			if (rc < 0 && errno == EINTR)
+				continue;
+			fprintf(stderr, "mxspoolctl: no answer from %s\n", sock);
+			rc = EX_UNAVAILABLE;
+			goto fail;
+		}
+		n = read(fd, resp + rlen, rcap - rlen - 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			fprintf(stderr, "mxspoolctl: read from %s: %s\n", sock, strerror(errno));
+			rc = EX_IOERR;
+			goto fail;
+		}
+		if (n == 0)
+			break;
+		rlen += (size_t)n;
+	}
+	close(fd);
+	if (rlen == 0) {
+		fprintf(stderr, "mxspoolctl: empty answer from %s\n", sock);
+		free(resp);
+		return EX_PROTOCOL;
+	}
+	resp[rlen] = '\0';
+	*respp = resp;
+	*rlenp = rlen;
+	return 0;
+fail:
+	close(fd);
+	free(resp);
+	return rc;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -128,8 +203,8 @@ main(int argc, char **argv)
 	};
 	char *sock = NULL, *resp = NULL, req[4096];
 	const char *cfg = NULL;
-	size_t rlen = 0, rcap = 0, off = 0;
-	int json = 0, ch, fd, rc;
+	size_t rlen = 0, off = 0;
+	int json = 0, ch, rc;
 
 	while ((ch = getopt_long(argc, argv, "+c:s:h", longopts, NULL)) != -1) {
 		switch (ch) {
@@ -155,6 +230,11 @@ main(int argc, char **argv)
 			sock = strdup(CTL_DEFAULT_SOCKET);
 		}
 	}
+	if (strcmp(argv[optind], "watch") == 0) {
+		rc = ctl_watch(sock, argc - optind, argv + optind);
+		free(sock);
+		return rc;
+	}
 	/* Arguments after the command may carry --json too (git style). */
 	for (int i = optind; i < argc; i++) {
 		const char *a = strcmp(argv[i], "--json") == 0 ? NULL : argv[i];
@@ -179,46 +259,8 @@ main(int argc, char **argv)
 		off += (size_t)snprintf(req + off, sizeof(req) - off, " --json");
 	req[off++] = '\n';
 
-	if ((fd = ctl_connect(sock)) < 0)
-		return EX_UNAVAILABLE;
-	if (ctl_write_all(fd, req, off) != 0) {
-		fprintf(stderr, "mxspoolctl: write to %s: %s\n", sock, strerror(errno));
-		return EX_IOERR;
-	}
-	for (;;) {
-		struct pollfd p = { .fd = fd, .events = POLLIN };
-		ssize_t n;
-
-		if (rcap - rlen < 4096) {
-			rcap = rcap * 2 + 65536;
-			if ((resp = realloc(resp, rcap)) == NULL) {
-				fprintf(stderr, "mxspoolctl: out of memory\n");
-				return EX_OSERR;
-			}
-		}
-		if ((rc = poll(&p, 1, CTL_TIMEOUT_MS)) <= 0) {
-			if (rc < 0 && errno == EINTR)
-				continue;
-			fprintf(stderr, "mxspoolctl: no answer from %s\n", sock);
-			return EX_UNAVAILABLE;
-		}
-		n = read(fd, resp + rlen, rcap - rlen - 1);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			fprintf(stderr, "mxspoolctl: read from %s: %s\n", sock, strerror(errno));
-			return EX_IOERR;
-		}
-		if (n == 0)
-			break;
-		rlen += (size_t)n;
-	}
-	close(fd);
-	if (resp == NULL || rlen == 0) {
-		fprintf(stderr, "mxspoolctl: empty answer from %s\n", sock);
-		return EX_PROTOCOL;
-	}
-	resp[rlen] = '\0';
+	if ((rc = ctl_request(sock, req, off, &resp, &rlen)) != 0)
+		return rc;
 	char *body = strchr(resp, '\n');
 
 	body = body ? body + 1 : resp + rlen;
