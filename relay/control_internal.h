@@ -29,6 +29,15 @@
 
 /* ---- status: one row per tenant ----------------------------------------- */
 
+/* The primary's last EHLO, as the spool keeps it (spool_get_caps). */
+struct control_caps {
+	bool known;                   /* false: JSON null, text "-" */
+	uint64_t size;                /* SIZE; 0 = none announced (null) */
+	bool pipelining, eightbitmime, smtputf8, dsn, chunking, starttls;
+	uint32_t rcptmax, mailmax;    /* RFC 9422 LIMITS; 0 = none (null) */
+	int64_t age_s;                /* since that EHLO was read */
+};
+
 struct control_tenant_row {
 	const char *name;
 	char *const *domains;
@@ -45,6 +54,10 @@ struct control_tenant_row {
 	uint64_t delivered_total;
 	uint64_t bounced_total;
 	int64_t eta_s;                /* -1 = unknown (JSON null) */
+	/* Appended in the second round (DESIGN.md "The long outage"). */
+	int64_t queue_lifetime_s;     /* the tenant's value in force */
+	int64_t delay_warning_s;      /* 0 = no delay notices */
+	struct control_caps primary_caps;
 };
 
 struct control_status {

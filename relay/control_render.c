@@ -108,6 +108,7 @@ enum control_kind {
 	CONTROL_K_RATE,         /* double: JSON 3 decimals, text 2 */
 	CONTROL_K_ETA,          /* int64_t seconds, -1: JSON null, text "-" */
 	CONTROL_K_NOTIFY,       /* unsigned ENV_NOTIFY_* bits: JSON array */
+	CONTROL_K_CAPS,         /* struct control_caps: JSON object or null */
 };
 
 struct control_field {
@@ -147,6 +148,9 @@ static const struct control_field status_tenant_fields[] = {
 	{ "delivered_total", NULL, 0, CONTROL_K_U64, T(delivered_total), 0 },
 	{ "bounced_total", NULL, 0, CONTROL_K_U64, T(bounced_total), 0 },
 	{ "eta_s", "ETA_S", 10, CONTROL_K_ETA, T(eta_s), 0 },
+	{ "queue_lifetime_s", "LIFETIME_S", 10, CONTROL_K_I64, T(queue_lifetime_s), 0 },
+	{ "delay_warning_s", "WARN_S", 8, CONTROL_K_I64, T(delay_warning_s), 0 },
+	{ "primary_caps", "CAPS", 0, CONTROL_K_CAPS, T(primary_caps), 0 },
 };
 #undef T
 
@@ -201,6 +205,46 @@ static const struct {
 
 #define FIELD(f, rec, type) (*(const type *)((const char *)(rec) + (f)->off))
 
+/* ---- the primary's capabilities ------------------------------------------ */
+
+/* Text: "-", or "size=N,pipelining,...,age_s=N" (no spaces: one cell). */
+static const char *
+control_caps_text(const struct control_caps *c, char *buf, size_t len)
+{
+	if (!c->known)
+		return "-";
+	snprintf(buf, len, "size=%" PRIu64 "%s%s%s%s%s%s,rcptmax=%u,mailmax=%u,"
+	    "age_s=%lld", c->size, c->pipelining ? ",pipelining" : "",
+	    c->eightbitmime ? ",8bitmime" : "", c->smtputf8 ? ",smtputf8" : "",
+	    c->dsn ? ",dsn" : "", c->chunking ? ",chunking" : "",
+	    c->starttls ? ",starttls" : "", (unsigned)c->rcptmax,
+	    (unsigned)c->mailmax, (long long)c->age_s);
+	return buf;
+}
+
+/* JSON: null, or the object DESIGN.md names, 0 counts as null. */
+static void
+control_caps_json(struct control_buf *b, const struct control_caps *c)
+{
+	char size[32], rcpt[16], mail[16];
+
+	if (!c->known) {
+		control_buf_printf(b, "null");
+		return;
+	}
+	snprintf(size, sizeof(size), "%" PRIu64, c->size);
+	snprintf(rcpt, sizeof(rcpt), "%u", (unsigned)c->rcptmax);
+	snprintf(mail, sizeof(mail), "%u", (unsigned)c->mailmax);
+	control_buf_printf(b, "{\"size\": %s, \"pipelining\": %s, "
+	    "\"8bitmime\": %s, \"smtputf8\": %s, \"dsn\": %s, \"chunking\": %s, "
+	    "\"starttls\": %s, \"rcptmax\": %s, \"mailmax\": %s, \"age_s\": %lld}",
+	    c->size ? size : "null", c->pipelining ? "true" : "false",
+	    c->eightbitmime ? "true" : "false", c->smtputf8 ? "true" : "false",
+	    c->dsn ? "true" : "false", c->chunking ? "true" : "false",
+	    c->starttls ? "true" : "false", c->rcptmax ? rcpt : "null",
+	    c->mailmax ? mail : "null", (long long)c->age_s);
+}
+
 /* ---- one value ------------------------------------------------------------ */
 
 /*
@@ -247,6 +291,9 @@ control_text_value(const struct control_field *f, const void *rec, char *buf,
 			return "-";
 		snprintf(buf, len, "%lld", (long long)FIELD(f, rec, int64_t));
 		return buf;
+	case CONTROL_K_CAPS:
+		return control_caps_text((const struct control_caps *)
+		    ((const char *)rec + f->off), buf, len);
 	case CONTROL_K_STRV:
 	case CONTROL_K_NOTIFY:
 		break;
@@ -302,6 +349,10 @@ control_json_value(struct control_buf *b, const struct control_field *f,
 	case CONTROL_K_BOOL:
 	case CONTROL_K_MARK:
 		control_buf_printf(b, "%s", FIELD(f, rec, bool) ? "true" : "false");
+		return;
+	case CONTROL_K_CAPS:
+		control_caps_json(b, (const struct control_caps *)
+		    ((const char *)rec + f->off));
 		return;
 	case CONTROL_K_RATE:
 		control_buf_printf(b, "%.3f", FIELD(f, rec, double));

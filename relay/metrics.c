@@ -57,6 +57,10 @@ static const struct metrics_def metrics_tenant[] = {
 	  METRICS_U64, T(delivered_total) },
 	{ "mxspool_messages_bounced_total", "counter", "Messages returned to the sender.",
 	  METRICS_U64, T(bounced_total) },
+	{ "mxspool_queue_lifetime_seconds", "gauge", "The tenant's queue_lifetime in force.",
+	  METRICS_I64, T(queue_lifetime_s) },
+	{ "mxspool_delay_warning_seconds", "gauge", "The tenant's delay_warning in force (0 = off).",
+	  METRICS_I64, T(delay_warning_s) },
 };
 #undef T
 

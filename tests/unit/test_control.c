@@ -204,11 +204,15 @@ make_status(struct control_status *st, struct control_tenant_row rows[2])
 		.queued_bytes = 1234, .oldest_age_ms = 61500, .drain_rate = 1.5,
 		.drain_rate_limit = 10, .in_flight = 2, .accepted_total = 10,
 		.delivered_total = 8, .bounced_total = 1, .eta_s = 4,
+		.queue_lifetime_s = 432000, .delay_warning_s = 14400,
+		.primary_caps = { .known = true, .size = 1000, .pipelining = true,
+		    .eightbitmime = true, .dsn = true, .age_s = 7 },
 	};
 	rows[1] = (struct control_tenant_row){
 		.name = "other", .domains = demo_domains + 1, .ndomains = 1,
 		.primary_state = "down", .held = true, .eta_s = -1,
 		.accepted_total = 2, .delivered_total = 1,
+		.queue_lifetime_s = 3600, .delay_warning_s = 0,
 	};
 }
 
@@ -265,9 +269,9 @@ test_status_text(void **state)
 	    "mxspoold 1.2.3, up 75 s, 3 connections, spool 4096 bytes\n"
 	    "accepted 12, delivered 9, bounced 1\n"
 	    "\n"
-	    "TENANT           PRIMARY  HELD      QUEUED        BYTES   OLDEST_S     RATE    LIMIT FLIGHT      ETA_S\n"
-	    "demo             up       no             5         1234         61     1.50    10.00      2          4\n"
-	    "other            down     yes            0            0          0     0.00     0.00      0          -\n");
+	    "TENANT           PRIMARY  HELD      QUEUED        BYTES   OLDEST_S     RATE    LIMIT FLIGHT      ETA_S LIFETIME_S   WARN_S CAPS\n"
+	    "demo             up       no             5         1234         61     1.50    10.00      2          4     432000    14400 size=1000,pipelining,8bitmime,dsn,rcptmax=0,mailmax=0,age_s=7\n"
+	    "other            down     yes            0            0          0     0.00     0.00      0          -       3600        0 -\n");
 	free(s);
 }
 
@@ -279,7 +283,8 @@ test_status_json_keys(void **state)
 		"delivered_total", "bounced_total", "connections", "spool_bytes", "tenants" };
 	static const char *const tenant[] = { "name", "domains", "primary_state",
 		"held", "queued_messages", "queued_bytes", "oldest_age_s", "drain_rate",
-		"drain_rate_limit", "in_flight", "delivered_total", "bounced_total", "eta_s" };
+		"drain_rate_limit", "in_flight", "delivered_total", "bounced_total", "eta_s",
+		"queue_lifetime_s", "delay_warning_s", "primary_caps" };
 	struct control_status *st = FIXTURE_STATUS(state);
 	struct json_check j;
 	char *s;
@@ -296,11 +301,16 @@ test_status_json_keys(void **state)
 	    "[\"example.test\", \"two.example\"], \"primary_state\": \"up\", \"held\": false, "
 	    "\"queued_messages\": 5, \"queued_bytes\": 1234, \"oldest_age_s\": 61, "
 	    "\"drain_rate\": 1.500, \"drain_rate_limit\": 10.000, \"in_flight\": 2, "
-	    "\"delivered_total\": 8, \"bounced_total\": 1, \"eta_s\": 4}, "
+	    "\"delivered_total\": 8, \"bounced_total\": 1, \"eta_s\": 4, "
+	    "\"queue_lifetime_s\": 432000, \"delay_warning_s\": 14400, \"primary_caps\": "
+	    "{\"size\": 1000, \"pipelining\": true, \"8bitmime\": true, \"smtputf8\": false, "
+	    "\"dsn\": true, \"chunking\": false, \"starttls\": false, \"rcptmax\": null, "
+	    "\"mailmax\": null, \"age_s\": 7}}, "
 	    "{\"name\": \"other\", \"domains\": [\"two.example\"], \"primary_state\": \"down\", "
 	    "\"held\": true, \"queued_messages\": 0, \"queued_bytes\": 0, \"oldest_age_s\": 0, "
 	    "\"drain_rate\": 0.000, \"drain_rate_limit\": 0.000, \"in_flight\": 0, "
-	    "\"delivered_total\": 1, \"bounced_total\": 0, \"eta_s\": null}]}\n");
+	    "\"delivered_total\": 1, \"bounced_total\": 0, \"eta_s\": null, "
+	    "\"queue_lifetime_s\": 3600, \"delay_warning_s\": 0, \"primary_caps\": null}]}\n");
 	free(s);
 }
 
@@ -400,6 +410,9 @@ test_metrics_families(void **state)
 	assert_non_null(strstr(m, "mxspool_queue_oldest_seconds{tenant=\"demo\"} 61.5\n"));
 	assert_non_null(strstr(m, "mxspool_primary_up{tenant=\"demo\"} 1\n"
 	    "mxspool_primary_up{tenant=\"other\"} 0\n"));
+	assert_non_null(strstr(m, "mxspool_queue_lifetime_seconds{tenant=\"demo\"} 432000\n"
+	    "mxspool_queue_lifetime_seconds{tenant=\"other\"} 3600\n"));
+	assert_non_null(strstr(m, "mxspool_delay_warning_seconds{tenant=\"demo\"} 14400\n"));
 	assert_non_null(strstr(m, "# TYPE mxspool_messages_accepted_total counter\n"
 	    "mxspool_messages_accepted_total{tenant=\"demo\"} 10\n"));
 	assert_non_null(strstr(m, "mxspool_drain_rate{tenant=\"demo\"} 1.5\n"));
@@ -433,7 +446,7 @@ test_metrics_no_tenants(void **state)
 
 	st->ntenants = 0;
 	m = render_metrics(st);
-	assert_int_equal(count_lines(m, "# HELP "), 13);
+	assert_int_equal(count_lines(m, "# HELP "), 15);  /* 12 per tenant, 3 relay */
 	assert_int_equal(count_lines(m, "mxspool_queue_messages"), 0);
 	free(m);
 }
