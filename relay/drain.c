@@ -219,12 +219,28 @@ drain_log_rate(struct drain_tenant *t, double limit, const char *reason)
 	t->logged_limit = limit;
 }
 
+/* The primary is down, or a probe of a primary not up failed: remember
+ * since when (wall clock) and why, for the diagnostic of expiry DSNs. */
+static void
+tenant_note_down(struct drain_tenant *t, const char *why)
+{
+	size_t n = strlen(why);
+
+	if (n >= sizeof(t->down_why))
+		n = sizeof(t->down_why) - 1;
+	memcpy(t->down_why, why, n);
+	t->down_why[n] = '\0';
+	if (t->down_since_ms == 0)
+		t->down_since_ms = drain__now(t->d);
+}
+
 /* ---- jobs -------------------------------------------------------------- */
 
 static void
 job_free(struct drain_job *j)
 {
 	struct drain_tenant *t = j->t;
+	bool age;
 
 	if (j->claimed && (!j->settled || j->write_failed))
 		spool_release(t->d->spool, j->qid);
@@ -241,11 +257,26 @@ job_free(struct drain_job *j)
 	free(j->map);
 	free(j->bounce);
 	free(j->temp);
+	if (j->kind == DRAIN_JOB_EXPIRE || j->kind == DRAIN_JOB_WARN)
+		t->nage--;
+	age = j->kind == DRAIN_JOB_EXPIRE || j->kind == DRAIN_JOB_WARN;
 	free(j);
-	if (t->removed)
+	if (t->removed) {
 		drain_tenant_maybe_free(t);
-	else
-		drain_tenant_run(t);
+		return;
+	}
+	if (age)
+		drain__age_job_done(t);
+	drain_tenant_run(t);
+}
+
+struct drain_job *
+drain__job_find(struct drain_tenant *t, spool_qid qid)
+{
+	for (struct drain_job *j = t->jobs; j; j = j->next)
+		if (j->qid == qid)
+			return j;
+	return NULL;
 }
 
 void
@@ -281,6 +312,11 @@ drain__job_retry(struct drain_job *j)
 	struct drain_tenant *t = j->t;
 	const struct spool_envelope *env = spool_msg_envelope(j->msg);
 
+	if (j->kind == DRAIN_JOB_WARN) {
+		/* A delay notice leaves the message as it was. */
+		j->settled = true;
+		return;
+	}
 	if (j->ntemp > 0 && !t->removed) {
 		int64_t next = drain_backoff_next(spool_msg_attempts(j->msg) + 1,
 		    drain__now(t->d), drain_jitter());
@@ -296,10 +332,8 @@ drain__job_retry(struct drain_job *j)
 		}
 		return;
 	}
-	if (j->ntemp == 0 && !j->leftover) {
+	if (j->ntemp == 0 && !j->leftover)
 		j->settled = true;    /* every recipient is final */
-		drain__delay_forget(t, j->qid);
-	}
 	/* Otherwise job_free() releases the claim. */
 }
 
@@ -325,6 +359,7 @@ job_expire(struct drain_job *j)
 	const struct spool_envelope *env = spool_msg_envelope(j->msg);
 
 	/* The last temporary reply is the reason the DSN gives. */
+	j->bounce_reason = "expired";
 	for (size_t i = 0; i < j->ntemp; i++)
 		if (drain__fate_add(&j->bounce, &j->nbounce, env->nrcpt, j->temp[i].env,
 		    &j->temp[i].reply) != 0)
@@ -387,8 +422,8 @@ job_on_result(struct drain_job *j, const struct smtp_client_result *res)
 	if (res->status == SMTP_CLIENT_ETIMEOUT)
 		job_aimd(t, "timeout", drain_policy_timeout(&t->pol, now));
 	/* Past the queue lifetime a temporary failure is final. */
-	if (j->ntemp > 0 && drain_expired(env->arrival_ms, drain__now(d),
-	    d->cfg->queue_lifetime_ms))
+	if (j->ntemp > 0 && t->queue_lifetime_ms > 0 &&
+	    drain_expired(env->arrival_ms, drain__now(d), t->queue_lifetime_ms))
 		job_expire(j);
 	drain__job_settle(j);
 }
@@ -442,7 +477,7 @@ job_on_load(void *arg, int status, struct spool_msg *msg)
 	struct drain_tenant *t = j->t;
 	struct drain_conn *cn = j->conn;
 	const struct spool_envelope *env;
-	const struct config *cfg = t->d->cfg;
+	bool expired;
 	long n;
 
 	j->msg = msg;
@@ -459,20 +494,31 @@ job_on_load(void *arg, int status, struct spool_msg *msg)
 		return;
 	}
 	env = spool_msg_envelope(msg);
-	if (j->admin_bounce || (cfg->queue_lifetime_ms > 0 &&
-	    spool_msg_attempts(msg) > 0 &&
-	    drain_expired(env->arrival_ms, drain__now(t->d),
-	    cfg->queue_lifetime_ms))) {
+	/* Past its lifetime a message is not delivered any more, even when
+	 * the primary has just come back (the walk may not have reached it). */
+	expired = j->kind == DRAIN_JOB_EXPIRE || (t->queue_lifetime_ms > 0 &&
+	    drain_expired(env->arrival_ms, drain__now(t->d), t->queue_lifetime_ms));
+	if (j->kind == DRAIN_JOB_WARN) {
+		drain__job_warn(j);
+		drain__job_unref(j);         /* from drain__job_start() */
+		return;
+	}
+	if (j->admin_bounce || expired) {
 		if (cn) {
 			cn->job = NULL;
 			j->conn = NULL;
 			j->refs--;    /* the conn's reference */
 		}
-		if (j->admin_bounce)
+		if (j->admin_bounce) {
+			j->bounce_reason = "postmaster";
 			drain__job_fail_all(j, "5.0.0", "message returned to the sender by the "
 			    "postmaster");
-		else
-			drain__job_fail_all(j, "4.4.7", "message expired in the queue");
+		} else {
+			j->bounce_reason = "expired";
+			if (j->why[0] == '\0')
+				drain__age_reason(t, true, j->why, sizeof(j->why));
+			drain__job_fail_all(j, "4.4.7", j->why);
+		}
 		drain__job_unref(j);         /* from drain__job_start() */
 		if (cn && !t->removed)
 			drain_tenant_run(t);
@@ -487,7 +533,7 @@ job_on_load(void *arg, int status, struct spool_msg *msg)
  * spool status. */
 int
 drain__job_start(struct drain_tenant *t, spool_qid qid, struct drain_conn *cn,
-    bool claimed, bool admin_bounce)
+    bool claimed, enum drain_job_kind kind)
 {
 	struct drain_job *j = calloc(1, sizeof(*j));
 	int rc;
@@ -498,7 +544,9 @@ drain__job_start(struct drain_tenant *t, spool_qid qid, struct drain_conn *cn,
 	j->qid = qid;
 	spool_qid_format(qid, j->qids);
 	j->claimed = claimed;
-	j->admin_bounce = admin_bounce;
+	j->admin_bounce = kind == DRAIN_JOB_ADMIN;
+	j->kind = kind;
+	j->bounce_reason = "reply";
 	j->start_mono = util_mono_ms();
 	j->refs = 1;                  /* the load, dropped in job_on_load() */
 	if (cn) {
@@ -510,11 +558,15 @@ drain__job_start(struct drain_tenant *t, spool_qid qid, struct drain_conn *cn,
 	j->next = t->jobs;
 	t->jobs = j;
 	t->njobs++;
+	if (kind == DRAIN_JOB_EXPIRE || kind == DRAIN_JOB_WARN)
+		t->nage++;
 	rc = spool_load(t->d->spool, qid, job_on_load, j);
 	if (rc != 0) {
 		/* Undo by hand: job_free() would run the scheduler. */
 		t->jobs = j->next;
 		t->njobs--;
+		if (kind == DRAIN_JOB_EXPIRE || kind == DRAIN_JOB_WARN)
+			t->nage--;
 		if (cn)
 			cn->job = NULL;
 		if (claimed)
@@ -552,6 +604,8 @@ conn_on_ready(void *arg, struct smtp_client *c)
 		smtp_client_quit(c);
 		return;
 	}
+	drain__caps_record(cn->t, smtp_client_ext(c), smtp_client_size_max(c),
+	    smtp_client_tls_active(c));
 	if (cn->job != NULL && cn->job->msg != NULL)
 		conn_assign(cn, cn->job);
 	else if (cn->job == NULL)
@@ -639,6 +693,7 @@ conn_on_closed(void *arg, const struct smtp_client_end *end)
 
 		snprintf(why, sizeof(why), "delivery failed: %.300s", end->text);
 		drain_log_probe(t, why);
+		tenant_note_down(t, why);
 	}
 	conn_free(cn);
 	if (t->removed)
@@ -730,6 +785,11 @@ probe_result(struct drain_tenant *t, bool ok, const char *why)
 	int64_t now = util_mono_ms();
 	enum drain_primary_state before = drain_primary_get(&t->pr);
 
+	if (ok)
+		t->down_since_ms = 0;
+	else
+		tenant_note_down(t, why);
+
 	if (drain_primary_event(&t->pr, ok ? DRAIN_EV_PROBE_OK : DRAIN_EV_PROBE_FAIL,
 	    now)) {
 		drain_log_probe(t, why);
@@ -758,6 +818,7 @@ probe_on_closed(void *arg, const struct smtp_client_end *end)
 	}
 	drain__target_name(&t->probe_tg, tn, sizeof(tn));
 	if (end->status == 0 && end->ready) {
+		drain__caps_record(t, end->ext, end->size_max, end->tls);
 		probe_result(t, true, tn);
 		return;
 	}
@@ -937,7 +998,7 @@ drain_tenant_run(struct drain_tenant *t)
 		}
 		if (cn == NULL)
 			cn = conn_new(t);
-		if (cn == NULL || drain__job_start(t, qid, cn, true, false) != 0) {
+		if (cn == NULL || drain__job_start(t, qid, cn, true, DRAIN_JOB_DELIVER) != 0) {
 			if (cn == NULL)
 				spool_release(sp, qid);
 			sleep_ms = 1000;
@@ -1008,6 +1069,9 @@ tenant_take_config(struct drain_tenant *t, const struct config_tenant *ct)
 	}
 	drain_settings_from(&t->cfgset, ct);
 	t->set = t->cfgset;           /* runtime overrides are dropped */
+	/* config.c already put [server]'s value where the tenant set none. */
+	t->queue_lifetime_ms = ct->queue_lifetime_ms;
+	t->delay_warning_ms = ct->delay_warning_ms;
 	return 0;
 }
 
@@ -1018,6 +1082,16 @@ drain__tenant_find(struct drain *d, const char *name)
 		if (!t->removed && strcmp(t->name, name) == 0)
 			return t;
 	return NULL;
+}
+
+/* tenant_new() failed after its timer was opened. */
+static void
+tenant_on_timer_closed_free(uv_handle_t *h)
+{
+	struct drain_tenant *t = h->data;
+
+	free(t->hosts);
+	free(t);
 }
 
 static struct drain_tenant *
@@ -1049,6 +1123,12 @@ tenant_new(struct drain *d, const struct config_tenant *ct)
 	}
 	t->timer.data = t;
 	t->timer_open = true;
+	if (drain__age_init(t) != 0) {
+		/* The timer is open: close it, then free (no age timer). */
+		t->removed = true;
+		uv_close((uv_handle_t *)&t->timer, tenant_on_timer_closed_free);
+		return NULL;
+	}
 	t->next = d->tenants;
 	d->tenants = t;
 	return t;
@@ -1069,7 +1149,6 @@ tenant_unlink_free(struct drain_tenant *t)
 	}
 	free(t->targets);
 	free(t->hosts);
-	free(t->warned);
 	free(t);
 	drain_maybe_done(d);
 }
@@ -1080,6 +1159,15 @@ tenant_on_timer_closed(uv_handle_t *h)
 	struct drain_tenant *t = h->data;
 
 	t->timer_open = false;
+	drain_tenant_maybe_free(t);
+}
+
+static void
+tenant_on_age_closed(uv_handle_t *h)
+{
+	struct drain_tenant *t = h->data;
+
+	t->age_open = false;
 	drain_tenant_maybe_free(t);
 }
 
@@ -1094,11 +1182,15 @@ drain_tenant_maybe_free(struct drain_tenant *t)
 {
 	if (!t->removed || t->removing || tenant_busy(t))
 		return;
+	if (t->age_open)
+		drain__age_close(t, tenant_on_age_closed);
 	if (t->timer_open) {
 		if (!uv_is_closing((uv_handle_t *)&t->timer))
 			uv_close((uv_handle_t *)&t->timer, tenant_on_timer_closed);
 		return;
 	}
+	if (t->age_open)
+		return;
 	tenant_unlink_free(t);
 }
 
@@ -1111,6 +1203,8 @@ tenant_remove(struct drain_tenant *t)
 	t->removed = true;
 	t->removing = true;
 	(void)uv_timer_stop(&t->timer);
+	if (t->age_open)
+		(void)uv_timer_stop(&t->age_timer);
 	drain__resolve_cancel(t->res);
 	t->res = NULL;
 	if (t->probe)
@@ -1142,6 +1236,7 @@ drain_new(const struct drain_deps *deps, const struct config *cfg,
 	d->dns = deps->dns;
 	d->stats = deps->stats;
 	d->now_ms = deps->now_ms ? deps->now_ms : util_now_ms;
+	d->age_tick_ms = deps->age_tick_ms ? deps->age_tick_ms : 1000;
 	*out = d;
 	drain_apply_config(d, cfg, tls_client);
 	return 0;

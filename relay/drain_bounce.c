@@ -106,9 +106,10 @@ bounce_log(struct drain_job *j, const char *to,
 
 	drain__reply_line(rp, line, sizeof(line));
 	log_event(LOG_LEVEL_INFO, "bounce", "qid=%s tenant=%s to=%s relay=%s "
-	    "dsn=%s reply=%s", j->qids, j->t->name,
+	    "dsn=%s reply=%s reason=%s", j->qids, j->t->name,
 	    log_quote(qto, sizeof(qto), to), j->relay[0] ? j->relay : "none", dsn,
-	    log_quote(qr, sizeof(qr), line));
+	    log_quote(qr, sizeof(qr), line),
+	    j->bounce_reason ? j->bounce_reason : "reply");
 }
 
 static void
@@ -130,43 +131,49 @@ bounce_log_dsn(const struct drain_dsn *x)
 	    log_quote(q, sizeof(q), x->why[0] ? x->why : "ok"));
 }
 
-/* ---- delay warnings: once per message (per run of the daemon) ----------- */
+/* ---- delay warnings: once per message, journaled ------------------------ */
 
+/*
+ * A delay notice is due for job J's waiting recipients (j->temp) when the
+ * message is older than the tenant's delay_warning and no notice was
+ * recorded (spool_item.warned, from a WARNED record: it survives restarts).
+ * The record is written when the notice is started, not when it was sent:
+ * a notice that cannot be sent is not tried again, as a second one must
+ * never go out (RFC 3464 leaves delay notices to the MTA's discretion).
+ */
 static bool
-warned_has(struct drain_tenant *t, spool_qid q)
+delay_due(struct drain_job *j)
 {
-	for (size_t i = 0; i < t->nwarned; i++)
-		if (t->warned[i] == q)
-			return true;
-	return false;
-}
+	struct drain_tenant *t = j->t;
+	const struct spool_envelope *env = spool_msg_envelope(j->msg);
+	struct spool_item item;
 
-static void
-warned_add(struct drain_tenant *t, spool_qid q)
-{
-	if (warned_has(t, q))
-		return;
-	if (t->nwarned == t->capwarned) {
-		size_t nc = t->capwarned ? t->capwarned * 2 : 16;
-		spool_qid *nw = realloc(t->warned, nc * sizeof(*nw));
-
-		if (nw == NULL)
-			return;       /* at worst a second warning */
-		t->warned = nw;
-		t->capwarned = nc;
-	}
-	t->warned[t->nwarned++] = q;
+	if (t->delay_warning_ms == 0 || spool_find(t->d->spool, j->qid, &item) != 0)
+		return false;
+	return drain_delay_warning_due(env->arrival_ms, drain__now(t->d),
+	    t->delay_warning_ms, item.warned);
 }
 
 void
-drain__delay_forget(struct drain_tenant *t, spool_qid qid)
+drain__job_warn(struct drain_job *j)
 {
-	for (size_t i = 0; i < t->nwarned; i++) {
-		if (t->warned[i] == qid) {
-			t->warned[i] = t->warned[--t->nwarned];
-			return;
-		}
+	struct smtp_client_reply rp;
+
+	memset(&rp, 0, sizeof(rp));
+	rp.outcome = SMTP_CLIENT_TEMPFAIL;
+	rp.local = true;
+	/* 4.4.1: no answer from host (RFC 3463), the usual reason we wait. */
+	snprintf(rp.enh, sizeof(rp.enh), "%s", "4.4.1");
+	snprintf(rp.text, sizeof(rp.text), "%s", j->why);
+	for (size_t i = 0; i < j->cm.nrcpt; i++)
+		if (drain__fate_add(&j->temp, &j->ntemp, j->cm.nrcpt, j->map[i],
+		    &rp) != 0)
+			break;
+	if (j->ntemp == 0 || j->t->removed) {
+		drain__job_retry(j);
+		return;
 	}
+	bounce_start(j, DSN_ACTION_DELAYED, j->temp, j->ntemp);
 }
 
 /* ---- the job's bounce steps ------------------------------------------- */
@@ -229,10 +236,8 @@ bounce_2_after_dsn(struct drain_job *j, enum bounce_result result)
 		}
 	}
 	/* A delay warning, once, for the recipients that wait. */
-	if (j->ntemp > 0 && !t->removed && result != BOUNCE_LATER &&
-	    drain_delay_warning_due(env->arrival_ms, drain__now(d),
-	    d->cfg->delay_warning_ms, warned_has(t, j->qid))) {
-		warned_add(t, j->qid);
+	if (j->ntemp > 0 && !t->removed && result != BOUNCE_LATER && delay_due(j)) {
+		(void)spool_mark_warned(d->spool, j->qid, NULL, NULL);
 		bounce_start(j, DSN_ACTION_DELAYED, j->temp, j->ntemp);
 		return;
 	}
@@ -362,7 +367,7 @@ bounce_report_rcpts(struct drain_dsn *x, struct dsn_rcpt *dr,
 		dr[i].last_attempt_ms = drain__now(d);
 		if (x->action == DSN_ACTION_DELAYED)
 			dr[i].retry_until_ms = env->arrival_ms +
-			    (int64_t)d->cfg->queue_lifetime_ms;
+			    (int64_t)j->t->queue_lifetime_ms;
 	}
 }
 
@@ -653,5 +658,5 @@ drain_bounce(struct drain *d, uint64_t qid)
 		return SPOOL_EINVAL;  /* unknown tenant, or being delivered */
 	/* Out of the scheduler's reach first: not due for an hour. */
 	(void)spool_defer(d->spool, qid, drain__now(d) + 3600 * 1000, NULL, NULL);
-	return drain__job_start(t, qid, NULL, false, true);
+	return drain__job_start(t, qid, NULL, false, DRAIN_JOB_ADMIN);
 }

@@ -10,6 +10,9 @@
  *                   addresses dropped; also where a DSN goes.
  *   drain_bounce.c  DSNs: the bounce after a 5xx or expiry, the delay
  *                   warning, the operator's "mxspoolctl bounce".
+ *   drain_age.c     the clock: once a second per tenant, the expiry and
+ *                   delay-notice walk (spool_walk_aged), up or down, held
+ *                   or not; and the primary's capabilities (spool_set_caps).
  *
  * Names shared between these files carry a drain__ prefix (STYLE 2); each
  * file's own helpers are static.  The structs are here because all three
@@ -86,6 +89,14 @@ struct drain_fate {
 	struct smtp_client_reply reply;
 };
 
+/* What a job is for. */
+enum drain_job_kind {
+	DRAIN_JOB_DELIVER,            /* the scheduler's: to the primary */
+	DRAIN_JOB_ADMIN,              /* mxspoolctl bounce: fail them all */
+	DRAIN_JOB_EXPIRE,             /* the walk: past queue_lifetime */
+	DRAIN_JOB_WARN,               /* the walk: the one delay notice */
+};
+
 /* One message being delivered or bounced. */
 struct drain_job {
 	struct drain_job *next;
@@ -100,6 +111,9 @@ struct drain_job {
 	bool settled;                 /* deferred, released or all done */
 	bool write_failed;
 	bool admin_bounce;            /* mxspoolctl bounce */
+	enum drain_job_kind kind;
+	const char *bounce_reason;    /* log: "reply", "expired", "postmaster" */
+	char why[320];                /* EXPIRE / WARN: the DSN's diagnostic */
 	const char *dsn_how;          /* "sent", "none", "refused", ... */
 	char relay[CONFIG_HOST_MAX + 80];
 	/* the message as handed to smtp_client */
@@ -142,8 +156,16 @@ struct drain_tenant {
 	struct drain_job *jobs;
 	unsigned njobs;
 	double logged_limit;
-	spool_qid *warned;            /* delay warning sent (this run) */
-	size_t nwarned, capwarned;
+	/* The tenant's own queue_lifetime / delay_warning (or [server]'s). */
+	uint64_t queue_lifetime_ms, delay_warning_ms;
+	/* drain_age.c: the once-a-second walk and its DSN jobs. */
+	uv_timer_t age_timer;
+	bool age_open;
+	unsigned nage;                /* EXPIRE / WARN jobs alive */
+	unsigned age_started;         /* started in this second */
+	bool age_more;                /* the walk stopped at a limit */
+	int64_t down_since_ms;        /* wall clock; 0 = not known to be down */
+	char down_why[256];           /* the last failure, for expiry DSNs */
 	bool removed;
 	bool removing;                /* inside tenant_remove(): keep t */
 };
@@ -154,6 +176,7 @@ struct drain {
 	struct dns *dns;              /* the relay's resolver, not ours */
 	struct stats *stats;
 	int64_t (*now_ms)(void);      /* wall clock (deps, or util_now_ms) */
+	uint64_t age_tick_ms;         /* the walk's period (deps, or 1 s) */
 	const struct config *cfg;     /* valid until the next apply_config */
 	struct tls_ctx *tls;          /* client context, or NULL: not ours */
 	struct drain_tenant *tenants;
@@ -184,7 +207,9 @@ struct drain_tenant *drain__tenant_find(struct drain *d, const char *name);
  * 0 or a spool status; on failure nothing is left behind (a claim is
  * released). */
 int drain__job_start(struct drain_tenant *t, spool_qid qid,
-    struct drain_conn *cn, bool claimed, bool admin_bounce);
+    struct drain_conn *cn, bool claimed, enum drain_job_kind kind);
+/* T's job for QID, or NULL. */
+struct drain_job *drain__job_find(struct drain_tenant *t, spool_qid qid);
 /* Drop one reference; the last frees the job and runs the scheduler. */
 void drain__job_unref(struct drain_job *j);
 /* Record recipient ENV's final state; the job holds a reference until the
@@ -233,10 +258,29 @@ void drain__job_settle(struct drain_job *j);
  * operator); then as drain__job_settle(). */
 void drain__job_fail_all(struct drain_job *j, const char *enh,
     const char *reason);
+/* A DRAIN_JOB_WARN job's message is loaded: send the delay notice for
+ * its pending recipients (j->why as diagnostic), then drain__job_retry(),
+ * which leaves the message as it is. */
+void drain__job_warn(struct drain_job *j);
 /* The tenant goes away: stop J's DSN, if one is under way.  It ends as
  * "try again later", possibly from inside this call. */
 void drain__dsn_abort(struct drain_job *j);
-/* QID needs no delay warning any more (all its recipients are final). */
-void drain__delay_forget(struct drain_tenant *t, spool_qid qid);
+
+/* ---- drain_age.c: the clock and the primary's capabilities ------------- */
+
+/* Open T's 1 s walk timer (0, or a libuv error). */
+int drain__age_init(struct drain_tenant *t);
+/* Close it; drain_tenant_maybe_free() runs once it is closed. */
+void drain__age_close(struct drain_tenant *t, uv_close_cb cb);
+/* An EXPIRE / WARN job of T ended: walk again soon if it stopped early. */
+void drain__age_job_done(struct drain_tenant *t);
+/* The DSN diagnostic for a message of T found EXPIRED (or late) now:
+ * "primary unreachable since <date> (<last failure>)" while it is down. */
+void drain__age_reason(struct drain_tenant *t, bool expired, char *buf,
+    size_t len);
+/* The primary answered EHLO with EXT / SIZE_MAX (TLS: STARTTLS was used):
+ * keep it in the spool for intake and status. */
+void drain__caps_record(struct drain_tenant *t, unsigned ext,
+    uint64_t size_max, bool tls);
 
 #endif

@@ -904,6 +904,7 @@ sc_on_reply(struct smtp_client *c)
 			c->ext = r->ext;
 			c->size_max = r->size_max;
 			c->end.ext = c->ext;
+			c->end.size_max = c->size_max;
 			sc_after_hello(c);
 		} else if (cls == 5) {
 			sc_command(c, SC_HELO, "HELO %s", c->helo);
@@ -920,6 +921,7 @@ sc_on_reply(struct smtp_client *c)
 		c->ext = 0;
 		c->size_max = 0;
 		c->end.ext = 0;
+		c->end.size_max = 0;
 		sc_after_hello(c);
 		return;
 	case SC_STARTTLS:
@@ -1312,4 +1314,16 @@ unsigned
 smtp_client_ext(const struct smtp_client *c)
 {
 	return c->ext;
+}
+
+uint64_t
+smtp_client_size_max(const struct smtp_client *c)
+{
+	return c->size_max;
+}
+
+bool
+smtp_client_tls_active(const struct smtp_client *c)
+{
+	return c->tls_active;
 }

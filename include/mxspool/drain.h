@@ -33,6 +33,9 @@ struct drain_deps {
 	 * clock (give the spool the same one).  Timers and the rate limit run
 	 * on the monotonic clock regardless. */
 	int64_t (*now_ms)(void);
+	/* Period of each tenant's expiry and delay-notice walk in ms (on the
+	 * monotonic clock); 0 = once a second.  Tests shorten it. */
+	uint64_t age_tick_ms;
 };
 
 /* CFG and TLS_CLIENT (NULL: no outbound TLS) stay the caller's; they must

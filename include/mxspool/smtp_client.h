@@ -152,6 +152,7 @@ struct smtp_client_end {
 	bool tls;                      /* TLS was in use */
 	char tls_info[128];            /* tls_conn_info_string, or "" */
 	unsigned ext;                  /* SMTP_EXT_* of the last EHLO */
+	uint64_t size_max;             /* its SIZE value; 0 = none announced */
 	int64_t connect_latency_ms;    /* -1 if not connected */
 	int64_t banner_latency_ms;
 	int64_t ehlo_latency_ms;
@@ -195,8 +196,13 @@ void smtp_client_quit(struct smtp_client *c);
  * from inside this call). */
 void smtp_client_abort(struct smtp_client *c);
 bool smtp_client_is_ready(const struct smtp_client *c);
-/* The server's SMTP_EXT_* bits from its last EHLO. */
+/* The server's SMTP_EXT_* bits from its last EHLO (after STARTTLS: the
+ * EHLO over TLS, which no longer offers STARTTLS). */
 unsigned smtp_client_ext(const struct smtp_client *c);
+/* The SIZE value of that EHLO; 0 = no SIZE, or SIZE without a limit. */
+uint64_t smtp_client_size_max(const struct smtp_client *c);
+/* TLS is in use on the session (STARTTLS succeeded). */
+bool smtp_client_tls_active(const struct smtp_client *c);
 
 /* Apply the dot-stuffing and CRLF normalisation of the body to IN (a chunk
  * of a stream; STATE starts at 0 and carries over between chunks) into OUT,

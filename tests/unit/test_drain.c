@@ -32,6 +32,8 @@
 #include "mxspool/config.h"
 #include "mxspool/dns.h"
 #include "mxspool/drain.h"
+#include "mxspool/envelope.h"
+#include "mxspool/smtp_proto.h"
 #include "mxspool/spool.h"
 #include "mxspool/stats.h"
 
@@ -67,6 +69,7 @@ struct fake {
 	int port;
 	/* the script */
 	const char *banner;           /* "220 ..."; a 4xx/5xx one closes */
+	const char *ehlo;             /* EHLO reply; NULL: a plain one */
 	const char *rcpt_reply;       /* NULL: by local part (see fake_rcpt) */
 	const char *data_reply;       /* after the final dot */
 	bool drop_after_data;         /* close after data_reply */
@@ -237,7 +240,7 @@ fake_command(struct fake_conn *c, const char *line)
 	struct fake *f = c->f;
 
 	if (strncasecmp(line, "EHLO", 4) == 0 || strncasecmp(line, "HELO", 4) == 0) {
-		fake_reply(c, "250-fake.test\r\n250-8BITMIME\r\n"
+		fake_reply(c, f->ehlo ? f->ehlo : "250-fake.test\r\n250-8BITMIME\r\n"
 		    "250 ENHANCEDSTATUSCODES", false);
 	} else if (strncasecmp(line, "MAIL", 4) == 0) {
 		f->mails++;
@@ -380,12 +383,16 @@ struct fx {
 	spool_qid qid;
 	struct commit_wait *commit;
 	bool held_done;
+	unsigned notify;              /* fx_queue: every recipient's NOTIFY */
 };
 
 struct fx_opts {
 	unsigned up_after;            /* probe_up_after */
 	bool listen_on_primary;       /* our own address is the primary's */
 	const char *queue_lifetime;
+	const char *delay_warning;    /* [server]; NULL: 0 (off) */
+	const char *tenant_extra;     /* more [tenant:demo] lines */
+	const char *banner;           /* the primary's; NULL: 220 */
 };
 
 static void
@@ -453,15 +460,19 @@ fx_open(struct fx *fx, const struct fx_opts *o)
 	snprintf(text, sizeof(text),
 	    "[server]\nhostname = backup.test\nlisten = 127.0.0.1:%d\n"
 	    "spool_dir = /nonexistent/mxspool-test-drain\nsmtp_timeout = 5s\n"
-	    "queue_lifetime = %s\ndelay_warning = 0\n"
+	    "queue_lifetime = %s\ndelay_warning = %s\n"
 	    "bounce_relay = 127.0.0.1:%d\n"
 	    "[tls]\noutbound = none\n"
 	    "[tenant:demo]\ndomains = example.test\nprimary = 127.0.0.1:%d\n"
 	    "drain_rate = 1000\ndrain_initial_rate = 1000\n"
-	    "drain_concurrency = 1\nprobe_interval = 1h\nprobe_up_after = %u\n",
+	    "drain_concurrency = 1\nprobe_interval = 1h\nprobe_up_after = %u\n%s",
 	    o->listen_on_primary ? fx->prim.port : 1,
-	    o->queue_lifetime ? o->queue_lifetime : "5d", fx->bounce.port,
-	    fx->prim.port, o->up_after ? o->up_after : 1);
+	    o->queue_lifetime ? o->queue_lifetime : "5d",
+	    o->delay_warning ? o->delay_warning : "0", fx->bounce.port,
+	    fx->prim.port, o->up_after ? o->up_after : 1,
+	    o->tenant_extra ? o->tenant_extra : "");
+	if (o->banner)
+		fx->prim.banner = o->banner;
 	fp = fmemopen(text, strlen(text), "r");
 	assert_non_null(fp);
 	if (config_load_stream(fp, "test.ini", &fx->cfg, err, sizeof(err)) != 0)
@@ -489,6 +500,7 @@ fx_drain_start(struct fx *fx)
 	deps.dns = fx->dns;
 	deps.stats = fx->st;
 	deps.now_ms = fake_clock;
+	deps.age_tick_ms = 10;        /* the expiry walk: 100 times a second */
 	assert_int_equal(drain_new(&deps, fx->cfg, NULL, &fx->d), 0);
 }
 
@@ -555,6 +567,8 @@ fx_queue(struct fx *fx, const char *sender, const char *rcpts,
 	for (char *a = strtok_r(list, " ", &save); a && n < 4;
 	    a = strtok_r(NULL, " ", &save))
 		r[n++].addr = a;
+	for (size_t i = 0; i < n; i++)
+		r[i].notify = fx->notify;
 	memset(&env, 0, sizeof(env));
 	env.tenant = "demo";
 	env.sender = (char *)sender;
@@ -992,6 +1006,208 @@ test_close_mid_delivery(void **state)
 	fx_close(&fx);
 }
 
+/* ---- the long outage: expiry and delay notices on the clock ------------ */
+
+#define DOWN_BANNER "421 4.3.2 primary down for maintenance"
+
+static bool pred_bounced_2(struct fx *fx) { return fx->bounce.nmsg >= 2; }
+
+/* The fixture with O, the drain started and the primary found down. */
+static void
+fx_open_down(struct fx *fx, const struct fx_opts *o)
+{
+	fx_open(fx, o);
+	fx_drain_start(fx);
+	fx_wait(fx, pred_down, "primary down");
+}
+
+/* Bounced recipients, as the counters have them. */
+static uint64_t
+fx_bounced(struct fx *fx)
+{
+	return stats_tenant(fx->st, "demo", STAT_BOUNCED);
+}
+
+static bool
+pred_bounced_stat(struct fx *fx)
+{
+	return fx_bounced(fx) >= (uint64_t)fx->want;
+}
+
+/* The primary refuses every connection with 421: a message older than
+ * queue_lifetime is returned with 4.4.7 all the same, even while the tenant
+ * is held, and no delivery is ever tried. */
+static void
+test_outage_expiry_bounces(void **state)
+{
+	struct fx fx;
+	struct fx_opts o = { .queue_lifetime = "1h", .banner = DOWN_BANNER };
+
+	(void)state;
+	fx_open_down(&fx, &o);
+	fx.qid = fx_queue(&fx, "alice@sender.test", "bob@example.test", "m1");
+	assert_int_equal(spool_set_held(fx.sp, "demo", true, NULL, NULL), 0);
+	/* Not expired yet: nothing happens. */
+	fake_now += 30 * 60 * 1000;
+	fx_run_until(&fx, NULL, QUIET_MS);
+	assert_int_equal(fx.bounce.nmsg, 0);
+	assert_int_equal(fx_queued(&fx), 1);
+	fake_now += 31 * 60 * 1000;
+	fx.want = 1;
+	fx_wait(&fx, pred_bounced, "the expiry DSN");
+	fx_wait(&fx, pred_empty, "an empty queue");
+	assert_non_null(strstr(fx.bounce.msg[0].body, "Status: 4.4.7"));
+	assert_non_null(strstr(fx.bounce.msg[0].body, "Action: failed"));
+	assert_non_null(strstr(fx.bounce.msg[0].body, "primary unreachable since"));
+	assert_string_equal(fx.bounce.msg[0].sender, "");
+	assert_string_equal(fx.bounce.msg[0].rcpts, "alice@sender.test");
+	assert_int_equal(fx.prim.mails, 0);
+	fx_wait(&fx, pred_idle, "no job left");
+	assert_int_equal(fx_bounced(&fx), 1);
+	fx_close(&fx);
+}
+
+/* With the primary down the whole time, one delay notice goes out at
+ * delay_warning (Action delayed, Will-Retry-Until), recorded as warned,
+ * and is not repeated however many walks follow. */
+static void
+test_outage_delay_notice_once(void **state)
+{
+	struct fx fx;
+	struct fx_opts o = { .queue_lifetime = "5d", .delay_warning = "1h",
+	    .banner = DOWN_BANNER };
+	struct spool_item it;
+
+	(void)state;
+	fx_open_down(&fx, &o);
+	fx.qid = fx_queue(&fx, "alice@sender.test", "bob@example.test", "m1");
+	fake_now += 59 * 60 * 1000;
+	fx_run_until(&fx, NULL, QUIET_MS);
+	assert_int_equal(fx.bounce.nmsg, 0);
+	fake_now += 2 * 60 * 1000;
+	fx.want = 1;
+	fx_wait(&fx, pred_bounced, "the delay DSN");
+	assert_non_null(strstr(fx.bounce.msg[0].body, "Action: delayed"));
+	assert_non_null(strstr(fx.bounce.msg[0].body, "Will-Retry-Until:"));
+	assert_int_equal(spool_find(fx.sp, fx.qid, &it), 0);
+	assert_true(it.warned);
+	/* Many walks, hours later: still one notice, the message still here. */
+	for (int i = 0; i < 5; i++) {
+		fake_now += 3600 * 1000;
+		fx_run_until(&fx, NULL, 60);
+	}
+	fx_run_until(&fx, NULL, QUIET_MS);
+	assert_int_equal(fx.bounce.nmsg, 1);
+	assert_int_equal(fx_queued(&fx), 1);
+	assert_int_equal(fx.prim.mails, 0);
+	assert_int_equal(fx_bounced(&fx), 0);
+	fx_close(&fx);
+}
+
+/* No notice of any kind to the null sender nor to NOTIFY=NEVER: past
+ * delay_warning nothing is sent, past queue_lifetime the recipients are
+ * marked bounced without a DSN. */
+static void
+test_outage_null_sender_and_never(void **state)
+{
+	struct fx fx;
+	struct fx_opts o = { .queue_lifetime = "3h", .delay_warning = "1h",
+	    .banner = DOWN_BANNER };
+
+	(void)state;
+	fx_open_down(&fx, &o);
+	(void)fx_queue(&fx, "", "bob@example.test", "null");
+	fx.notify = ENV_NOTIFY_NEVER;
+	(void)fx_queue(&fx, "alice@sender.test", "carol@example.test", "never");
+	fx.notify = ENV_NOTIFY_FAILURE;   /* no DELAY: a bounce, no notice */
+	(void)fx_queue(&fx, "dave@sender.test", "erin@example.test", "failure");
+	fake_now += 2 * 3600 * 1000;
+	fx_run_until(&fx, NULL, QUIET_MS);
+	assert_int_equal(fx.bounce.nmsg, 0);
+	assert_int_equal(fx_queued(&fx), 3);
+	fake_now += 2 * 3600 * 1000;
+	fx.want = 3;
+	fx_wait(&fx, pred_bounced_stat, "three recipients bounced");
+	fx_wait(&fx, pred_empty, "an empty queue");
+	fx_run_until(&fx, NULL, QUIET_MS);
+	/* Only FAILURE's sender hears of it, and only of the failure. */
+	assert_int_equal(fx.bounce.nmsg, 1);
+	assert_string_equal(fx.bounce.msg[0].rcpts, "dave@sender.test");
+	assert_non_null(strstr(fx.bounce.msg[0].body, "Action: failed"));
+	fx_close(&fx);
+}
+
+/* A tenant's own queue_lifetime / delay_warning win over [server]'s. */
+static void
+test_outage_tenant_override(void **state)
+{
+	struct fx fx;
+	struct fx_opts o = { .queue_lifetime = "5d", .delay_warning = "4h",
+	    .banner = DOWN_BANNER,
+	    .tenant_extra = "queue_lifetime = 2h\ndelay_warning = 30m\n" };
+
+	(void)state;
+	fx_open_down(&fx, &o);
+	(void)fx_queue(&fx, "alice@sender.test", "bob@example.test", "m1");
+	fake_now += 31 * 60 * 1000;
+	fx.want = 1;
+	fx_wait(&fx, pred_bounced, "the delay DSN at the tenant's 30m");
+	assert_non_null(strstr(fx.bounce.msg[0].body, "Action: delayed"));
+	fake_now += 90 * 60 * 1000;
+	fx_wait(&fx, pred_bounced_2, "the bounce at the tenant's 2h");
+	assert_non_null(strstr(fx.bounce.msg[1].body, "Status: 4.4.7"));
+	fx_wait(&fx, pred_empty, "an empty queue");
+	fx_close(&fx);
+}
+
+/* A message past its lifetime is not delivered when the primary comes
+ * back: it is returned (the walk or the attempt, whichever comes first). */
+static void
+test_expired_not_delivered_after_outage(void **state)
+{
+	struct fx fx;
+	struct fx_opts o = { .queue_lifetime = "1h", .banner = DOWN_BANNER };
+
+	(void)state;
+	fx_open_down(&fx, &o);
+	(void)fx_queue(&fx, "alice@sender.test", "bob@example.test", "m1");
+	fake_now += 2 * 3600 * 1000;
+	fx.prim.banner = "220 fake.test ESMTP";
+	drain_flush(fx.d, "demo");
+	fx.want = 1;
+	fx_wait(&fx, pred_bounced, "the expiry DSN");
+	assert_int_equal(fx.prim.nmsg, 0);
+	fx_wait(&fx, pred_empty, "an empty queue");
+	fx_close(&fx);
+}
+
+/* After a good probe the spool knows the primary's EHLO: SIZE and the
+ * extension bits; before, nothing. */
+static void
+test_caps_recorded_after_probe(void **state)
+{
+	struct fx fx;
+	struct fx_opts o = { 0 };
+	struct spool_caps c;
+
+	(void)state;
+	fx_open(&fx, &o);
+	fx.prim.ehlo = "250-fake.test\r\n250-SIZE 1000\r\n250-PIPELINING\r\n"
+	    "250-8BITMIME\r\n250 DSN";
+	assert_false(spool_get_caps(fx.sp, "demo", &c));
+	fx_up(&fx);
+	assert_true(spool_get_caps(fx.sp, "demo", &c));
+	assert_int_equal(c.size_max, 1000);
+	assert_true(c.ext & SMTP_EXT_SIZE);
+	assert_true(c.ext & SMTP_EXT_PIPELINING);
+	assert_true(c.ext & SMTP_EXT_8BITMIME);
+	assert_true(c.ext & SMTP_EXT_DSN);
+	assert_false(c.ext & SMTP_EXT_SMTPUTF8);
+	assert_int_equal(c.rcpt_max, 0);
+	assert_int_equal(c.seen_ms, fake_now);
+	fx_close(&fx);
+}
+
 int
 main(void)
 {
@@ -1007,6 +1223,12 @@ main(void)
 		cmocka_unit_test(test_set_validation),
 		cmocka_unit_test(test_self_address_is_not_a_target),
 		cmocka_unit_test(test_close_mid_delivery),
+		cmocka_unit_test(test_outage_expiry_bounces),
+		cmocka_unit_test(test_outage_delay_notice_once),
+		cmocka_unit_test(test_outage_null_sender_and_never),
+		cmocka_unit_test(test_outage_tenant_override),
+		cmocka_unit_test(test_expired_not_delivered_after_outage),
+		cmocka_unit_test(test_caps_recorded_after_probe),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
