@@ -13,6 +13,43 @@
 
 #include "mxspool/policy.h"
 
+int
+policy_postmaster_addr(const struct config *cfg, char *buf, size_t len)
+{
+	int n;
+
+	if (cfg->postmaster != NULL)
+		n = snprintf(buf, len, "%s", cfg->postmaster);
+	else if (cfg->ntenants > 0 && cfg->tenants[0].ndomains > 0)
+		n = snprintf(buf, len, "postmaster@%s", cfg->tenants[0].domains[0]);
+	else
+		return -1;
+	return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+/* RCPT TO:<Postmaster> (RFC 5321 4.5.1): always accepted, for the tenant
+ * of the address it is rewritten to; the recipients list is not asked (the
+ * operator chose the address). */
+static enum policy_verdict
+policy_check_postmaster(const struct config *cfg, const char *tx_tenant,
+    const struct config_tenant **tenant)
+{
+	char addr[SMTP_PROTO_ADDR_MAX + 1];
+	const struct config_tenant *t;
+	const char *at;
+
+	if (policy_postmaster_addr(cfg, addr, sizeof(addr)) != 0 ||
+	    (at = strrchr(addr, '@')) == NULL)
+		return POLICY_POSTMASTER;
+	t = config_tenant_for_domain(cfg, at + 1, strlen(at + 1));
+	if (t == NULL)
+		return POLICY_POSTMASTER;
+	if (tx_tenant[0] != '\0' && strcmp(tx_tenant, t->name) != 0)
+		return POLICY_OTHER_TENANT;
+	*tenant = t;
+	return POLICY_OK;
+}
+
 enum policy_verdict
 policy_check_rcpt(const struct config *cfg, const struct smtp_path *to,
     const char *tx_tenant, const struct config_tenant **tenant)
@@ -21,7 +58,7 @@ policy_check_rcpt(const struct config *cfg, const struct smtp_path *to,
 
 	*tenant = NULL;
 	if (to->postmaster)
-		return POLICY_POSTMASTER;
+		return policy_check_postmaster(cfg, tx_tenant, tenant);
 	/* The parser refuses literals for RCPT; a second guard costs nothing
 	 * and an address literal is never one of our domains. */
 	if (to->null || to->ip_literal || to->domain[0] == '\0')
@@ -52,8 +89,8 @@ policy_reply(enum policy_verdict v, const char *addr, char *buf, size_t len)
 		return snprintf(buf, len, "452 4.5.3 <%s>: Recipient of another "
 		    "destination: send it in a new transaction", addr);
 	case POLICY_POSTMASTER:
-		return snprintf(buf, len, "550 5.1.1 <postmaster>: This host has no "
-		    "mailboxes: use postmaster@ a domain it relays for");
+		return snprintf(buf, len, "550 5.1.1 <postmaster>: no postmaster "
+		    "address configured");
 	}
 	return snprintf(buf, len, "451 4.3.0 Error: internal error");
 }

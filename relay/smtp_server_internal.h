@@ -70,6 +70,15 @@ struct smtp_tx {
 	uint64_t trace_len;           /* octets of our Received: header */
 	int error;                    /* first data error: reply at the end */
 	bool too_big;
+	/* The tenant's primary, as its last EHLO said (spool_get_caps at the
+	 * first RCPT): its SIZE, 0 if unknown or none; the data beyond it is
+	 * refused at the end (552 5.3.4). */
+	uint64_t primary_size_max;
+	bool too_big_primary;
+	/* Loop detection: Received: fields of the client's header (ours not
+	 * counted); more than max_received is refused at the end (554 5.4.6). */
+	struct smtp_received_counter received;
+	bool too_many_hops;
 	bool spilling;                /* spool_tx_write() answered SPOOL_PENDING */
 	bool bdat;                    /* BDAT used: DATA no longer allowed */
 	/* BDAT */

@@ -319,7 +319,8 @@ smtp_resume(struct smtp_session *sess)
 	}
 }
 
-/* Pull decrypted bytes into the input buffer. Returns -1 on a TLS error. */
+/* Pull decrypted bytes into the input buffer.  Returns 0, TLS_CLOSED
+ * after the peer's close_notify, or -1 on a TLS error. */
 static int
 smtp_tls_pull(struct smtp_session *sess)
 {
@@ -335,7 +336,7 @@ smtp_tls_pull(struct smtp_session *sess)
 		}
 		if (rc == TLS_WANT_IO)
 			return 0;
-		return -1;
+		return rc == TLS_CLOSED ? TLS_CLOSED : -1;
 	}
 	return 0;
 }
@@ -394,11 +395,14 @@ void
 smtp_session_process(struct smtp_session *sess)
 {
 	enum smtp_next next;
+	int rc;
 
 	while (!sess->closing && sess->state != SMTP_STATE_QUIT &&
 	    sess->state != SMTP_STATE_COMMIT && sess->state != SMTP_STATE_TLS) {
-		if (sess->tls && smtp_tls_pull(sess) != 0) {
-			smtp_session_close(sess, "TLS error");
+		if (sess->tls && (rc = smtp_tls_pull(sess)) != 0) {
+			/* close_notify is an orderly end like a FIN. */
+			smtp_session_close(sess, rc == TLS_CLOSED ?
+			    "client closed (close_notify)" : "TLS error");
 			return;   /* may destroy */
 		}
 		if (sess->pending > 0 ||
@@ -490,7 +494,12 @@ smtp_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	if (n == 0)
 		return;
 	if (n < 0) {
-		smtp_session_close(sess, n == UV_EOF ? "client closed" : uv_strerror((int)n));
+		/* A TLS peer that just closes the TCP connection without a
+		 * close_notify (most MTAs after QUIT) is an ordinary
+		 * disconnect: we never rely on it to know where data ends
+		 * (SMTP has its own end markers), so it is not an error. */
+		smtp_session_close(sess, n != UV_EOF ? uv_strerror((int)n) :
+		    sess->tls ? "client closed (no close_notify)" : "client closed");
 		return;   /* may destroy */
 	}
 	uv_timer_again(&sess->timer);

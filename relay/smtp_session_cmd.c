@@ -139,6 +139,26 @@ smtp_cmd_mail(struct smtp_session *sess, const struct smtp_cmd *cmd)
 	smtp_session_reply(sess, "250 2.1.0 Ok");
 }
 
+/*
+ * RCPT TO:<Postmaster> (RFC 5321 4.5.1), accepted by the policy: rewrite it
+ * to the address the policy chose.  The original form is kept as the ORCPT
+ * ("rfc822;Postmaster", as the client wrote it) when the client gave none,
+ * so that a DSN names the recipient the sender used.
+ */
+static void
+smtp_cmd_rewrite_postmaster(const struct smtp_session *sess, struct smtp_rcpt *r)
+{
+	char addr[SMTP_PROTO_ADDR_MAX + 1];
+
+	if (policy_postmaster_addr(smtp_session_cfg(sess), addr, sizeof(addr)) != 0)
+		return;   /* not reached: the policy said OK */
+	if (!r->params.has_orcpt) {
+		snprintf(r->params.orcpt, sizeof(r->params.orcpt), "rfc822;%s", r->to.local);
+		r->params.has_orcpt = true;
+	}
+	snprintf(r->to.addr, sizeof(r->to.addr), "%s", addr);
+}
+
 static void
 smtp_cmd_rcpt(struct smtp_session *sess, const struct smtp_cmd *cmd)
 {
@@ -171,6 +191,8 @@ smtp_cmd_rcpt(struct smtp_session *sess, const struct smtp_cmd *cmd)
 			smtp_session_count_error(sess);
 		return;
 	}
+	if (rc_.to.postmaster)
+		smtp_cmd_rewrite_postmaster(sess, &rc_);
 	rc = spool_check(sess->srv->spool, t->name,
 	    tx->params.has_size ? tx->params.size : 0);
 	if (rc != 0) {
@@ -213,6 +235,22 @@ smtp_cmd_rcpt(struct smtp_session *sess, const struct smtp_cmd *cmd)
 static void
 smtp_cmd_data(struct smtp_session *sess, const struct smtp_cmd *cmd)
 {
+	if (sess->inlen > 0) {
+		/* RFC 2920 3.1: DATA may end a pipelined group, but the message
+		 * waits for the 354.  Octets already behind DATA are a client
+		 * that does not listen (or one that hopes to slip something
+		 * in): refused and closed, as Postfix 3.9's
+		 * smtpd_forbid_unauth_pipelining does. */
+		const char *reply = "554 5.5.0 Error: SMTP protocol synchronization";
+
+		log_event(LOG_LEVEL_INFO, "pipelining", "session=%" PRIu64 " client=%s "
+		    "pipelined=%zu note=\"message content sent before 354\"",
+		    sess->id, sess->peer_ip, sess->inlen);
+		smtp_tx_log_reject(sess, "data", reply);
+		smtp_session_reply(sess, "%s", reply);
+		smtp_session_reply_close(sess, "improper pipelining after DATA");
+		return;
+	}
 	if (!smtp_tx_start(sess))
 		return;
 	smtp_proto_data_init(&sess->data, smtp_session_cfg(sess)->max_line_length);
@@ -278,8 +316,11 @@ smtp_cmd_expn(struct smtp_session *sess, const struct smtp_cmd *cmd)
 static void
 smtp_cmd_help(struct smtp_session *sess, const struct smtp_cmd *cmd)
 {
+	/* STARTTLS only where EHLO offers it. */
+	bool starttls = sess->srv->tls != NULL && sess->tls == NULL;
+
 	smtp_session_reply(sess, "214 2.0.0 See RFC 5321; commands: HELO EHLO MAIL RCPT DATA "
-	    "BDAT RSET NOOP QUIT VRFY HELP STARTTLS ETRN");
+	    "BDAT RSET NOOP QUIT VRFY HELP%s ETRN", starttls ? " STARTTLS" : "");
 }
 
 static void

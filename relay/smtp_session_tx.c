@@ -134,6 +134,7 @@ smtp_tx_open(struct smtp_session *sess)
 	if (rc != 0)
 		return rc;
 	tx->size = 0;
+	smtp_proto_received_init(&tx->received);
 	if (smtp_write_received(sess) != 0)
 		return SPOOL_EIO;
 	return 0;
@@ -172,22 +173,38 @@ smtp_on_spool_write(void *arg, int status)
 	smtp_session_process(sess);
 }
 
-/* Hand message octets to the journal.  Returns false when the session must
- * wait for smtp_on_spool_write(). */
+/* The message will be refused at its end: stop storing it now.  Never
+ * called during a spill (the input loop is paused then). */
+static void
+smtp_tx_stop_storing(struct smtp_tx *tx, bool *flag)
+{
+	*flag = true;
+	if (tx->stx) {
+		spool_tx_abort(tx->stx);
+		tx->stx = NULL;
+	}
+}
+
+/* Hand message octets to the journal, counting its size and Received:
+ * fields on the way.  Returns false when the session must wait for
+ * smtp_on_spool_write(). */
 static bool
 smtp_tx_append(struct smtp_session *sess, const char *data, size_t len)
 {
+	const struct config *cfg = smtp_session_cfg(sess);
 	struct smtp_tx *tx = sess->tx;
 	int rc;
 
 	tx->size += len;
-	if (tx->size > smtp_session_cfg(sess)->max_message_size && !tx->too_big) {
-		tx->too_big = true;
-		if (tx->stx) {
-			spool_tx_abort(tx->stx);
-			tx->stx = NULL;
-		}
-	}
+	if (tx->size > cfg->max_message_size && !tx->too_big)
+		smtp_tx_stop_storing(tx, &tx->too_big);
+	/* The primary gets our Received: too: it counts toward its SIZE. */
+	if (tx->primary_size_max > 0 && tx->size > tx->primary_size_max &&
+	    !tx->too_big_primary)
+		smtp_tx_stop_storing(tx, &tx->too_big_primary);
+	if (!tx->too_many_hops && len > 0 &&
+	    smtp_proto_received_push(&tx->received, data, len) > cfg->max_received)
+		smtp_tx_stop_storing(tx, &tx->too_many_hops);
 	if (tx->stx == NULL || len == 0)
 		return true;
 	rc = spool_tx_write(tx->stx, data, len, smtp_on_spool_write, sess);
@@ -253,6 +270,29 @@ smtp_on_commit(void *arg, int status, spool_qid qid)
 	smtp_session_process(sess);
 }
 
+/* The end-of-data refusal of a message that is not stored, first reason
+ * first. */
+static void
+smtp_data_refusal(const struct smtp_session *sess, char *reply, size_t len)
+{
+	const struct smtp_tx *tx = sess->tx;
+
+	if (tx->too_big)
+		snprintf(reply, len, "552 5.3.4 Message size exceeds fixed limit");
+	else if (tx->too_big_primary)
+		snprintf(reply, len, "552 5.3.4 Message size exceeds the primary's "
+		    "limit (%" PRIu64 " octets)", tx->primary_size_max);
+	else if (tx->error < 0 && tx->error > -1000)
+		snprintf(reply, len, "%s", smtp_proto_status_reply(tx->error));
+	else if (tx->too_many_hops)
+		snprintf(reply, len, "554 5.4.6 Too many hops: more than %u "
+		    "Received: header fields", smtp_session_cfg(sess)->max_received);
+	else if (tx->error == SPOOL_EQUOTA || tx->error == SPOOL_ENOSPC)
+		snprintf(reply, len, "452 4.3.1 Insufficient system storage");
+	else
+		snprintf(reply, len, "451 4.3.0 Error: queue file write error");
+}
+
 /* End of DATA or BDAT LAST: refuse, or commit and wait for the journal. */
 static void
 smtp_data_end(struct smtp_session *sess)
@@ -260,17 +300,11 @@ smtp_data_end(struct smtp_session *sess)
 	struct smtp_tx *tx = sess->tx;
 	int rc;
 
-	if (tx->too_big || tx->error || tx->stx == NULL) {
-		char reply[128];
+	if (tx->too_big || tx->too_big_primary || tx->too_many_hops ||
+	    tx->error || tx->stx == NULL) {
+		char reply[160];
 
-		if (tx->too_big)
-			snprintf(reply, sizeof(reply), "552 5.3.4 Message size exceeds fixed limit");
-		else if (tx->error < 0 && tx->error > -1000)
-			snprintf(reply, sizeof(reply), "%s", smtp_proto_status_reply(tx->error));
-		else if (tx->error == SPOOL_EQUOTA || tx->error == SPOOL_ENOSPC)
-			snprintf(reply, sizeof(reply), "452 4.3.1 Insufficient system storage");
-		else
-			snprintf(reply, sizeof(reply), "451 4.3.0 Error: queue file write error");
+		smtp_data_refusal(sess, reply, sizeof(reply));
 		smtp_tx_log_reject(sess, tx->bdat ? "bdat" : "data", reply);
 		smtp_session_reply(sess, "%s", reply);
 		smtp_tx_free(sess);
@@ -366,23 +400,18 @@ smtp_tx_process_data(struct smtp_session *sess)
 {
 	struct smtp_tx *tx = sess->tx;
 	size_t outlen = 0, consumed = 0;
-	int rc, early;
+	int rc;
 	bool go_on;
 
 	rc = smtp_proto_data_push(&sess->data, sess->in, sess->inlen, sess->in,
 	    &outlen, &consumed);
 	go_on = smtp_tx_append(sess, sess->in, outlen);
 	smtp_session_consume(sess, consumed);
-	early = smtp_proto_data_error(&sess->data);
-	if (early == SMTP_PROTO_EDATA_BARELF || early == SMTP_PROTO_EDATA_BARECR) {
-		/* Smuggling attempt or a broken client: refuse, and close so no
-		 * octet after the bad one is ever read as a command. */
-		smtp_session_reply(sess, "%s", smtp_proto_status_reply(early));
-		smtp_tx_log_reject(sess, "data", smtp_proto_status_reply(early));
-		smtp_tx_free(sess);
-		smtp_session_reply_close(sess, "bare newline in data");
-		return false;
-	}
+	/* A bare CR or LF (a smuggling attempt or a broken client) stops the
+	 * output but not the reading: the decoder reads on to the true
+	 * <CR><LF>.<CR><LF>, so no octet of the message is ever read as a
+	 * command, and the 550 5.5.2 comes at the end as Postfix gives it;
+	 * the client is not left retrying a cut connection. */
 	if (rc == SMTP_PROTO_AGAIN)
 		return go_on;
 	if (rc != SMTP_PROTO_OK && tx->error == 0)

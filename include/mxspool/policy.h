@@ -21,11 +21,21 @@ enum policy_verdict {
 	POLICY_RELAY_DENIED,          /* 550 5.7.1 Relay access denied */
 	POLICY_UNKNOWN_USER,          /* 550 5.1.1 not in the recipients list */
 	POLICY_OTHER_TENANT,          /* 452 4.5.3 next transaction, please */
-	POLICY_POSTMASTER,            /* 550 5.1.1 bare <postmaster>: no mailbox here */
+	POLICY_POSTMASTER,            /* 550 5.1.1 bare <postmaster>, nowhere to send it */
 };
 
 /*
- * Decide on one RCPT.  TX_TENANT is the tenant of the recipients already
+ * Where RCPT TO:<Postmaster> (no domain, any case: RFC 5321 4.5.1) goes:
+ * the config's `postmaster`, or postmaster@ the first domain of the first
+ * tenant.  Into BUF; 0, or -1 when there is none or BUF is too small.
+ */
+int policy_postmaster_addr(const struct config *cfg, char *buf, size_t len);
+
+/*
+ * Decide on one RCPT.  A bare <Postmaster> is decided for the address of
+ * policy_postmaster_addr() (the caller rewrites it): POLICY_OK for its
+ * tenant whatever that tenant's recipients list says, POLICY_OTHER_TENANT,
+ * or POLICY_POSTMASTER if there is no such address.  TX_TENANT is the tenant of the recipients already
  * accepted in this transaction ("" if none): one message, one tenant, so
  * that quotas and drains stay per tenant.  On POLICY_OK, *TENANT is the
  * tenant that will spool the message (valid until the config is freed).

@@ -145,7 +145,45 @@ test_rcpt_one_tenant_per_transaction(void **state)
 
 	assert_int_equal(check(f, "<alice@listed.test>", "one", &t), POLICY_OTHER_TENANT);
 	assert_int_equal(check(f, "<x@example.test>", "one", &t), POLICY_OK);
+	assert_int_equal(check(f, "<postmaster>", "two", &t), POLICY_OTHER_TENANT);
+}
+
+/* A bare <Postmaster> (any case) goes to postmaster@ the first tenant's
+ * first domain, or to the configured address (whose tenant's recipients
+ * list is not asked); with no tenant domain at all it is refused. */
+static void
+test_rcpt_postmaster(void **state)
+{
+	struct fixture *f = *state;
+	const struct config_tenant *t;
+	char buf[SMTP_PROTO_ADDR_MAX + 1];
+	char *saved = f->cfg->postmaster;
+	char pm[] = "abuse-desk@listed.test";   /* not in its tenant's list */
+	size_t saved_nd = f->cfg->tenants[0].ndomains;
+
+	assert_int_equal(policy_postmaster_addr(f->cfg, buf, sizeof(buf)), 0);
+	assert_string_equal(buf, "postmaster@example.test");
+	assert_int_equal(check(f, "<PostMaster>", "", &t), POLICY_OK);
+	assert_string_equal(t->name, "one");
+	assert_int_equal(check(f, "<postmaster>", "one", &t), POLICY_OK);
+	assert_int_equal(policy_postmaster_addr(f->cfg, buf, 10), -1);
+
+	f->cfg->postmaster = pm;
+	assert_int_equal(policy_postmaster_addr(f->cfg, buf, sizeof(buf)), 0);
+	assert_string_equal(buf, "abuse-desk@listed.test");
+	assert_int_equal(check(f, "<POSTMASTER>", "", &t), POLICY_OK);
+	assert_string_equal(t->name, "two");
+	assert_int_equal(check(f, "<postmaster>", "one", &t), POLICY_OTHER_TENANT);
+	assert_int_equal(check(f, "<abuse-desk@listed.test>", "", &t), POLICY_UNKNOWN_USER);
+	f->cfg->postmaster = saved;
+
+	f->cfg->tenants[0].ndomains = 0;
+	assert_int_equal(policy_postmaster_addr(f->cfg, buf, sizeof(buf)), -1);
 	assert_int_equal(check(f, "<postmaster>", "", &t), POLICY_POSTMASTER);
+	assert_null(t);
+	f->cfg->tenants[0].ndomains = saved_nd;
+	policy_reply(POLICY_POSTMASTER, "postmaster", buf, sizeof(buf));
+	assert_int_equal(strncmp(buf, "550 5.1.1 ", 10), 0);
 }
 
 /* Replies carry the address and the Postfix wording and codes. */
@@ -224,6 +262,7 @@ main(void)
 		cmocka_unit_test(test_rcpt_open_relay_forms),
 		cmocka_unit_test(test_rcpt_recipient_list),
 		cmocka_unit_test(test_rcpt_one_tenant_per_transaction),
+		cmocka_unit_test(test_rcpt_postmaster),
 		cmocka_unit_test(test_replies),
 		cmocka_unit_test(test_etrn),
 	};

@@ -474,8 +474,9 @@ test_command_sequence(void **state)
 	client_cmd(c, "VRFY u@example.test",
 	    "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
 	client_cmd(c, "EXPN list", "502 5.5.1 Error: EXPN command is disabled");
+	/* No [tls]: HELP does not name STARTTLS (EHLO does not offer it). */
 	client_cmd(c, "HELP", "214 2.0.0 See RFC 5321; commands: HELO EHLO MAIL RCPT DATA "
-	    "BDAT RSET NOOP QUIT VRFY HELP STARTTLS ETRN");
+	    "BDAT RSET NOOP QUIT VRFY HELP ETRN");
 	client_cmd(c, "QUIT", "221 2.0.0 Bye");
 	client_expect_eof(c);
 	assert_int_equal(fx->rec.accepted, 0);
@@ -744,6 +745,8 @@ test_starttls_discards_pipelined(void **state)
 	c = client_new(fx);
 	client_ehlo(c, all, sizeof(all));
 	assert_non_null(strstr(all, "250-STARTTLS\n"));
+	client_cmd(c, "HELP", "214 2.0.0 See RFC 5321; commands: HELO EHLO MAIL RCPT DATA "
+	    "BDAT RSET NOOP QUIT VRFY HELP STARTTLS ETRN");
 	client_cmd(c, "MAIL FROM:<a@client.test>", "250 2.1.0 Ok");
 	client_sendf(c, "STARTTLS\r\nRSET\r\nMAIL FROM:<evil@client.test>\r\n");
 	client_expect(c, "220 2.0.0 Ready to start TLS");
@@ -753,8 +756,224 @@ test_starttls_discards_pipelined(void **state)
 	client_ehlo(c, all, sizeof(all));
 	assert_null(strstr(all, "STARTTLS"));
 	client_cmd(c, "STARTTLS", "554 5.5.1 Error: TLS already active");
+	client_cmd(c, "HELP", "214 2.0.0 See RFC 5321; commands: HELO EHLO MAIL RCPT DATA "
+	    "BDAT RSET NOOP QUIT VRFY HELP ETRN");
 	client_message(c, "u@example.test", "250 2.0.0 Ok: queued as ");
 	assert_int_equal(fx->rec.accepted, 1);
+	/* The client's close_notify ends the session like a FIN. */
+	SSL_shutdown(c->ssl);
+	client_expect_eof(c);
+	client_free(c);
+	fx_free(fx);
+}
+
+/* ---- issue 10: intake rules ------------------------------------------------- */
+
+/* N "Received:" fields, a folded line after each, then a Received: in the
+ * body (which never counts). */
+static size_t
+hops_message(char *buf, size_t cap, unsigned n)
+{
+	size_t len = 0;
+
+	for (unsigned i = 0; i < n; i++)
+		len += (size_t)snprintf(buf + len, cap - len, "%s: from h%u.test\r\n"
+		    "\tby mx%u.test; Mon, 1 Jan 2024 00:00:00 +0000\r\n",
+		    i % 2 ? "RECEIVED" : "Received", i, i);
+	len += (size_t)snprintf(buf + len, cap - len, "Subject: loop\r\n\r\n"
+	    "Received: in the body\r\n");
+	assert_true(len < cap);
+	return len;
+}
+
+static void
+client_rcpt(struct client *c, const char *mail, const char *rcpt)
+{
+	client_sendf(c, "MAIL FROM:<s@client.test>%s\r\n", mail);
+	client_expect(c, "250 2.1.0 Ok");
+	client_sendf(c, "RCPT TO:<%s>\r\n", rcpt);
+	client_expect(c, "250 2.1.5 Ok");
+}
+
+/* max_received = 3: three client Received: fields pass (ours is not
+ * counted), four get 554 5.4.6 at the end of data and nothing is queued;
+ * the same through BDAT with the chunks cut inside a field name. */
+static void
+test_loop_detection(void **state)
+{
+	struct fx *fx = fx_new("max_received = 3", false);
+	struct client *c = client_new(fx);
+	char msg[4096];
+	size_t len;
+
+	client_ehlo(c, NULL, 0);
+	len = hops_message(msg, sizeof(msg), 4);
+	client_rcpt(c, "", "u@example.test");
+	client_cmd(c, "DATA", "354 End data with <CR><LF>.<CR><LF>");
+	client_send(c, msg, len);
+	client_cmd(c, ".", "554 5.4.6 Too many hops: more than 3 Received: header fields");
+	assert_int_equal(spool_total_messages(fx->sp), 0);
+
+	len = hops_message(msg, sizeof(msg), 3);
+	client_rcpt(c, "", "u@example.test");
+	client_cmd(c, "DATA", "354 End data with <CR><LF>.<CR><LF>");
+	client_send(c, msg, len);
+	client_sendf(c, ".\r\n");
+	client_expect_prefix(c, "250 2.0.0 Ok: queued as ");
+	assert_int_equal(spool_total_messages(fx->sp), 1);
+
+	/* BDAT: 4 fields, the second chunk starts with "ived:" of the 4th. */
+	len = hops_message(msg, sizeof(msg), 4);
+	char *cut = strstr(strstr(msg, "mx2.test"), "RECE") + 4;
+	size_t first = (size_t)(cut - msg);
+
+	client_rcpt(c, "", "u@example.test");
+	client_sendf(c, "BDAT %zu\r\n", first);
+	client_send(c, msg, first);
+	client_expect_prefix(c, "250 2.0.0 Ok: ");
+	client_sendf(c, "BDAT %zu LAST\r\n", len - first);
+	client_send(c, msg + first, len - first);
+	client_expect(c, "554 5.4.6 Too many hops: more than 3 Received: header fields");
+	assert_int_equal(spool_total_messages(fx->sp), 1);
+	client_message(c, "u@example.test", "250 2.0.0 Ok: queued as ");
+	assert_int_equal(spool_total_messages(fx->sp), 2);
+	client_free(c);
+	fx_free(fx);
+}
+
+/* A bare LF or CR in DATA: the message is read to its true end and
+ * refused there with 550 5.5.2 (a "\n.\n" inside does not end it), nothing
+ * is queued, and the session goes on. */
+static void
+test_bare_newline_in_data(void **state)
+{
+	struct fx *fx = fx_new(NULL, false);
+	struct client *c = client_new(fx);
+
+	client_ehlo(c, NULL, 0);
+	client_rcpt(c, "", "u@example.test");
+	client_cmd(c, "DATA", "354 End data with <CR><LF>.<CR><LF>");
+	client_sendf(c, "Subject: x\r\n\r\nbare\nLF\n.\nNOOP\r\n.\r\n");
+	client_expect(c, "550 5.5.2 Error: bare <LF> received in message data");
+	client_rcpt(c, "", "u@example.test");
+	client_cmd(c, "DATA", "354 End data with <CR><LF>.<CR><LF>");
+	client_sendf(c, "Subject: x\r\n\r\nbare\rCR\r\n.\r\n");
+	client_expect(c, "550 5.5.2 Error: bare <CR> received in message data");
+	assert_int_equal(spool_total_messages(fx->sp), 0);
+	client_cmd(c, "NOOP", "250 2.0.0 Ok");
+	client_message(c, "u@example.test", "250 2.0.0 Ok: queued as ");
+	assert_int_equal(spool_total_messages(fx->sp), 1);
+	client_free(c);
+	fx_free(fx);
+}
+
+/* Message content sent behind DATA before our 354 (RFC 2920 3.1): 554
+ * 5.5.0 and the connection is closed; nothing is queued.  DATA last in a
+ * pipelined group is fine (test_pipelining). */
+static void
+test_content_before_354_refused(void **state)
+{
+	struct fx *fx = fx_new(NULL, false);
+	struct client *c = client_new(fx);
+
+	client_ehlo(c, NULL, 0);
+	client_sendf(c, "MAIL FROM:<a@client.test>\r\nRCPT TO:<u@example.test>\r\n"
+	    "DATA\r\nSubject: eager\r\n\r\nx\r\n.\r\nQUIT\r\n");
+	client_expect(c, "250 2.1.0 Ok");
+	client_expect(c, "250 2.1.5 Ok");
+	client_expect(c, "554 5.5.0 Error: SMTP protocol synchronization");
+	client_expect_eof(c);
+	assert_int_equal(spool_total_messages(fx->sp), 0);
+	assert_int_equal(fx->rec.accepted, 0);
+	client_free(c);
+	fx_free(fx);
+}
+
+struct loaded {
+	struct fx *fx;
+	spool_qid qid;
+	bool done;
+	char rcpt[256], orcpt[256], tenant[64];
+};
+
+static int
+first_item(void *arg, const struct spool_item *item)
+{
+	((struct loaded *)arg)->qid = item->qid;
+	return 1;
+}
+
+static void
+on_loaded(void *arg, int status, struct spool_msg *m)
+{
+	struct loaded *l = arg;
+	const struct spool_envelope *env;
+
+	assert_int_equal(status, 0);
+	env = spool_msg_envelope(m);
+	assert_int_equal(env->nrcpt, 1);
+	snprintf(l->rcpt, sizeof(l->rcpt), "%s", env->rcpt[0].addr);
+	snprintf(l->orcpt, sizeof(l->orcpt), "%s",
+	    env->rcpt[0].orcpt ? env->rcpt[0].orcpt : "(none)");
+	snprintf(l->tenant, sizeof(l->tenant), "%s", env->tenant);
+	spool_msg_free(m);
+	l->done = true;
+}
+
+/* The envelope of the oldest message. */
+static void
+load_first(struct fx *fx, struct loaded *l)
+{
+	int64_t end = now_ms() + WAIT_MS;
+
+	memset(l, 0, sizeof(*l));
+	spool_foreach(fx->sp, NULL, first_item, l);
+	assert_true(l->qid != 0);
+	assert_int_equal(spool_load(fx->sp, l->qid, on_loaded, l), 0);
+	while (!l->done && now_ms() < end)
+		pump(fx, -1, 20);
+	assert_true(l->done);
+}
+
+/* RCPT TO:<Postmaster> (any case, RFC 5321 4.5.1) is accepted and queued
+ * for postmaster@ the first tenant's first domain, with the original form
+ * as its ORCPT; a configured postmaster wins (tenant "other" here). */
+static void
+test_postmaster(void **state)
+{
+	struct fx *fx = fx_new(NULL, false);
+	struct client *c = client_new(fx);
+	struct loaded l;
+
+	client_ehlo(c, NULL, 0);
+	client_message(c, "PostMaster", "250 2.0.0 Ok: queued as ");
+	load_first(fx, &l);
+	assert_string_equal(l.rcpt, "postmaster@example.test");
+	assert_string_equal(l.orcpt, "rfc822;PostMaster");
+	assert_string_equal(l.tenant, "acme");
+	client_free(c);
+	fx_free(fx);
+
+	fx = fx_new("postmaster = hostmaster@other.test", false);
+	c = client_new(fx);
+	client_ehlo(c, NULL, 0);
+	client_sendf(c, "MAIL FROM:<s@client.test>\r\n");
+	client_expect(c, "250 2.1.0 Ok");
+	client_cmd(c, "RCPT TO:<u@example.test>", "250 2.1.5 Ok");
+	client_cmd(c, "RCPT TO:<postmaster>", "452 4.5.3 <postmaster>: Recipient of "
+	    "another destination: send it in a new transaction");
+	client_cmd(c, "RSET", "250 2.0.0 Ok");
+	client_sendf(c, "MAIL FROM:<s@client.test>\r\n");
+	client_expect(c, "250 2.1.0 Ok");
+	client_cmd(c, "RCPT TO:<POSTMASTER> NOTIFY=NEVER ORCPT=rfc822;pm+40x.test",
+	    "250 2.1.5 Ok");
+	client_cmd(c, "DATA", "354 End data with <CR><LF>.<CR><LF>");
+	client_sendf(c, "Subject: t\r\n\r\nbody\r\n.\r\n");
+	client_expect_prefix(c, "250 2.0.0 Ok: queued as ");
+	load_first(fx, &l);
+	assert_string_equal(l.rcpt, "hostmaster@other.test");
+	assert_string_equal(l.orcpt, "rfc822;pm+40x.test");
+	assert_string_equal(l.tenant, "other");
 	client_free(c);
 	fx_free(fx);
 }
@@ -775,6 +994,10 @@ main(void)
 		cmocka_unit_test(test_etrn),
 		cmocka_unit_test(test_close_idle_session),
 		cmocka_unit_test(test_starttls_discards_pipelined),
+		cmocka_unit_test(test_loop_detection),
+		cmocka_unit_test(test_bare_newline_in_data),
+		cmocka_unit_test(test_content_before_354_refused),
+		cmocka_unit_test(test_postmaster),
 	};
 
 	/* A hung test must not hang "make check": every wait is bounded, and
