@@ -34,6 +34,7 @@
 #include "mxspool/log.h"
 #include "mxspool/metrics.h"
 #include "mxspool/relay.h"
+#include "mxspool/smtp_proto.h"
 #include "mxspool/smtp_server.h"
 #include "mxspool/spool.h"
 #include "mxspool/stats.h"
@@ -79,6 +80,30 @@ struct control_client {
 
 /* ---- snapshots ---------------------------------------------------------- */
 
+/* The primary's capabilities as the spool keeps them (known = false when
+ * its EHLO was never read, in this run or any before). */
+static void
+control_fill_caps(struct relay *r, const char *tenant, int64_t now,
+    struct control_caps *out)
+{
+	struct spool_caps c;
+
+	memset(out, 0, sizeof(*out));
+	if (r->spool == NULL || !spool_get_caps(r->spool, tenant, &c))
+		return;
+	out->known = true;
+	out->size = c.size_max;
+	out->pipelining = (c.ext & SMTP_EXT_PIPELINING) != 0;
+	out->eightbitmime = (c.ext & SMTP_EXT_8BITMIME) != 0;
+	out->smtputf8 = (c.ext & SMTP_EXT_SMTPUTF8) != 0;
+	out->dsn = (c.ext & SMTP_EXT_DSN) != 0;
+	out->chunking = (c.ext & SMTP_EXT_CHUNKING) != 0;
+	out->starttls = (c.ext & SMTP_EXT_STARTTLS) != 0;
+	out->rcptmax = c.rcpt_max;
+	out->mailmax = c.mail_max;
+	out->age_s = c.seen_ms > 0 && c.seen_ms < now ? (now - c.seen_ms) / 1000 : 0;
+}
+
 /* One tenant's figures; strings are borrowed from the config (T). */
 static void
 control_fill_tenant(struct relay *r, const struct config_tenant *t, int64_t now,
@@ -117,6 +142,9 @@ control_fill_tenant(struct relay *r, const struct config_tenant *t, int64_t now,
 	row->delivered_total = stats_tenant(r->stats, t->name, STAT_DELIVERED);
 	row->bounced_total = stats_tenant(r->stats, t->name, STAT_BOUNCED);
 	row->eta_s = ds.eta_s;
+	row->queue_lifetime_s = (int64_t)(t->queue_lifetime_ms / 1000);
+	row->delay_warning_s = (int64_t)(t->delay_warning_ms / 1000);
+	control_fill_caps(r, t->name, now, &row->primary_caps);
 }
 
 /* The figures of status and /metrics; free ST->tenants afterwards. */
