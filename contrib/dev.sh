@@ -16,11 +16,14 @@ cd "$top"
 jobs=$(nproc 2>/dev/null || echo 2)
 
 # ca-certificates: the system trust store that `outbound = verify` uses
-# without ca_file (and a test opens); libnet-ssleay-perl: swaks' STARTTLS.
+# without ca_file (and a test opens); libnet-ssleay-perl: swaks' STARTTLS;
+# systemd (systemd-analyze, -sysusers, -tmpfiles) and dpkg-dev, debhelper,
+# fakeroot, lintian: tests/packaging (the unit's sandbox, the .deb).
 BUILD_PKGS="build-essential autoconf automake libtool pkg-config libuv1-dev
   libc-ares-dev libssl-dev libinih-dev libncurses-dev ca-certificates"
 TEST_PKGS="libcmocka-dev python3 python3-pytest python3-aiosmtpd python3-dnslib swaks
-  libnet-ssleay-perl openssl postfix clang libclang-rt-14-dev"
+  libnet-ssleay-perl openssl postfix clang libclang-rt-14-dev
+  systemd dpkg-dev debhelper fakeroot lintian"
 
 say() { printf '==> %s\n' "$*" >&2; }
 
