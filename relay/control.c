@@ -41,6 +41,7 @@
 #include "mxspool/util.h"
 
 #include "control_internal.h"
+#include "control_watch.h"
 
 #define CONTROL_HTTP_MAX 8192
 #define CONTROL_IDLE_MS 10000
@@ -269,7 +270,7 @@ static void
 control_ack(struct control_req *q, enum control_ack_kind kind,
     const char *tenant, int count)
 {
-	struct control_ack a = { kind, tenant, count };
+	struct control_ack a = { kind, tenant, count, NULL };
 
 	control_render_ack(&a, q->json, q->out);
 }
@@ -298,13 +299,40 @@ control_cmd_status(struct control_req *q)
 static void
 control_cmd_reload(struct control_req *q)
 {
+	struct control_ack a = { CONTROL_ACK_RELOAD, NULL, 0, NULL };
 	char err[1024];
 
 	if (relay_reload(q->relay, err, sizeof(err)) != 0) {
 		control_error(q, "reload refused, old config kept: %s", err);
 		return;
 	}
-	control_ack(q, CONTROL_ACK_RELOAD, NULL, 0);
+	a.restart_keys = q->relay->restart_keys;
+	control_render_ack(&a, q->json, q->out);
+}
+
+/* `watch [WIDTH]`: the status drawn as mxspoolctl watch paints it. */
+static void
+control_cmd_watch(struct control_req *q)
+{
+	struct control_status st;
+	unsigned long width = 80;
+	char clock[16], *end;
+	time_t now = time(NULL);
+	struct tm tm;
+
+	if (q->argc > 1) {
+		width = strtoul(q->argv[1], &end, 10);
+		if (*end != '\0' || q->argv[1][0] == '-' || width == 0 || width > 100000) {
+			control_error(q, "usage: watch [WIDTH]");
+			return;
+		}
+	}
+	if (localtime_r(&now, &tm) == NULL || strftime(clock, sizeof(clock),
+	    "%H:%M:%S", &tm) == 0)
+		snprintf(clock, sizeof(clock), "-");
+	control_fill_status(q->relay, &st);
+	control_render_watch(&st, (unsigned)width, clock, q->out);
+	free(st.tenants);
 }
 
 static void
@@ -458,6 +486,7 @@ static const struct control_cmd {
 	{ "hold", 1, 1, control_cmd_hold },
 	{ "release", 1, 1, control_cmd_hold },
 	{ "set", 2, 30, control_cmd_set },
+	{ "watch", 0, 1, control_cmd_watch },
 };
 
 /* Returns 1 when the answer will come asynchronously. */

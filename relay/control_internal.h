@@ -142,6 +142,7 @@ struct control_ack {
 	enum control_ack_kind kind;
 	const char *tenant;
 	int count;
+	const char *restart_keys;     /* RELOAD: "listen dns_servers", or NULL */
 };
 void control_render_ack(const struct control_ack *a, bool json,
     struct control_buf *out);

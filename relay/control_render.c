@@ -527,14 +527,45 @@ control_render_message(const struct control_message *m, bool json,
 	}
 }
 
+/* A reload that took effect, but not for everything: say which keys keep
+ * their old values until a restart. */
+static void
+control_render_restart_keys(struct control_buf *b, const char *keys, bool json)
+{
+	const char *p = keys;
+
+	if (!json) {
+		control_buf_printf(b, "configuration reloaded\nrestart needed for: "
+		    "%s (they keep their old values until then)\n", keys);
+		return;
+	}
+	control_buf_printf(b, "{\"reload\": \"ok\", \"restart_needed\": [");
+	while (*p != '\0') {
+		size_t n = strcspn(p, " ");
+		char key[64];
+
+		snprintf(key, sizeof(key), "%.*s", (int)n, p);
+		if (p != keys)
+			control_buf_printf(b, ", ");
+		control_buf_json_string(b, key);
+		p += n;
+		p += strspn(p, " ");
+	}
+	control_buf_printf(b, "]}\n");
+}
+
 void
 control_render_ack(const struct control_ack *a, bool json, struct control_buf *b)
 {
 	control_buf_printf(b, "ok\n");
 	switch (a->kind) {
 	case CONTROL_ACK_RELOAD:
-		control_buf_printf(b, "%s\n", json ? "{\"reload\": \"ok\"}" :
-		    "configuration reloaded");
+		if (a->restart_keys == NULL || a->restart_keys[0] == '\0') {
+			control_buf_printf(b, "%s\n", json ? "{\"reload\": \"ok\"}" :
+			    "configuration reloaded");
+			break;
+		}
+		control_render_restart_keys(b, a->restart_keys, json);
 		break;
 	case CONTROL_ACK_DELETE:
 		control_buf_printf(b, "%s\n", json ? "{\"deleted\": 1}" : "deleted");

@@ -167,7 +167,10 @@ TOP_KEYS = {"version": str, "uptime_s": int, "accepted_total": int,
 TENANT_KEYS = {"name": str, "domains": list, "primary_state": str, "held": bool,
                "queued_messages": int, "queued_bytes": int, "oldest_age_s": int,
                "drain_rate": float, "drain_rate_limit": float, "in_flight": int,
-               "delivered_total": int, "bounced_total": int, "eta_s": "int|null"}
+               "delivered_total": int, "bounced_total": int, "eta_s": "int|null",
+               # second round (DESIGN "Contract additions"): the long outage
+               "queue_lifetime_s": int, "delay_warning_s": int,
+               "primary_caps": "dict|null"}
 
 
 def check_type(where, key, value, kind):
@@ -177,6 +180,8 @@ def check_type(where, key, value, kind):
         ok = type(value) in (int, float)
     elif kind == "int|null":
         ok = value is None or type(value) is int
+    elif kind == "dict|null":
+        ok = value is None or type(value) is dict
     else:
         ok = type(value) is kind
     assert ok, "%s.%s = %r is not %s" % (where, key, value, kind)

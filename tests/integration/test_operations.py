@@ -73,3 +73,74 @@ def test_reload_of_an_unchanged_file_notes_nothing(daemon):
     daemon.reload()
     daemon.wait_log("reload", after=mark, result="ok")
     assert restart_notes(daemon, mark) == set()
+
+
+# ---------------------------------------------------------------- watch
+
+def test_watch_plain_frames(daemon):
+    """Not a terminal: frames follow each other on stdout, each with the
+    header, the tenant's row and its progress bar; --count bounds it."""
+    r = daemon.ctl("watch", "--count", "2", "--interval", "0.2", check=True)
+    frames = [f for f in re.split(r"(?m)^(?=mxspool )", r.stdout) if f]
+    assert len(frames) == 2, r.stdout
+    for f in frames:
+        lines = f.splitlines()
+        assert lines[0].startswith("mxspool "), f
+        assert any(l.startswith("TENANT ") for l in lines), f
+        row = [l for l in lines if l.startswith("demo ")]
+        assert row and re.search(r"\bdown\b|\bunknown\b", row[0]), f
+        assert any("delivered" in l and "queued" in l for l in lines), f
+        assert all(len(l) <= 100 for l in lines), f
+
+
+def test_watch_bad_arguments(daemon):
+    r = daemon.ctl("watch", "--count", "0")
+    assert r.returncode == 64 and "--count" in r.stderr
+    r = daemon.ctl("watch", "--bogus")
+    assert r.returncode == 64 and "unknown argument" in r.stderr
+
+
+def test_watch_full_screen_on_a_terminal(daemon):
+    """On a terminal the frame is painted with ncurses (cursor addressing,
+    the terminal restored at the end) at the terminal's width."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ["TERM"] = "xterm"
+        os.execv(mxtest.binary("mxspoolctl"),
+                 ["mxspoolctl", "-s", daemon.control_socket, "watch", "--count", "1"])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 90, 0, 0))
+    out = b""
+    deadline = time.monotonic() + mxtest.scaled(20)
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, out[-500:]
+    text = out.decode("utf-8", "replace")
+    assert "\x1b[" in text, "no terminal control sequences: not painted with curses"
+    assert "TENANT" in text and "demo" in text and "q: quit" in text
+
+
+def test_ctl_reload_says_which_keys_wait_for_a_restart(daemon):
+    daemon.configure(server={"commit_window": "7ms"})
+    r = daemon.ctl("reload", check=True)
+    assert "restart needed for: commit_window" in r.stdout, r.stdout
+    r = daemon.ctl("reload", "--json", check=True)
+    import json
+    assert json.loads(r.stdout) == {"reload": "ok", "restart_needed": ["commit_window"]}
+    # Back to the value it runs with: nothing waits any more.
+    daemon.configure(server={"commit_window": "0"})
+    r = daemon.ctl("reload", check=True)
+    assert r.stdout.strip() == "configuration reloaded", r.stdout

@@ -619,17 +619,22 @@ test_acks(void **state)
 		struct control_ack a;
 		const char *text, *json;
 	} cases[] = {
-		{ { CONTROL_ACK_RELOAD, NULL, 0 }, "configuration reloaded", "{\"reload\": \"ok\"}" },
-		{ { CONTROL_ACK_DELETE, NULL, 0 }, "deleted", "{\"deleted\": 1}" },
-		{ { CONTROL_ACK_BOUNCE, NULL, 0 }, "bounce queued", "{\"bounced\": 1}" },
-		{ { CONTROL_ACK_SET, NULL, 0 }, "applied", "{\"set\": \"ok\"}" },
-		{ { CONTROL_ACK_FLUSH, NULL, 1 }, "probing the primary of 1 tenant now",
+		{ { CONTROL_ACK_RELOAD, NULL, 0, NULL }, "configuration reloaded", "{\"reload\": \"ok\"}" },
+		{ { CONTROL_ACK_RELOAD, NULL, 0, "" }, "configuration reloaded", "{\"reload\": \"ok\"}" },
+		{ { CONTROL_ACK_RELOAD, NULL, 0, "listen dns_servers" },
+		  "configuration reloaded\nrestart needed for: listen dns_servers (they keep "
+		  "their old values until then)",
+		  "{\"reload\": \"ok\", \"restart_needed\": [\"listen\", \"dns_servers\"]}" },
+		{ { CONTROL_ACK_DELETE, NULL, 0, NULL }, "deleted", "{\"deleted\": 1}" },
+		{ { CONTROL_ACK_BOUNCE, NULL, 0, NULL }, "bounce queued", "{\"bounced\": 1}" },
+		{ { CONTROL_ACK_SET, NULL, 0, NULL }, "applied", "{\"set\": \"ok\"}" },
+		{ { CONTROL_ACK_FLUSH, NULL, 1, NULL }, "probing the primary of 1 tenant now",
 		  "{\"flushed_tenants\": 1}" },
-		{ { CONTROL_ACK_FLUSH, NULL, 3 }, "probing the primary of 3 tenants now",
+		{ { CONTROL_ACK_FLUSH, NULL, 3, NULL }, "probing the primary of 3 tenants now",
 		  "{\"flushed_tenants\": 3}" },
-		{ { CONTROL_ACK_HOLD, "demo", 0 }, "tenant demo held",
+		{ { CONTROL_ACK_HOLD, "demo", 0, NULL }, "tenant demo held",
 		  "{\"tenant\": \"demo\", \"held\": true}" },
-		{ { CONTROL_ACK_RELEASE, "demo", 0 }, "tenant demo released",
+		{ { CONTROL_ACK_RELEASE, "demo", 0, NULL }, "tenant demo released",
 		  "{\"tenant\": \"demo\", \"held\": false}" },
 	};
 	struct control_buf b = { 0 };
