@@ -522,18 +522,27 @@ spool_msg_free(struct spool_msg *m)
 
 /* ---- state records ----------------------------------------------------- */
 
+/* The slot of live message QID for a state record: 0, SPOOL_ECLOSED or
+ * SPOOL_ENOENT. */
+static int
+spool_state_slot(struct spool *sp, spool_qid qid, uint32_t *slot)
+{
+	if (sp->closing)
+		return SPOOL_ECLOSED;
+	*slot = spool_index_lookup(sp->ix, qid);
+	return *slot == SPOOL_INDEX_NONE ? SPOOL_ENOENT : 0;
+}
+
 int
 spool_mark_rcpt(struct spool *sp, spool_qid qid, size_t rcpt,
     enum spool_rcpt_state state, spool_done_cb cb, void *arg)
 {
-	uint32_t slot = spool_index_lookup(sp->ix, qid);
+	uint32_t slot;
 	uint8_t b[SPOOL_RCPT_BODY_LEN];
 	int rc;
 
-	if (sp->closing)
-		return SPOOL_ECLOSED;
-	if (slot == SPOOL_INDEX_NONE)
-		return SPOOL_ENOENT;
+	if ((rc = spool_state_slot(sp, qid, &slot)) != 0)
+		return rc;
 	if (rcpt >= spool_ent_nrcpt(spool_index_at(sp->ix, slot)) ||
 	    state > SPOOL_RCPT_BOUNCED)
 		return SPOOL_EINVAL;
@@ -549,14 +558,12 @@ int
 spool_defer(struct spool *sp, spool_qid qid, int64_t next_attempt_ms,
     spool_done_cb cb, void *arg)
 {
-	uint32_t slot = spool_index_lookup(sp->ix, qid);
+	uint32_t slot;
 	uint8_t b[SPOOL_DEFER_BODY_LEN];
 	int rc;
 
-	if (sp->closing)
-		return SPOOL_ECLOSED;
-	if (slot == SPOOL_INDEX_NONE)
-		return SPOOL_ENOENT;
+	if ((rc = spool_state_slot(sp, qid, &slot)) != 0)
+		return rc;
 	spool_defer_body_encode(b, next_attempt_ms,
 	    spool_index_at(sp->ix, slot)->attempts + 1u);
 	if ((rc = sp->ops->append_state(sp->be, SPOOL_REC_DEFER, qid, b, sizeof(b),
@@ -569,13 +576,11 @@ spool_defer(struct spool *sp, spool_qid qid, int64_t next_attempt_ms,
 int
 spool_delete(struct spool *sp, spool_qid qid, spool_done_cb cb, void *arg)
 {
-	uint32_t slot = spool_index_lookup(sp->ix, qid);
+	uint32_t slot;
 	int rc;
 
-	if (sp->closing)
-		return SPOOL_ECLOSED;
-	if (slot == SPOOL_INDEX_NONE)
-		return SPOOL_ENOENT;
+	if ((rc = spool_state_slot(sp, qid, &slot)) != 0)
+		return rc;
 	if ((rc = sp->ops->append_state(sp->be, SPOOL_REC_DELETE, qid, NULL, 0,
 	    cb, arg)) != 0)
 		return rc;
@@ -613,6 +618,88 @@ spool_is_held(struct spool *sp, const char *tenant)
 	    spool_index_tenant_find(sp->ix, tenant, strlen(tenant));
 
 	return t >= 0 && spool_index_tenant_held(sp->ix, (unsigned)t);
+}
+
+/* A state change that is already recorded: nothing is written, CB still
+ * runs later, as for a record. */
+static int
+spool_post(struct spool *sp, spool_done_cb cb, void *arg)
+{
+	return cb == NULL ? 0 : sp->ops->post(sp->be, cb, arg);
+}
+
+int
+spool_mark_warned(struct spool *sp, spool_qid qid, spool_done_cb cb, void *arg)
+{
+	uint32_t slot;
+	int rc;
+
+	if ((rc = spool_state_slot(sp, qid, &slot)) != 0)
+		return rc;
+	if (spool_ent_flags(spool_index_at(sp->ix, slot)) & SPOOL_ENT_WARNED)
+		return spool_post(sp, cb, arg);
+	if ((rc = sp->ops->append_state(sp->be, SPOOL_REC_WARNED, qid, NULL, 0,
+	    cb, arg)) != 0)
+		return rc;
+	spool_index_set_warned(sp->ix, slot);
+	return 0;
+}
+
+unsigned
+spool_walk_aged(struct spool *sp, const char *tenant, int64_t expire_before_ms,
+    int64_t warn_before_ms, unsigned max, spool_age_cb cb, void *arg)
+{
+	if (sp->closing)
+		return 0;
+	return spool_index_walk_aged(sp->ix, tenant, expire_before_ms,
+	    warn_before_ms, max, cb, arg);
+}
+
+/* Equal as far as the journal cares: seen_ms aside. */
+static bool
+spool_caps_equal(const struct spool_caps *a, const struct spool_caps *b)
+{
+	return a->ext == b->ext && a->size_max == b->size_max &&
+	    a->rcpt_max == b->rcpt_max && a->mail_max == b->mail_max;
+}
+
+int
+spool_set_caps(struct spool *sp, const char *tenant,
+    const struct spool_caps *caps, spool_done_cb cb, void *arg)
+{
+	uint8_t b[SPOOL_CAPS_BODY_FIXED + 0xFFFF];
+	struct spool_caps old;
+	int n, t, rc;
+
+	if (sp->closing)
+		return SPOOL_ECLOSED;
+	if (tenant == NULL || caps == NULL)
+		return SPOOL_EINVAL;
+	if ((n = spool_caps_body_encode(b, sizeof(b), tenant, caps)) < 0)
+		return n;
+	if ((t = spool_index_tenant_get(sp->ix, tenant, strlen(tenant))) < 0)
+		return SPOOL_EINVAL;
+	if (spool_index_tenant_caps(sp->ix, (unsigned)t, &old) &&
+	    spool_caps_equal(&old, caps)) {
+		/* Unchanged: no record.  The newer time is kept in memory. */
+		old.seen_ms = caps->seen_ms;
+		spool_index_tenant_set_caps(sp->ix, (unsigned)t, &old);
+		return spool_post(sp, cb, arg);
+	}
+	if ((rc = sp->ops->append_state(sp->be, SPOOL_REC_CAPS, 0, b, (size_t)n,
+	    cb, arg)) != 0)
+		return rc;
+	spool_index_tenant_set_caps(sp->ix, (unsigned)t, caps);
+	return 0;
+}
+
+bool
+spool_get_caps(struct spool *sp, const char *tenant, struct spool_caps *out)
+{
+	int t = tenant == NULL ? -1 :
+	    spool_index_tenant_find(sp->ix, tenant, strlen(tenant));
+
+	return t >= 0 && spool_index_tenant_caps(sp->ix, (unsigned)t, out);
 }
 
 /* ---- figures ----------------------------------------------------------- */

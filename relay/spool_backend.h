@@ -118,6 +118,9 @@ struct spool_ops {
 	    spool_read_cb cb, void *arg);
 	/* Free the backend's part of M, then spool__msg_free_common(M). */
 	void (*msg_destroy)(struct spool_msg *m);
+	/* Run CB(ARG, 0) later with nothing stored (a state change that was
+	 * already recorded); close waits for it.  0 or SPOOL_ENOMEM. */
+	int (*post)(void *be, spool_done_cb cb, void *arg);
 	/* Durable flushes so far (benchmark), or 0. */
 	uint64_t (*flush_count)(const void *be);
 };

@@ -141,7 +141,7 @@ spool_rec_hdr_decode(const uint8_t in[SPOOL_REC_HDR_LEN], struct spool_rec_hdr *
 	h->len = spool_get32(in + 8);
 	h->crc = spool_get32(in + 12);
 	h->qid = spool_get64(in + 16);
-	if (h->type < SPOOL_REC_MSG || h->type > SPOOL_REC_HOLD ||
+	if (h->type < SPOOL_REC_MSG || h->type > SPOOL_REC_TYPE_MAX ||
 	    h->len > SPOOL_REC_MAX_BODY)
 		return SPOOL_ECORRUPT;
 	return 0;
@@ -491,5 +491,48 @@ spool_hold_body_decode(const uint8_t *p, size_t len, const char **tenant,
 	*held = p[0] == 1;
 	*tenant_len = spool_get16(p + 1);
 	*tenant = (const char *)p + 3;
+	return 0;
+}
+
+int
+spool_caps_body_encode(uint8_t *out, size_t cap, const char *tenant,
+    const struct spool_caps *caps)
+{
+	size_t n = strlen(tenant);
+	uint8_t *p = out;
+
+	if (n == 0 || n >= SPOOL_STR_NULL || cap < SPOOL_CAPS_BODY_FIXED + n)
+		return SPOOL_EINVAL;
+	spool_put16(p, (uint16_t)n);
+	memcpy(p + 2, tenant, n);
+	p += 2 + n;
+	spool_put32(p, (uint32_t)caps->ext);
+	spool_put64(p + 4, caps->size_max);
+	spool_put32(p + 12, caps->rcpt_max);
+	spool_put32(p + 16, caps->mail_max);
+	spool_put64(p + 20, (uint64_t)caps->seen_ms);
+	return (int)(SPOOL_CAPS_BODY_FIXED + n);
+}
+
+int
+spool_caps_body_decode(const uint8_t *p, size_t len, const char **tenant,
+    size_t *tenant_len, struct spool_caps *caps)
+{
+	size_t n;
+
+	if (len < SPOOL_CAPS_BODY_FIXED)
+		return SPOOL_ECORRUPT;
+	n = spool_get16(p);
+	if (n == 0 || n == SPOOL_STR_NULL || SPOOL_CAPS_BODY_FIXED + n != len)
+		return SPOOL_ECORRUPT;
+	*tenant = (const char *)p + 2;
+	*tenant_len = n;
+	p += 2 + n;
+	memset(caps, 0, sizeof(*caps));
+	caps->ext = spool_get32(p);
+	caps->size_max = spool_get64(p + 4);
+	caps->rcpt_max = spool_get32(p + 12);
+	caps->mail_max = spool_get32(p + 16);
+	caps->seen_ms = (int64_t)spool_get64(p + 20);
 	return 0;
 }

@@ -13,6 +13,8 @@
  *             a claimed entry is in neither heap.
  *   side[]    chained hash of partly delivered messages: one state byte per
  *             recipient, so the common entry stays 40 bytes.
+ *   fifo      per tenant: queue ids in arrival order for the clock-driven
+ *             walk (spool_index_walk_aged); dead ids are dropped lazily.
  *
  * Allocation: growth of the entry array and the hash reports SPOOL_ENOMEM;
  * the small structures (tenants, heaps, side entries) use the x-allocators,
@@ -31,6 +33,20 @@ struct heap {
 	uint32_t n, cap;
 };
 
+/*
+ * A tenant's queue ids in arrival order: v[head..n) holds every live one
+ * plus DEAD ids of messages removed since (found dead by a hash lookup).
+ * Positions are absolute indexes into v; head <= warn <= n.  While a walk
+ * runs (WALKING) nothing moves but appends, so the walk can keep indexes.
+ */
+struct fifo {
+	spool_qid *v;
+	uint32_t head, n, cap;
+	uint32_t dead;
+	uint32_t warn;                        /* warn cursor */
+	bool walking;
+};
+
 struct tenant {
 	char *name;
 	uint64_t quota_bytes, quota_msgs;     /* 0 = no limit */
@@ -41,6 +57,9 @@ struct tenant {
 	bool held;
 	struct heap ready;                    /* due, keyed by qid */
 	struct heap wait;                     /* keyed by next attempt */
+	struct fifo fifo;                     /* arrival order */
+	bool caps_known;
+	struct spool_caps caps;               /* the primary's last EHLO */
 };
 
 /* Recipient states of a partly delivered message (one byte each). */
@@ -112,6 +131,7 @@ spool_index_free(struct spool_index *ix)
 		free(ix->tenants[i]->name);
 		free(ix->tenants[i]->ready.v);
 		free(ix->tenants[i]->wait.v);
+		free(ix->tenants[i]->fifo.v);
 		free(ix->tenants[i]);
 	}
 	for (uint32_t i = 0; ix->side != NULL && i <= ix->side_mask; i++)
@@ -342,6 +362,25 @@ void
 spool_index_tenant_set_held(struct spool_index *ix, unsigned t, bool held)
 {
 	ix->tenants[t]->held = held;
+}
+
+bool
+spool_index_tenant_caps(const struct spool_index *ix, unsigned t,
+    struct spool_caps *out)
+{
+	if (!ix->tenants[t]->caps_known)
+		return false;
+	if (out != NULL)
+		*out = ix->tenants[t]->caps;
+	return true;
+}
+
+void
+spool_index_tenant_set_caps(struct spool_index *ix, unsigned t,
+    const struct spool_caps *caps)
+{
+	ix->tenants[t]->caps = *caps;
+	ix->tenants[t]->caps_known = true;
 }
 
 void
@@ -580,6 +619,122 @@ side_drop(struct spool_index *ix, spool_qid q)
 	ix->nside--;
 }
 
+/* ---- arrival FIFOs ------------------------------------------------------------ */
+
+static int
+fifo_reserve(struct fifo *f, uint32_t want)
+{
+	spool_qid *nv;
+	uint32_t ncap;
+
+	if (want <= f->cap)
+		return 0;
+	ncap = f->cap ? f->cap + f->cap / 2 : 64;
+	if (ncap < want)
+		ncap = want;
+	if ((nv = realloc(f->v, (size_t)ncap * sizeof(*nv))) == NULL)
+		return SPOOL_ENOMEM;
+	f->v = nv;
+	f->cap = ncap;
+	return 0;
+}
+
+static int
+fifo_push(struct fifo *f, spool_qid q)
+{
+	if (f->n == f->cap && f->head > 0 && f->head >= f->cap / 4 &&
+	    !f->walking) {
+		/* Reuse the room the front left instead of growing. */
+		memmove(f->v, f->v + f->head,
+		    (size_t)(f->n - f->head) * sizeof(*f->v));
+		f->n -= f->head;
+		f->warn -= f->head;
+		f->head = 0;
+	}
+	if (f->n == f->cap && fifo_reserve(f, f->n + 1) != 0)
+		return SPOOL_ENOMEM;
+	f->v[f->n++] = q;
+	return 0;
+}
+
+/* Drop every dead id of T's FIFO and give back the room: O(length), run
+ * only once the dead (and the room at the front) outnumber the live. */
+static void
+fifo_compact(struct spool_index *ix, struct fifo *f)
+{
+	uint32_t w = 0, warn = 0;
+
+	for (uint32_t r = f->head; r < f->n; r++) {
+		if (r == f->warn)
+			warn = w;
+		if (spool_index_lookup(ix, f->v[r]) != SPOOL_INDEX_NONE)
+			f->v[w++] = f->v[r];
+	}
+	f->warn = f->warn >= f->n ? w : warn;
+	f->head = 0;
+	f->n = w;
+	f->dead = 0;
+	if (f->cap > 64 && f->cap / 2 > w) {
+		uint32_t ncap = w + w / 2 > 64 ? w + w / 2 : 64;
+		spool_qid *nv = realloc(f->v, (size_t)ncap * sizeof(*nv));
+
+		if (nv != NULL) {
+			f->v = nv;
+			f->cap = ncap;
+		}
+	}
+}
+
+static void
+fifo_maybe_compact(struct spool_index *ix, struct tenant *t)
+{
+	struct fifo *f = &t->fifo;
+	uint32_t waste = f->head + f->dead;
+
+	if (!f->walking && waste >= 32 && waste > f->n - f->head - f->dead)
+		fifo_compact(ix, f);
+}
+
+/* Bulk end: every live id into its tenant's FIFO, in queue id order
+ * (replay order differs where compaction copied messages forward). */
+static void
+fifo_rebuild(struct spool_index *ix)
+{
+	for (uint32_t i = 0; i < ix->ntenants; i++) {
+		struct fifo *f = &ix->tenants[i]->fifo;
+
+		f->head = f->n = f->dead = f->warn = 0;
+		if (ix->tenants[i]->messages > f->cap) {
+			/* x-allocator, as the wait heaps built next to it. */
+			f->cap = (uint32_t)ix->tenants[i]->messages;
+			f->v = xrealloc(f->v, (size_t)f->cap * sizeof(*f->v));
+		}
+	}
+	for (uint32_t i = 0; i < ix->nents; i++) {
+		const struct spool_index_ent *e = &ix->ents[i];
+		struct fifo *f;
+
+		if (!(spool_ent_flags(e) & SPOOL_ENT_LIVE))
+			continue;
+		f = &ix->tenants[e->tenant]->fifo;
+		f->v[f->n++] = e->qid;
+	}
+	for (uint32_t i = 0; i < ix->ntenants; i++) {
+		struct fifo *f = &ix->tenants[i]->fifo;
+
+		if (f->n > 1)
+			qsort(f->v, f->n, sizeof(*f->v), spool__u64_cmp);
+	}
+}
+
+uint32_t
+spool_index_fifo_len(const struct spool_index *ix, const char *name)
+{
+	int t = name == NULL ? -1 : spool_index_tenant_find(ix, name, strlen(name));
+
+	return t < 0 ? 0 : ix->tenants[t]->fifo.n - ix->tenants[t]->fifo.head;
+}
+
 /* ---- index operations -------------------------------------------------------- */
 
 static void
@@ -615,6 +770,11 @@ spool_index_insert(struct spool_index *ix, spool_qid qid, unsigned tenant,
 		ent_release(ix, idx);
 		return rc;
 	}
+	if (!ix->bulk && (rc = fifo_push(&t->fifo, qid)) != 0) {
+		ht_remove(ix, qid);
+		ent_release(ix, idx);
+		return rc;
+	}
 	ix->nlive++;
 	t->messages++;
 	t->bytes += len;
@@ -638,6 +798,11 @@ spool_index_remove(struct spool_index *ix, uint32_t idx)
 		side_drop(ix, e->qid);
 	ht_remove(ix, e->qid);
 	loc_hook(ix, e, false);
+	if (!ix->bulk) {
+		/* Its id stays in the FIFO until a walk or a rebuild drops it. */
+		t->fifo.dead++;
+		fifo_maybe_compact(ix, t);
+	}
 	t->messages--;
 	t->bytes -= e->len;
 	ix->total_bytes -= e->len;
@@ -772,6 +937,7 @@ spool_index_bulk_end(struct spool_index *ix)
 			h_down(ix, &t->wait, false, k);
 		t->oldest_dirty = t->messages > 0;
 	}
+	fifo_rebuild(ix);
 	return live;
 }
 
@@ -898,6 +1064,7 @@ item_fill(const struct spool_index *ix, const struct spool_index_ent *e,
 	it->size = e->len;
 	it->attempts = e->attempts;
 	it->claimed = (spool_ent_flags(e) & SPOOL_ENT_CLAIMED) != 0;
+	it->warned = (spool_ent_flags(e) & SPOOL_ENT_WARNED) != 0;
 }
 
 void
@@ -949,6 +1116,134 @@ spool_index_find(const struct spool_index *ix, spool_qid qid,
 	return 0;
 }
 
+/* ---- the clock-driven walk --------------------------------------------------- */
+
+void
+spool_index_set_warned(struct spool_index *ix, uint32_t slot)
+{
+	ent_set(&ix->ents[slot], SPOOL_ENT_WARNED);
+}
+
+struct walk {
+	struct spool_index *ix;
+	int64_t expire_before, warn_before;
+	unsigned max, calls;
+	spool_age_cb cb;
+	void *arg;
+	bool stop;
+};
+
+/* One callback; false when it asked to stop. */
+static bool
+walk_call(struct walk *w, uint32_t slot, enum spool_age what)
+{
+	struct spool_item it;
+
+	item_fill(w->ix, &w->ix->ents[slot], &it);
+	w->calls++;
+	if (w->cb(w->arg, &it, what) != 0) {
+		w->stop = true;
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Expiry, from the front of F.  The ids passed are v[head..r); the live
+ * ones among them are copied down to v[head..k) as the walk goes, and at
+ * the end moved up to just below R, so the dead ones fall off the front.
+ * CB may append (F->v may move: only indexes are kept) or remove (an id
+ * kept here may be dead by the end: counted in F->dead, dropped later).
+ */
+static void
+walk_expired(struct walk *w, struct fifo *f)
+{
+	uint32_t r = f->head, k = f->head, ndead = 0, live;
+
+	while (r < f->n && r - f->head < SPOOL_INDEX_WALK_SCAN &&
+	    w->calls < w->max && spool_qid_ms(f->v[r]) <= w->expire_before) {
+		spool_qid q = f->v[r];
+		uint32_t slot = spool_index_lookup(w->ix, q);
+
+		if (slot == SPOOL_INDEX_NONE) {
+			ndead++;
+			r++;
+			continue;
+		}
+		if (!walk_call(w, slot, SPOOL_AGE_EXPIRED))
+			break;        /* not passed: offered again next call */
+		f->v[k++] = q;
+		r++;
+	}
+	live = k - f->head;
+	if (ndead > 0) {
+		memmove(f->v + r - live, f->v + f->head, (size_t)live * sizeof(*f->v));
+		f->head = r - live;
+		f->dead = ndead > f->dead ? 0 : f->dead - ndead;
+	}
+	/* What the expiry passed is expired: no warning for it. */
+	if (f->warn < r)
+		f->warn = r;
+}
+
+/* Warnings, from the cursor: every entry examined is passed for good,
+ * except one whose callback asked to stop. */
+static void
+walk_warn(struct walk *w, struct fifo *f)
+{
+	uint32_t p = f->warn < f->head ? f->head : f->warn, start = p;
+
+	while (p < f->n && p - start < SPOOL_INDEX_WALK_SCAN &&
+	    w->calls < w->max && spool_qid_ms(f->v[p]) <= w->warn_before) {
+		spool_qid q = f->v[p];
+		uint32_t slot = spool_index_lookup(w->ix, q);
+
+		if (slot != SPOOL_INDEX_NONE &&
+		    !(spool_ent_flags(&w->ix->ents[slot]) & SPOOL_ENT_WARNED) &&
+		    spool_qid_ms(q) > w->expire_before &&
+		    !walk_call(w, slot, SPOOL_AGE_WARN))
+			break;
+		p++;
+	}
+	f->warn = p;
+}
+
+static void
+walk_tenant(struct walk *w, struct tenant *t)
+{
+	struct fifo *f = &t->fifo;
+
+	f->walking = true;
+	walk_expired(w, f);
+	if (!w->stop && w->calls < w->max && w->warn_before != INT64_MIN)
+		walk_warn(w, f);
+	f->walking = false;
+	fifo_maybe_compact(w->ix, t);
+}
+
+unsigned
+spool_index_walk_aged(struct spool_index *ix, const char *tenant,
+    int64_t expire_before_ms, int64_t warn_before_ms, unsigned max,
+    spool_age_cb cb, void *arg)
+{
+	struct walk w = { ix, expire_before_ms, warn_before_ms, max, 0, cb, arg,
+	    false };
+	int t;
+
+	if (cb == NULL || max == 0)
+		return 0;
+	if (tenant != NULL) {
+		if ((t = spool_index_tenant_find(ix, tenant, strlen(tenant))) >= 0)
+			walk_tenant(&w, ix->tenants[t]);
+		return w.calls;
+	}
+	/* Every tenant, in tenant number order, sharing MAX.  (The count is
+	 * read each time: a callback may create a tenant.) */
+	for (uint32_t i = 0; i < ix->ntenants && !w.stop && w.calls < max; i++)
+		walk_tenant(&w, ix->tenants[i]);
+	return w.calls;
+}
+
 size_t
 spool_index_mem_bytes(const struct spool_index *ix)
 {
@@ -958,6 +1253,7 @@ spool_index_mem_bytes(const struct spool_index *ix)
 
 	for (uint32_t i = 0; i < ix->ntenants; i++)
 		n += ((size_t)ix->tenants[i]->ready.cap +
-		    ix->tenants[i]->wait.cap) * sizeof(uint32_t);
+		    ix->tenants[i]->wait.cap) * sizeof(uint32_t) +
+		    (size_t)ix->tenants[i]->fifo.cap * sizeof(spool_qid);
 	return n;
 }

@@ -16,8 +16,9 @@
  * call that changes the index.
  *
  * Memory: one entry is 40 bytes, plus 4 bytes in the qid hash (at a load of
- * at most 3/4) and 4 in a heap; partly delivered messages add a side-table
- * entry with one byte per recipient.
+ * at most 3/4), 4 in a heap and 8 in its tenant's arrival FIFO (at most 16
+ * while dead queue ids wait to be dropped); partly delivered messages add a
+ * side-table entry with one byte per recipient.
  */
 #ifndef MXSPOOL_SPOOL_INDEX_H
 #define MXSPOOL_SPOOL_INDEX_H
@@ -35,6 +36,7 @@
 #define SPOOL_ENT_READY      0x04u        /* in the tenant's ready heap */
 #define SPOOL_ENT_WAITING    0x08u        /* in the tenant's wait heap */
 #define SPOOL_ENT_LIVE       0x10u
+#define SPOOL_ENT_WARNED     0x20u        /* WARNED record: delay notice done */
 
 /*
  * One queued message: 40 bytes.  The arrival shown by the index is the queue
@@ -105,6 +107,12 @@ uint32_t spool_index_tenant_count(const struct spool_index *ix);
 const char *spool_index_tenant_name(const struct spool_index *ix, unsigned t);
 bool spool_index_tenant_held(const struct spool_index *ix, unsigned t);
 void spool_index_tenant_set_held(struct spool_index *ix, unsigned t, bool held);
+/* The primary's capabilities kept for tenant T: get returns false while
+ * none were ever set. */
+bool spool_index_tenant_caps(const struct spool_index *ix, unsigned t,
+    struct spool_caps *out);
+void spool_index_tenant_set_caps(struct spool_index *ix, unsigned t,
+    const struct spool_caps *caps);
 /* Quota of tenant NAME (created if new); 0 = no limit for that figure. */
 void spool_index_set_quota(struct spool_index *ix, const char *name,
     uint64_t bytes, uint64_t messages);
@@ -148,6 +156,33 @@ void spool_index_set_retry(struct spool_index *ix, uint32_t slot,
     int64_t next_ms, uint32_t attempts);
 /* A failed attempt: unclaim, count it, and wait until NEXT_MS. */
 void spool_index_defer(struct spool_index *ix, uint32_t slot, int64_t next_ms);
+
+/* The delay notice of the entry at SLOT is done (SPOOL_ENT_WARNED). */
+void spool_index_set_warned(struct spool_index *ix, uint32_t slot);
+
+/*
+ * The clock-driven walk of include/mxspool/spool.h (spool_walk_aged), over
+ * each tenant's arrival FIFO: queue ids in commit order (queue id order
+ * after a bulk load), appended by insert; a removed message leaves its
+ * queue id behind as dead, dropped when a walk passes it at the front or
+ * when a tenant's dead ids outnumber its live ones (the FIFO is then
+ * rebuilt, shrunk).  Per tenant and call:
+ *   expiry:   from the front while arrival <= EXPIRE_BEFORE_MS; dead ids
+ *             passed are dropped, live ones are called back and stay;
+ *   warnings: from the tenant's warn cursor (the front after a bulk load or
+ *             a new index) while arrival <= WARN_BEFORE_MS; the cursor moves
+ *             past every entry examined except the one whose callback
+ *             returned non-zero, which is offered again on the next call.
+ * Each pass examines at most SPOOL_INDEX_WALK_SCAN ids per tenant and call
+ * (the rest are left for the next call), so a call costs what it visits
+ * plus at most that much.  CB may change the index (remove, defer, mark).
+ */
+#define SPOOL_INDEX_WALK_SCAN 16384u
+unsigned spool_index_walk_aged(struct spool_index *ix, const char *tenant,
+    int64_t expire_before_ms, int64_t warn_before_ms, unsigned max,
+    spool_age_cb cb, void *arg);
+/* Queue ids (live and dead) in tenant NAME's arrival FIFO, for tests. */
+uint32_t spool_index_fifo_len(const struct spool_index *ix, const char *name);
 
 /* Draining: the spool_claim_next family of include/mxspool/spool.h. */
 int spool_index_claim_next(struct spool_index *ix, const char *tenant,

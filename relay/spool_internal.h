@@ -33,7 +33,10 @@ enum spool_rec_type {
 	SPOOL_REC_DEFER = 3,          /* next attempt time + attempt count */
 	SPOOL_REC_DELETE = 4,         /* message removed by the operator */
 	SPOOL_REC_HOLD = 5,           /* tenant held / released (qid 0) */
+	SPOOL_REC_WARNED = 6,         /* the delay notice is done (no body) */
+	SPOOL_REC_CAPS = 7,           /* a tenant's primary capabilities (qid 0) */
 };
+#define SPOOL_REC_TYPE_MAX   SPOOL_REC_CAPS
 
 struct spool_rec_hdr {
 	uint8_t type;
@@ -102,6 +105,16 @@ int spool_hold_body_encode(uint8_t *out, size_t cap, const char *tenant,
     bool held);
 int spool_hold_body_decode(const uint8_t *p, size_t len, const char **tenant,
     size_t *tenant_len, bool *held);
+
+/* CAPS body: u16 len, tenant, u32 ext, u64 size_max, u32 rcpt_max,
+ * u32 mail_max, i64 seen_ms.  encode returns the length written into OUT
+ * (SPOOL_CAPS_BODY_FIXED + the tenant's length, at most 65564 bytes) or
+ * SPOOL_EINVAL (an empty tenant, one of 65535 bytes or more, CAP short). */
+#define SPOOL_CAPS_BODY_FIXED 30u
+int spool_caps_body_encode(uint8_t *out, size_t cap, const char *tenant,
+    const struct spool_caps *caps);
+int spool_caps_body_decode(const uint8_t *p, size_t len, const char **tenant,
+    size_t *tenant_len, struct spool_caps *caps);
 
 /* Bytes the in-memory index of SP takes (entries, hash, heaps, side
  * table buckets), for the benchmark. */

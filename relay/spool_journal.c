@@ -34,7 +34,7 @@
  *   12 4  CRC32C: of the body, continued over header bytes 4..11 and 16..23
  *         (the body comes first so a message is checksummed as it streams in,
  *         before its final length is known)
- *   16 8  queue id (0 for HOLD)
+ *   16 8  queue id (0 for HOLD and CAPS)
  *
  * Record types and bodies:
  *   1 MSG    0 u32 env_len (bytes of the envelope part, these fields included)
@@ -50,6 +50,14 @@
  *   5 HOLD   u8 held, u16 length, tenant.  Every new segment starts with one
  *            HOLD record per held tenant, so the held set survives the
  *            deletion of the segment that first recorded it.
+ *   6 WARNED empty: the message's delay notice is done (spool_mark_warned);
+ *            replay sets the flag, compaction repeats it after a copy.
+ *   7 CAPS   u16 length, tenant; u32 SMTP extension bits; u64 SIZE (0 =
+ *            none); u32 RCPTMAX, u32 MAILMAX (0 = none); i64 when that
+ *            EHLO was read (ms).  A tenant's primary capabilities; the last
+ *            one replayed wins.  Every new segment starts (after its HOLD
+ *            records) with one CAPS record per tenant whose capabilities
+ *            are known, as for HOLD.  A change of seen_ms alone writes none.
  *
  * Replay (recovery) reads segments in number order and records in file
  * order.  A MSG whose queue id is already known is a copy made by
@@ -563,33 +571,61 @@ flush_after(uv_work_t *req, int uvstatus)
 	close_maybe_finish(j);
 }
 
-/* HOLD records for every held tenant, to open a new segment with. */
+/* Room for one more snapshot record of NEED bytes; its start. */
+static uint8_t *
+snap_room(struct fjob *job, size_t *cap, size_t need)
+{
+	if (job->snap_len + need > *cap) {
+		*cap = (job->snap_len + need) * 2;
+		job->snap = xrealloc(job->snap, *cap);
+	}
+	return job->snap + job->snap_len;
+}
+
+/* Seal the snapshot record of TYPE whose body of N bytes is at P. */
+static void
+snap_seal(struct fjob *job, uint8_t *p, uint8_t type, int n)
+{
+	struct spool_rec_hdr h = { .type = type };
+
+	if (n < 0)
+		return;
+	h.len = (uint32_t)n;
+	h.crc = spool_rec_crc(spool_crc32c(0, p + SPOOL_REC_HDR_LEN, h.len), &h);
+	spool_rec_hdr_encode(p, &h);
+	job->snap_len += SPOOL_REC_HDR_LEN + h.len;
+}
+
+/* HOLD records for every held tenant, then CAPS records for every tenant
+ * whose primary's capabilities are known, to open a new segment with. */
 static void
 build_snapshot(struct journal *j, struct fjob *job)
 {
+	uint32_t nt = spool_index_tenant_count(j->ix);
+	struct spool_caps caps;
 	size_t cap = 0;
 
-	for (uint32_t i = 0; i < spool_index_tenant_count(j->ix); i++) {
+	for (uint32_t i = 0; i < nt; i++) {
 		const char *name = spool_index_tenant_name(j->ix, i);
 		size_t need = SPOOL_REC_HDR_LEN + 3 + strlen(name);
-		struct spool_rec_hdr h = { .type = SPOOL_REC_HOLD };
 		uint8_t *p;
-		int n;
 
 		if (!spool_index_tenant_held(j->ix, i))
 			continue;
-		if (job->snap_len + need > cap) {
-			cap = (job->snap_len + need) * 2;
-			job->snap = xrealloc(job->snap, cap);
-		}
-		p = job->snap + job->snap_len;
-		n = spool_hold_body_encode(p + SPOOL_REC_HDR_LEN, need, name, true);
-		if (n < 0)
+		p = snap_room(job, &cap, need);
+		snap_seal(job, p, SPOOL_REC_HOLD, spool_hold_body_encode(
+		    p + SPOOL_REC_HDR_LEN, need - SPOOL_REC_HDR_LEN, name, true));
+	}
+	for (uint32_t i = 0; i < nt; i++) {
+		const char *name = spool_index_tenant_name(j->ix, i);
+		size_t need = SPOOL_REC_HDR_LEN + SPOOL_CAPS_BODY_FIXED + strlen(name);
+		uint8_t *p;
+
+		if (!spool_index_tenant_caps(j->ix, i, &caps))
 			continue;
-		h.len = (uint32_t)n;
-		h.crc = spool_rec_crc(spool_crc32c(0, p + SPOOL_REC_HDR_LEN, h.len), &h);
-		spool_rec_hdr_encode(p, &h);
-		job->snap_len += SPOOL_REC_HDR_LEN + h.len;
+		p = snap_room(job, &cap, need);
+		snap_seal(job, p, SPOOL_REC_CAPS, spool_caps_body_encode(
+		    p + SPOOL_REC_HDR_LEN, need - SPOOL_REC_HDR_LEN, name, &caps));
 	}
 }
 
@@ -694,6 +730,54 @@ journal_append_state(void *be, uint8_t type, spool_qid qid,
 	return 0;
 }
 
+/* Nothing to write: CB runs from the threadpool's after-callback, later,
+ * and close waits for it (nreqs). */
+struct pjob {
+	uv_work_t req;
+	struct journal *j;
+	spool_done_cb cb;
+	void *arg;
+};
+
+static void
+post_work(uv_work_t *req)
+{
+	(void)req;                    /* only here to come back later */
+}
+
+static void
+post_after(uv_work_t *req, int uvstatus)
+{
+	struct pjob *pj = req->data;
+	struct journal *j = pj->j;
+
+	(void)uvstatus;
+	j->nreqs--;
+	pj->cb(pj->arg, 0);
+	free(pj);
+	close_maybe_finish(j);
+}
+
+static int
+journal_post(void *be, spool_done_cb cb, void *arg)
+{
+	struct journal *j = be;
+	struct pjob *pj = calloc(1, sizeof(*pj));
+
+	if (pj == NULL)
+		return SPOOL_ENOMEM;
+	pj->req.data = pj;
+	pj->j = j;
+	pj->cb = cb;
+	pj->arg = arg;
+	if (uv_queue_work(j->loop, &pj->req, post_work, post_after) != 0) {
+		free(pj);
+		return SPOOL_ENOMEM;
+	}
+	j->nreqs++;
+	return 0;
+}
+
 /* ---- maintenance: unlink and compaction ---------------------------------- */
 
 struct mjob {
@@ -762,6 +846,9 @@ compact_state(struct journal *j, uint32_t slot, const struct spool_index_ent *e)
 		(void)journal_append_state(j, SPOOL_REC_DEFER, qid, b, sizeof(b),
 		    NULL, NULL);
 	}
+	if (spool_ent_flags(e) & SPOOL_ENT_WARNED)
+		(void)journal_append_state(j, SPOOL_REC_WARNED, qid, NULL, 0,
+		    NULL, NULL);
 }
 
 /* Queue copies of every live message of S, each followed by its state. */
@@ -1530,5 +1617,6 @@ const struct spool_ops spool_journal_ops = {
 	.load = journal_load,
 	.msg_read = journal_msg_read,
 	.msg_destroy = journal_msg_destroy,
+	.post = journal_post,
 	.flush_count = journal_flush_count,
 };

@@ -455,6 +455,20 @@ ram_append_state(void *be, uint8_t type, spool_qid qid, const uint8_t *body,
 }
 
 static int
+ram_post(void *be, spool_done_cb cb, void *arg)
+{
+	struct ram_job *job = ram_job_new(RAM_JOB_STATE);
+
+	/* Nothing stored, so nothing to fail: fail_next is left alone. */
+	if (job == NULL)
+		return SPOOL_ENOMEM;
+	job->done = cb;
+	job->arg = arg;
+	ram_job_queue(be, job);
+	return 0;
+}
+
+static int
 ram_load(void *be, const struct spool_index_ent *e, spool_load_cb cb, void *arg)
 {
 	struct ram *ram = be;
@@ -552,6 +566,7 @@ const struct spool_ops spool_ram_ops = {
 	.load = ram_load,
 	.msg_read = ram_msg_read,
 	.msg_destroy = ram_msg_destroy,
+	.post = ram_post,
 	.flush_count = ram_flush_count,
 };
 

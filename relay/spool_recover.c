@@ -183,6 +183,22 @@ replay_msg(struct journal *j, const struct spool_rec_hdr *h,
 	    (uint32_t)segno, (uint32_t)off, SPOOL_REC_HDR_LEN + h->len);
 }
 
+/* A CAPS record: the last one replayed wins. */
+static int
+replay_caps(struct spool_index *ix, const uint8_t *body, size_t len)
+{
+	struct spool_caps caps;
+	const char *tn;
+	size_t tl;
+	int t;
+
+	if (spool_caps_body_decode(body, len, &tn, &tl, &caps) != 0)
+		return SPOOL_ECORRUPT;
+	if ((t = spool_index_tenant_get(ix, tn, tl)) >= 0)
+		spool_index_tenant_set_caps(ix, (unsigned)t, &caps);
+	return 0;
+}
+
 /* Apply one verified record.  Returns SPOOL_ECORRUPT when a record with a
  * good CRC does not parse (a bug or a foreign writer): it is set aside. */
 static int
@@ -197,14 +213,14 @@ replay(struct journal *j, const struct spool_rec_hdr *h, const uint8_t *body,
 	const char *tn;
 	size_t tl;
 	int64_t next;
-	bool held;
+	bool held, tenant_rec = h->type == SPOOL_REC_HOLD ||
+	    h->type == SPOOL_REC_CAPS;
 	int t;
 
 	spool_index_qid_seen(ix, h->qid);
-	if (h->type != SPOOL_REC_HOLD && h->qid == 0)
+	if (!tenant_rec && h->qid == 0)
 		return SPOOL_ECORRUPT;
-	slot = h->type == SPOOL_REC_HOLD ? SPOOL_INDEX_NONE :
-	    spool_index_lookup(ix, h->qid);
+	slot = tenant_rec ? SPOOL_INDEX_NONE : spool_index_lookup(ix, h->qid);
 	e = slot == SPOOL_INDEX_NONE ? NULL : spool_index_at(ix, slot);
 	switch (h->type) {
 	case SPOOL_REC_MSG:
@@ -236,6 +252,14 @@ replay(struct journal *j, const struct spool_rec_hdr *h, const uint8_t *body,
 		if ((t = spool_index_tenant_get(ix, tn, tl)) >= 0)
 			spool_index_tenant_set_held(ix, (unsigned)t, held);
 		return 0;
+	case SPOOL_REC_WARNED:
+		if (h->len != 0)
+			return SPOOL_ECORRUPT;
+		if (e != NULL)
+			spool_index_set_warned(ix, slot);
+		return 0;
+	case SPOOL_REC_CAPS:
+		return replay_caps(ix, body, h->len);
 	}
 	return SPOOL_ECORRUPT;
 }
@@ -273,8 +297,9 @@ recover_rec(struct journal *j, struct rwin *w, uint64_t no, uint64_t off,
 		return REC_IOERR;
 	if (spool_rec_crc(crc, &h) != h.crc)
 		return REC_BAD;
-	avail = h.len < SPOOL_MSG_FIXED_LEN + 0xFFFF ? h.len :
-	    SPOOL_MSG_FIXED_LEN + 0xFFFF;
+	/* Enough for a MSG prefix, or a whole HOLD or CAPS body. */
+	avail = h.len < SPOOL_CAPS_BODY_FIXED + 0xFFFF ? h.len :
+	    SPOOL_CAPS_BODY_FIXED + 0xFFFF;
 	p = rwin_get(w, off + SPOOL_REC_HDR_LEN, avail);
 	if (p == NULL && avail > 0)
 		return REC_IOERR;

@@ -233,8 +233,16 @@ int spool_find(struct spool *sp, spool_qid qid, struct spool_item *out);
  *     (INT64_MIN: no warnings).  The caller sends the notice (or decides
  *     the sender wants none) and calls spool_mark_warned() to make that
  *     survive a restart.
- * At most MAX callbacks per call; CB returning non-zero stops the walk.
- * Returns the number of callbacks made.
+ * At most MAX callbacks per call; CB returning non-zero stops the walk, and
+ * the message it was called for is offered again on the next call (the
+ * walk does not move past it).  Returns the number of callbacks made.
+ * Expired messages left in place are called back on every call and count
+ * against MAX, so MAX should exceed the number a caller leaves in place.
+ * "Oldest first" is commit order (queue id order after spool_open): a
+ * message whose DATA took long may come up to that long late.  Each call
+ * examines at most 16384 queue ids per tenant and pass beyond what it calls
+ * back (the rest wait for the next call).  CB may remove, defer or mark
+ * messages.  TENANT NULL walks every tenant, sharing MAX.
  */
 enum spool_age { SPOOL_AGE_EXPIRED, SPOOL_AGE_WARN };
 typedef int (*spool_age_cb)(void *arg, const struct spool_item *item,

@@ -1065,6 +1065,233 @@ test_group_commit_batches(void **state)
 	ctx_end(&c);
 }
 
+
+/* Deliver the only recipient of each of the N messages Q, durably. */
+static void
+deliver_sync(struct ctx *c, const spool_qid *q, int n)
+{
+	for (int i = 0; i < n; i++) {
+		struct wait w = { 0 };
+
+		assert_int_equal(spool_mark_rcpt(c->sp, q[i], 0,
+		    SPOOL_RCPT_DELIVERED, on_done, &w), 0);
+		run_until(c, &w.done);
+		assert_int_equal(w.status, 0);
+	}
+}
+
+static void
+mark_warned_sync(struct ctx *c, spool_qid q)
+{
+	struct wait w = { 0 };
+
+	assert_int_equal(spool_mark_warned(c->sp, q, on_done, &w), 0);
+	run_until(c, &w.done);
+	assert_int_equal(w.status, 0);
+}
+
+static bool
+is_warned(struct ctx *c, spool_qid q)
+{
+	struct spool_item it;
+
+	assert_int_equal(spool_find(c->sp, q, &it), 0);
+	return it.warned;
+}
+
+static int
+warn_count_cb(void *arg, const struct spool_item *it, enum spool_age what)
+{
+	(void)it;
+	if (what == SPOOL_AGE_WARN)
+		(*(unsigned *)arg)++;
+	return 0;
+}
+
+static void
+test_warned_survives_reopen_and_compaction(void **state)
+{
+	/* WARNED records replay; after a restart the walk offers only the
+	 * messages not warned; compaction carries the flag forward with the
+	 * copy; a torn WARNED record (the crash before its fdatasync) leaves
+	 * the message un-warned and everything else intact. */
+	struct ctx c;
+	enum { N = 24 };
+	uint8_t data[1000];
+	spool_qid q[N];
+	char p1[256], path[256];
+	unsigned warns = 0;
+	struct stat sb;
+	(void)state;
+
+	ctx_init(&c);
+	c.opts.segment_size = 8 * 1024;
+	sp_open(&c);
+	fill(data, sizeof(data), 3);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(append(&c, "w", 1, data, sizeof(data), 500, &q[i]), 0);
+	mark_warned_sync(&c, q[0]);
+	mark_warned_sync(&c, q[5]);
+	sp_close(&c);
+	sp_open(&c);
+	assert_true(is_warned(&c, q[0]));
+	assert_true(is_warned(&c, q[5]));
+	assert_false(is_warned(&c, q[1]));
+	assert_int_equal(spool_walk_aged(c.sp, "w", INT64_MIN, INT64_MAX, 100,
+	    warn_count_cb, &warns), N - 2);
+	assert_int_equal(warns, N - 2);
+	/* Deliver all but q[0] and q[11]: segment 1 is compacted away. */
+	deliver_sync(&c, q + 1, N - 2);
+	seg_file(&c, 1, p1, sizeof(p1));
+	assert_true(wait_gone(&c, p1));
+	sp_close(&c);
+	sp_open(&c);
+	assert_int_equal(spool_total_messages(c.sp), 2);
+	assert_true(is_warned(&c, q[0]));
+	assert_false(is_warned(&c, q[N - 1]));
+	/* The last record of the newest segment is this WARNED: cut it. */
+	mark_warned_sync(&c, q[N - 1]);
+	sp_close(&c);
+	{
+		uint64_t last = 0;
+		DIR *d = opendir(c.dir);
+		char jdir[128];
+
+		assert_non_null(d);
+		closedir(d);
+		snprintf(jdir, sizeof(jdir), "%s/journal", c.dir);
+		d = opendir(jdir);
+		for (struct dirent *de; (de = readdir(d)) != NULL;)
+			if (de->d_name[0] != '.' && strtoull(de->d_name, NULL, 10) > last)
+				last = strtoull(de->d_name, NULL, 10);
+		closedir(d);
+		seg_file(&c, last, path, sizeof(path));
+	}
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(truncate(path, sb.st_size - 10), 0);
+	sp_open(&c);
+	assert_int_equal(c.st.torn_bytes, SPOOL_REC_HDR_LEN - 10);
+	assert_int_equal(spool_total_messages(c.sp), 2);
+	assert_true(is_warned(&c, q[0]));
+	assert_false(is_warned(&c, q[N - 1]));
+	ctx_end(&c);
+}
+
+static void
+assert_caps_equal(const struct spool_caps *a, const struct spool_caps *b)
+{
+	assert_int_equal(a->ext, b->ext);
+	assert_int_equal(a->size_max, b->size_max);
+	assert_int_equal(a->rcpt_max, b->rcpt_max);
+	assert_int_equal(a->mail_max, b->mail_max);
+	assert_int_equal(a->seen_ms, b->seen_ms);
+}
+
+static void
+set_caps_sync(struct ctx *c, const char *tenant, const struct spool_caps *caps)
+{
+	struct wait w = { 0 };
+
+	assert_int_equal(spool_set_caps(c->sp, tenant, caps, on_done, &w), 0);
+	run_until(c, &w.done);
+	assert_int_equal(w.status, 0);
+}
+
+static void
+test_caps_survive_rotation_and_deletion(void **state)
+{
+	/* CAPS records replay (the last one wins), equal caps write nothing
+	 * (no flush), and every new segment repeats the caps, so they survive
+	 * the deletion of the segment that first recorded them. */
+	struct ctx c;
+	struct spool_caps a = { .ext = 0x3, .size_max = 5000000, .rcpt_max = 50,
+	    .mail_max = 10, .seen_ms = 111 }, b = a, got;
+	uint8_t data[3000];
+	spool_qid q[12];
+	char p1[256];
+	uint64_t flushes;
+	(void)state;
+
+	ctx_init(&c);
+	c.opts.segment_size = 8 * 1024;
+	sp_open(&c);
+	set_caps_sync(&c, "x", &a);
+	b.size_max = 0;
+	b.seen_ms = 222;
+	set_caps_sync(&c, "y", &a);
+	set_caps_sync(&c, "y", &b);
+	flushes = spool_flush_count(c.sp);
+	a.seen_ms = 333;
+	set_caps_sync(&c, "x", &a);
+	assert_int_equal(spool_flush_count(c.sp), flushes);
+	sp_close(&c);
+	sp_open(&c);
+	assert_true(spool_get_caps(c.sp, "x", &got));
+	assert_int_equal(got.size_max, 5000000);
+	assert_int_equal(got.ext, 0x3);
+	assert_int_equal(got.rcpt_max, 50);
+	assert_int_equal(got.mail_max, 10);
+	assert_int_equal(got.seen_ms, 111);   /* seen_ms alone is not written */
+	assert_true(spool_get_caps(c.sp, "y", &got));
+	assert_caps_equal(&got, &b);
+	assert_false(spool_get_caps(c.sp, "z", &got));
+	fill(data, sizeof(data), 4);
+	for (int i = 0; i < 12; i++)
+		assert_int_equal(append(&c, "x", 1, data, sizeof(data), 1000, &q[i]), 0);
+	deliver_sync(&c, q, 11);
+	seg_file(&c, 1, p1, sizeof(p1));
+	assert_true(wait_gone(&c, p1));
+	sp_close(&c);
+	sp_open(&c);
+	assert_true(spool_get_caps(c.sp, "x", &got));
+	assert_int_equal(got.size_max, 5000000);
+	assert_true(spool_get_caps(c.sp, "y", &got));
+	assert_caps_equal(&got, &b);
+	ctx_end(&c);
+}
+
+static void
+test_codec_state_records(void **state)
+{
+	/* The CAPS body round-trips, every cut or bad length is refused, and
+	 * the header accepts WARNED and CAPS but nothing past them. */
+	struct spool_caps in = { .ext = 0xFFFFFFFFu, .size_max = UINT64_MAX,
+	    .rcpt_max = 7, .mail_max = 9, .seen_ms = -5 }, out;
+	struct spool_rec_hdr h = { .type = SPOOL_REC_CAPS, .len = 0, .qid = 0 }, h2;
+	uint8_t b[64], hb[SPOOL_REC_HDR_LEN];
+	const char *tn;
+	size_t tl;
+	int n;
+	(void)state;
+
+	n = spool_caps_body_encode(b, sizeof(b), "acme", &in);
+	assert_int_equal(n, SPOOL_CAPS_BODY_FIXED + 4);
+	assert_int_equal(spool_caps_body_decode(b, (size_t)n, &tn, &tl, &out), 0);
+	assert_int_equal(tl, 4);
+	assert_memory_equal(tn, "acme", 4);
+	assert_caps_equal(&out, &in);
+	for (int k = 0; k < n; k++)
+		assert_int_equal(spool_caps_body_decode(b, (size_t)k, &tn, &tl, &out),
+		    SPOOL_ECORRUPT);
+	assert_int_equal(spool_caps_body_decode(b, (size_t)n + 1, &tn, &tl, &out),
+	    SPOOL_ECORRUPT);
+	assert_int_equal(spool_caps_body_encode(b, (size_t)n - 1, "acme", &in),
+	    SPOOL_EINVAL);
+	assert_int_equal(spool_caps_body_encode(b, sizeof(b), "", &in),
+	    SPOOL_EINVAL);
+	spool_put16(b, 0);
+	assert_int_equal(spool_caps_body_decode(b, SPOOL_CAPS_BODY_FIXED, &tn, &tl,
+	    &out), SPOOL_ECORRUPT);
+	spool_rec_hdr_encode(hb, &h);
+	assert_int_equal(spool_rec_hdr_decode(hb, &h2), 0);
+	assert_int_equal(h2.type, SPOOL_REC_CAPS);
+	h.type = SPOOL_REC_WARNED;
+	spool_rec_hdr_encode(hb, &h);
+	assert_int_equal(spool_rec_hdr_decode(hb, &h2), 0);
+	hb[4] = SPOOL_REC_TYPE_MAX + 1;
+	assert_int_equal(spool_rec_hdr_decode(hb, &h2), SPOOL_ECORRUPT);
+}
+
 int
 main(void)
 {
@@ -1081,6 +1308,9 @@ main(void)
 		cmocka_unit_test(test_held_survives_segment_deletion),
 		cmocka_unit_test(test_rcpt_state_and_abort),
 		cmocka_unit_test(test_group_commit_batches),
+		cmocka_unit_test(test_warned_survives_reopen_and_compaction),
+		cmocka_unit_test(test_caps_survive_rotation_and_deletion),
+		cmocka_unit_test(test_codec_state_records),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

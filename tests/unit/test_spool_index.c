@@ -378,6 +378,228 @@ test_entry_stays_compact(void **state)
 	spool_index_free(ix);
 }
 
+
+/* ---- the clock-driven walk ------------------------------------------------ */
+
+/* The queue id of a message that arrived MS after T0 (sequence SEQ). */
+static spool_qid
+qat(int64_t ms, unsigned seq)
+{
+	return T0 + ((spool_qid)ms << 20) + seq;
+}
+
+static int64_t
+ms_of(int64_t ms)
+{
+	return spool_qid_ms(T0) + ms;
+}
+
+struct aged {
+	unsigned n, stop_at;          /* stop_at: return 1 on that call (1-based) */
+	spool_qid qid[64];
+	enum spool_age what[64];
+	bool claimed[64], warned[64];
+	struct spool_index *ix;
+	bool mark;                    /* set the warned flag of WARN items */
+};
+
+static int
+aged_cb(void *arg, const struct spool_item *it, enum spool_age what)
+{
+	struct aged *a = arg;
+
+	if (a->n < 64) {
+		a->qid[a->n] = it->qid;
+		a->what[a->n] = what;
+		a->claimed[a->n] = it->claimed;
+		a->warned[a->n] = it->warned;
+	}
+	a->n++;
+	if (a->mark && what == SPOOL_AGE_WARN)
+		spool_index_set_warned(a->ix, spool_index_lookup(a->ix, it->qid));
+	return a->stop_at != 0 && a->n == a->stop_at;
+}
+
+static void
+test_walk_order_and_cursor(void **state)
+{
+	/* Ten messages one second apart.  Expired ones come first, oldest
+	 * first, on every call; warnings once each (the cursor), never for an
+	 * expired or warned one; a claimed expired one is visited, flagged. */
+	struct spool_index *ix = ix_new(NULL);
+	struct aged a = { 0 };
+	spool_qid got;
+	(void)state;
+
+	for (unsigned i = 0; i < 10; i++)
+		put(ix, "t", qat(i * 1000, 0), 1);
+	put(ix, "other", qat(500, 0), 1);
+	assert_int_equal(spool_index_claim_next(ix, "t", 0, &got), 0);
+	assert_int_equal(got, qat(0, 0));
+	spool_index_set_warned(ix, spool_index_lookup(ix, qat(4000, 0)));
+	a.ix = ix;
+	assert_int_equal(spool_index_walk_aged(ix, "t", ms_of(2500), ms_of(6500),
+	    100, aged_cb, &a), 6);
+	for (unsigned i = 0; i < 3; i++) {
+		assert_int_equal(a.qid[i], qat(i * 1000, 0));
+		assert_int_equal(a.what[i], SPOOL_AGE_EXPIRED);
+		assert_int_equal(a.claimed[i], i == 0);
+	}
+	/* 3, 5, 6 warned; 4 already was. */
+	assert_int_equal(a.qid[3], qat(3000, 0));
+	assert_int_equal(a.qid[4], qat(5000, 0));
+	assert_int_equal(a.qid[5], qat(6000, 0));
+	for (unsigned i = 3; i < 6; i++) {
+		assert_int_equal(a.what[i], SPOOL_AGE_WARN);
+		assert_false(a.warned[i]);
+	}
+	/* Again: the expired ones again, no warning again (not marked, but
+	 * the cursor passed them); a later warn_before offers the next. */
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(spool_index_walk_aged(ix, "t", ms_of(2500), ms_of(6500),
+	    100, aged_cb, &a), 3);
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(spool_index_walk_aged(ix, "t", INT64_MIN, ms_of(7000),
+	    100, aged_cb, &a), 1);
+	assert_int_equal(a.qid[0], qat(7000, 0));
+	/* MAX and a callback that stops: the stopping one is offered again. */
+	memset(&a, 0, sizeof(a));
+	a.stop_at = 1;
+	assert_int_equal(spool_index_walk_aged(ix, "t", INT64_MIN, INT64_MAX,
+	    100, aged_cb, &a), 1);
+	assert_int_equal(a.qid[0], qat(8000, 0));
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(spool_index_walk_aged(ix, "t", INT64_MIN, INT64_MAX,
+	    1, aged_cb, &a), 1);
+	assert_int_equal(a.qid[0], qat(8000, 0));
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(spool_index_walk_aged(ix, "t", INT64_MIN, INT64_MAX,
+	    100, aged_cb, &a), 1);
+	assert_int_equal(a.qid[0], qat(9000, 0));
+	/* NULL: every tenant; an unknown tenant: nothing. */
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(spool_index_walk_aged(ix, NULL, ms_of(600), INT64_MIN,
+	    100, aged_cb, &a), 2);
+	assert_int_equal(spool_index_walk_aged(ix, "nobody", INT64_MAX, INT64_MAX,
+	    100, aged_cb, &a), 0);
+	spool_index_free(ix);
+}
+
+static int
+count_cb(void *arg, const struct spool_item *it, enum spool_age what)
+{
+	unsigned *n = arg;
+
+	(void)it;
+	(void)what;
+	(*n)++;
+	return 0;
+}
+
+static void
+test_walk_cost_100k(void **state)
+{
+	/* 100 000 messages, one per ms.  The warn cursor hands out each once
+	 * across calls of MAX 1000; a call with nothing new visits nothing;
+	 * delivered messages at the front are dropped when the expiry passes
+	 * them; after 90% are gone the FIFO and the index memory shrink. */
+	enum { N = 100000 };
+	struct spool_index *ix = ix_new(NULL);
+	unsigned total = 0, calls = 0, n;
+	size_t mem_full, mem_after;
+	(void)state;
+
+	for (unsigned i = 0; i < N; i++)
+		put(ix, "t", qat(i, 0), 1);
+	mem_full = spool_index_mem_bytes(ix);
+	while ((n = spool_index_walk_aged(ix, "t", INT64_MIN, ms_of(N), 1000,
+	    count_cb, &total)) > 0) {
+		assert_int_equal(n, 1000);
+		calls++;
+	}
+	assert_int_equal(total, N);
+	assert_int_equal(calls, N / 1000);
+	assert_int_equal(spool_index_walk_aged(ix, "t", INT64_MIN, ms_of(N), 1000,
+	    count_cb, &total), 0);
+	/* Deliver the oldest 1000: a walk over them drops their ids. */
+	for (unsigned i = 0; i < 1000; i++)
+		assert_true(spool_index_mark_rcpt(ix, spool_index_lookup(ix,
+		    qat(i, 0)), 0, SPOOL_RCPT_DELIVERED));
+	assert_int_equal(spool_index_fifo_len(ix, "t"), N);
+	total = 0;
+	assert_int_equal(spool_index_walk_aged(ix, "t", ms_of(1009), INT64_MIN,
+	    1000, count_cb, &total), 10);
+	assert_int_equal(spool_index_fifo_len(ix, "t"), N - 1000);
+	/* Deliver 90% in all (every id i % 10 != 9): dead ids never outnumber
+	 * the live ones for long. */
+	for (unsigned i = 1000; i < N; i++) {
+		uint32_t slot = spool_index_lookup(ix, qat(i, 0));
+
+		if (i % 10 != 9)
+			assert_true(spool_index_mark_rcpt(ix, slot, 0,
+			    SPOOL_RCPT_DELIVERED));
+		assert_true(spool_index_fifo_len(ix, "t") <=
+		    2 * spool_index_total_messages(ix) + 32);
+	}
+	assert_int_equal(spool_index_total_messages(ix), 9900);
+	mem_after = spool_index_mem_bytes(ix);
+	/* The FIFO gave back its room (the entry array and hash keep theirs). */
+	assert_true(mem_after < mem_full);
+	total = 0;
+	assert_int_equal(spool_index_walk_aged(ix, "t", ms_of(N), INT64_MIN,
+	    100000, count_cb, &total), 9900);
+	spool_index_free(ix);
+}
+
+static void
+test_walk_after_bulk_load(void **state)
+{
+	/* A bulk load (recovery) inserts in replay order; the walk still goes
+	 * by queue id, and removals during the bulk leave nothing behind. */
+	struct spool_index *ix = ix_new(NULL);
+	struct aged a = { 0 };
+	unsigned order[] = { 5, 1, 9, 3, 7, 2 };
+	(void)state;
+
+	spool_index_bulk_begin(ix);
+	for (unsigned i = 0; i < 6; i++)
+		put(ix, "t", qat(order[i] * 1000, 0), 1);
+	spool_index_remove(ix, spool_index_lookup(ix, qat(2000, 0)));
+	spool_index_set_warned(ix, spool_index_lookup(ix, qat(3000, 0)));
+	assert_int_equal(spool_index_bulk_end(ix), 5);
+	assert_int_equal(spool_index_fifo_len(ix, "t"), 5);
+	a.ix = ix;
+	assert_int_equal(spool_index_walk_aged(ix, "t", ms_of(1000), INT64_MAX,
+	    100, aged_cb, &a), 4);
+	assert_int_equal(a.qid[0], qat(1000, 0));
+	assert_int_equal(a.what[0], SPOOL_AGE_EXPIRED);
+	assert_int_equal(a.qid[1], qat(5000, 0));
+	assert_int_equal(a.qid[2], qat(7000, 0));
+	assert_int_equal(a.qid[3], qat(9000, 0));
+	assert_int_equal(a.what[3], SPOOL_AGE_WARN);
+	spool_index_free(ix);
+}
+
+static void
+test_caps_per_tenant(void **state)
+{
+	struct spool_index *ix = ix_new(NULL);
+	struct spool_caps c = { .ext = 5, .size_max = 1000, .rcpt_max = 7,
+	    .mail_max = 3, .seen_ms = 42 }, got;
+	int t = spool_index_tenant_get(ix, "t", 1);
+	(void)state;
+
+	assert_false(spool_index_tenant_caps(ix, (unsigned)t, &got));
+	spool_index_tenant_set_caps(ix, (unsigned)t, &c);
+	assert_true(spool_index_tenant_caps(ix, (unsigned)t, &got));
+	assert_int_equal(got.ext, c.ext);
+	assert_int_equal(got.size_max, c.size_max);
+	assert_int_equal(got.rcpt_max, c.rcpt_max);
+	assert_int_equal(got.mail_max, c.mail_max);
+	assert_int_equal(got.seen_ms, c.seen_ms);
+	spool_index_free(ix);
+}
+
 int
 main(void)
 {
@@ -390,6 +612,10 @@ main(void)
 		cmocka_unit_test(test_foreach_find_and_stats),
 		cmocka_unit_test(test_bulk_load_and_qids),
 		cmocka_unit_test(test_entry_stays_compact),
+		cmocka_unit_test(test_walk_order_and_cursor),
+		cmocka_unit_test(test_walk_cost_100k),
+		cmocka_unit_test(test_walk_after_bulk_load),
+		cmocka_unit_test(test_caps_per_tenant),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -538,6 +538,111 @@ test_ram_free_bytes(void **state)
 	ctx_end(&c);
 }
 
+
+struct age_seen {
+	unsigned n;
+	spool_qid qid[16];
+	enum spool_age what[16];
+	bool warned[16];
+};
+
+static int
+age_cb(void *arg, const struct spool_item *it, enum spool_age what)
+{
+	struct age_seen *a = arg;
+
+	if (a->n < 16) {
+		a->qid[a->n] = it->qid;
+		a->what[a->n] = what;
+		a->warned[a->n] = it->warned;
+	}
+	a->n++;
+	return 0;
+}
+
+static void
+test_walk_aged_and_warned(void **state)
+{
+	/* Three messages 1 s apart: the oldest expired, the next two warned
+	 * once each; mark_warned shows in find and skips the message from
+	 * then on; marking twice writes nothing but still calls back later. */
+	struct ctx c;
+	struct age_seen a = { 0 };
+	struct wait w = { 0 };
+	struct spool_item it;
+	spool_qid q[3];
+	int64_t t0 = fake_now;
+
+	ctx_open(&c, state);
+	for (int i = 0; i < 3; i++) {
+		fake_now = t0 + i * 1000;
+		assert_int_equal(append(&c, "acme", 1, 10, &q[i]), 0);
+	}
+	fake_now = t0;
+	assert_int_equal(spool_walk_aged(c.sp, "acme", t0, t0 + 2000, 10, age_cb,
+	    &a), 3);
+	assert_int_equal(a.qid[0], q[0]);
+	assert_int_equal(a.what[0], SPOOL_AGE_EXPIRED);
+	assert_int_equal(a.qid[1], q[1]);
+	assert_int_equal(a.what[1], SPOOL_AGE_WARN);
+	assert_int_equal(a.what[2], SPOOL_AGE_WARN);
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(spool_walk_aged(c.sp, "acme", t0, t0 + 2000, 10, age_cb,
+	    &a), 1);
+	assert_int_equal(spool_find(c.sp, q[1], &it), 0);
+	assert_false(it.warned);
+	assert_int_equal(spool_mark_warned(c.sp, q[1], on_done, &w), 0);
+	assert_int_equal(w.done, 0);
+	assert_int_equal(settle(&c, &w), 0);
+	assert_int_equal(spool_find(c.sp, q[1], &it), 0);
+	assert_true(it.warned);
+	assert_int_equal(spool_mark_warned(c.sp, q[1], on_done, &w), 0);
+	assert_int_equal(settle(&c, &w), 0);
+	assert_int_equal(spool_mark_warned(c.sp, 12345, on_done, &w), SPOOL_ENOENT);
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(spool_walk_aged(c.sp, "acme", t0 + 1000, INT64_MAX, 10,
+	    age_cb, &a), 2);
+	assert_true(a.warned[1]);
+	assert_int_equal(a.what[1], SPOOL_AGE_EXPIRED);
+	ctx_end(&c);
+}
+
+static void
+test_caps_set_get(void **state)
+{
+	/* Unknown until set; equal caps (a newer seen_ms) write nothing but
+	 * call back later, and get shows the newer time; a change is kept. */
+	struct ctx c;
+	struct wait w = { 0 };
+	struct spool_caps caps = { .ext = 0x11, .size_max = 10485760,
+	    .rcpt_max = 100, .mail_max = 0, .seen_ms = 1000 }, got;
+
+	ctx_open(&c, state);
+	assert_false(spool_get_caps(c.sp, "acme", &got));
+	assert_int_equal(spool_set_caps(c.sp, "acme", &caps, on_done, &w), 0);
+	assert_int_equal(w.done, 0);
+	assert_true(spool_get_caps(c.sp, "acme", &got));
+	assert_int_equal(settle(&c, &w), 0);
+	assert_int_equal(got.ext, caps.ext);
+	assert_int_equal(got.size_max, caps.size_max);
+	assert_int_equal(got.rcpt_max, caps.rcpt_max);
+	assert_int_equal(got.seen_ms, caps.seen_ms);
+	caps.seen_ms = 2000;
+	assert_int_equal(spool_set_caps(c.sp, "acme", &caps, on_done, &w), 0);
+	assert_int_equal(w.done, 0);
+	assert_int_equal(settle(&c, &w), 0);
+	assert_true(spool_get_caps(c.sp, "acme", &got));
+	assert_int_equal(got.seen_ms, 2000);
+	caps.size_max = 0;
+	assert_int_equal(spool_set_caps(c.sp, "acme", &caps, NULL, NULL), 0);
+	assert_true(spool_get_caps(c.sp, "acme", &got));
+	assert_int_equal(got.size_max, 0);
+	assert_false(spool_get_caps(c.sp, "other", &got));
+	assert_int_equal(spool_set_caps(c.sp, "", &caps, NULL, NULL), SPOOL_EINVAL);
+	assert_int_equal(spool_set_caps(c.sp, NULL, &caps, NULL, NULL), SPOOL_EINVAL);
+	ctx_end(&c);
+}
+
 #define BOTH(fn) \
 	cmocka_unit_test_prestate(fn, "journal"), \
 	cmocka_unit_test_prestate(fn, "ram")
@@ -551,6 +656,8 @@ main(void)
 		BOTH(test_mark_delete_stats),
 		BOTH(test_quota_reserve_abort),
 		BOTH(test_close_with_work_in_flight),
+		BOTH(test_walk_aged_and_warned),
+		BOTH(test_caps_set_get),
 		cmocka_unit_test(test_backend_names),
 		cmocka_unit_test_prestate(test_ram_fail_next, "ram"),
 		cmocka_unit_test_prestate(test_ram_free_bytes, "ram"),
