@@ -140,6 +140,38 @@ smtp_cmd_mail(struct smtp_session *sess, const struct smtp_cmd *cmd)
 }
 
 /*
+ * Capability matching, at the RCPT that fixes the tenant: while the spool
+ * knows the primary's last EHLO, what it cannot take is refused now rather
+ * than bounced days later.  A SIZE= above its SIZE gets 552 5.3.4 (RFC 1870
+ * allows it at RCPT), SMTPUTF8 when it lacks it 555 5.6.7 (the contract's
+ * code).  Unknown caps: accepted as before.  Returns true if refused.
+ */
+static bool
+smtp_cmd_refuse_for_primary(struct smtp_session *sess,
+    const struct config_tenant *t)
+{
+	struct smtp_tx *tx = sess->tx;
+	struct spool_caps caps;
+	char reply[160];
+
+	if (!spool_get_caps(sess->srv->spool, t->name, &caps))
+		return false;
+	if (caps.size_max > 0 && tx->params.has_size && tx->params.size > caps.size_max)
+		snprintf(reply, sizeof(reply), "552 5.3.4 Message size exceeds the "
+		    "primary's limit (%" PRIu64 " octets)", caps.size_max);
+	else if (tx->params.smtputf8 && !(caps.ext & SMTP_EXT_SMTPUTF8))
+		snprintf(reply, sizeof(reply), "555 5.6.7 SMTPUTF8 is not supported "
+		    "by the primary of this domain");
+	else {
+		tx->primary_size_max = caps.size_max;
+		return false;
+	}
+	smtp_tx_log_reject(sess, "rcpt", reply);
+	smtp_session_reply(sess, "%s", reply);
+	return true;
+}
+
+/*
  * RCPT TO:<Postmaster> (RFC 5321 4.5.1), accepted by the policy: rewrite it
  * to the address the policy chose.  The original form is kept as the ORCPT
  * ("rfc822;Postmaster", as the client wrote it) when the client gave none,
@@ -193,6 +225,8 @@ smtp_cmd_rcpt(struct smtp_session *sess, const struct smtp_cmd *cmd)
 	}
 	if (rc_.to.postmaster)
 		smtp_cmd_rewrite_postmaster(sess, &rc_);
+	if (tx->tenant[0] == '\0' && smtp_cmd_refuse_for_primary(sess, t))
+		return;
 	rc = spool_check(sess->srv->spool, t->name,
 	    tx->params.has_size ? tx->params.size : 0);
 	if (rc != 0) {

@@ -35,6 +35,7 @@
 #include <uv.h>
 
 #include "mxspool/config.h"
+#include "mxspool/smtp_proto.h"
 #include "mxspool/smtp_server.h"
 #include "mxspool/spool.h"
 #include "mxspool/tls.h"
@@ -978,6 +979,84 @@ test_postmaster(void **state)
 	fx_free(fx);
 }
 
+static void
+on_caps_set(void *arg, int status)
+{
+	assert_int_equal(status, 0);
+	*(bool *)arg = true;
+}
+
+static void
+fx_set_caps(struct fx *fx, const char *tenant, unsigned ext, uint64_t size_max)
+{
+	struct spool_caps caps = { .ext = ext, .size_max = size_max, .seen_ms = 1 };
+	int64_t end = now_ms() + WAIT_MS;
+	bool done = false;
+
+	assert_int_equal(spool_set_caps(fx->sp, tenant, &caps, on_caps_set, &done), 0);
+	while (!done && now_ms() < end)
+		pump(fx, -1, 20);
+	assert_true(done);
+}
+
+/* Capability matching at intake, on the RAM spool: with acme's primary
+ * known to take 1000 octets and no SMTPUTF8, SIZE=2000 is refused at the
+ * first RCPT (552 5.3.4), SMTPUTF8 too (555 5.6.7), and a DATA beyond 1000
+ * octets at its end (552 5.3.4), nothing queued; the other tenant, whose
+ * primary is unknown, takes all of it. */
+static void
+test_primary_caps(void **state)
+{
+	struct fx *fx = fx_new(NULL, false);
+	struct client *c = client_new(fx);
+	char body[1600];
+
+	client_ehlo(c, NULL, 0);
+	fx_set_caps(fx, "acme", SMTP_EXT_SIZE | SMTP_EXT_8BITMIME, 1000);
+	client_cmd(c, "MAIL FROM:<s@client.test> SIZE=2000", "250 2.1.0 Ok");
+	client_cmd(c, "RCPT TO:<u@example.test>", "552 5.3.4 Message size exceeds "
+	    "the primary's limit (1000 octets)");
+	client_cmd(c, "RCPT TO:<v@other.test>", "250 2.1.5 Ok");
+	client_cmd(c, "RCPT TO:<u@example.test>", "452 4.5.3 <u@example.test>: "
+	    "Recipient of another destination: send it in a new transaction");
+	client_cmd(c, "RSET", "250 2.0.0 Ok");
+	client_cmd(c, "MAIL FROM:<s@client.test> SIZE=500 SMTPUTF8", "250 2.1.0 Ok");
+	client_cmd(c, "RCPT TO:<u@example.test>", "555 5.6.7 SMTPUTF8 is not "
+	    "supported by the primary of this domain");
+	client_cmd(c, "RCPT TO:<v@other.test>", "250 2.1.5 Ok");
+	client_cmd(c, "RSET", "250 2.0.0 Ok");
+
+	/* 20 lines of 80 octets */
+	memset(body, 'x', sizeof(body));
+	for (size_t i = 78; i < sizeof(body); i += 80)
+		memcpy(body + i, "\r\n", 2);
+	client_rcpt(c, " SIZE=900", "u@example.test");
+	client_cmd(c, "DATA", "354 End data with <CR><LF>.<CR><LF>");
+	client_sendf(c, "Subject: big\r\n\r\n");
+	client_send(c, body, sizeof(body));
+	client_cmd(c, ".", "552 5.3.4 Message size exceeds the primary's limit "
+	    "(1000 octets)");
+	client_rcpt(c, "", "u@example.test");
+	client_sendf(c, "BDAT %zu LAST\r\n", sizeof(body));
+	client_send(c, body, sizeof(body));
+	client_expect(c, "552 5.3.4 Message size exceeds the primary's limit "
+	    "(1000 octets)");
+	assert_int_equal(spool_total_messages(fx->sp), 0);
+	client_message(c, "u@example.test", "250 2.0.0 Ok: queued as ");
+	client_rcpt(c, "", "v@other.test");
+	client_cmd(c, "DATA", "354 End data with <CR><LF>.<CR><LF>");
+	client_send(c, body, sizeof(body));
+	client_sendf(c, ".\r\n");
+	client_expect_prefix(c, "250 2.0.0 Ok: queued as ");
+
+	/* The primary learned SMTPUTF8 and a bigger SIZE: accepted. */
+	fx_set_caps(fx, "acme", SMTP_EXT_SMTPUTF8, 0);
+	client_rcpt(c, " SMTPUTF8 SIZE=5000", "u@example.test");
+	client_cmd(c, "RSET", "250 2.0.0 Ok");
+	client_free(c);
+	fx_free(fx);
+}
+
 int
 main(void)
 {
@@ -998,6 +1077,7 @@ main(void)
 		cmocka_unit_test(test_bare_newline_in_data),
 		cmocka_unit_test(test_content_before_354_refused),
 		cmocka_unit_test(test_postmaster),
+		cmocka_unit_test(test_primary_caps),
 	};
 
 	/* A hung test must not hang "make check": every wait is bounded, and
