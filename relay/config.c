@@ -124,6 +124,8 @@ enum key_kind {
 	KIND_RECIPIENTS,
 	KIND_CIDR_LIST,
 	KIND_ADDRESS,       /* char *, local@domain; empty: NULL */
+	KIND_GROUP,         /* char *, a group name; empty: NULL */
+	KIND_READONLY,      /* bool: "group" or "any" */
 };
 
 /*
@@ -151,6 +153,8 @@ static const struct key server_keys[] = {
 	{ "listen", KIND_HOSTPORT_LIST, S(listen), S(nlisten), 0, 0, DEF_LISTEN_PORT, 0 },
 	{ "spool_dir", KIND_PATH, S(spool_dir), 0, 0, 0, 0, 0 },
 	{ "control_socket", KIND_SOCKET, S(control_socket), 0, 0, 0, 0, 0 },
+	{ "control_group", KIND_GROUP, S(control_group), 0, 0, 0, 0, 0 },
+	{ "control_readonly", KIND_READONLY, S(control_readonly_any), 0, 0, 0, 0, 0 },
 	{ "metrics_listen", KIND_HOSTPORT, S(metrics_listen), S(has_metrics), 0, 0, DEF_METRICS_PORT, 0 },
 	{ "user", KIND_USER, S(user), 0, 0, 0, 0, 0 },
 	{ "max_connections", KIND_UINT, S(max_connections), 0, 1, UINT32_MAX, 0, 0 },
@@ -540,6 +544,40 @@ set_user(const struct key *k, void *base, const char *v, char *msg, size_t len)
 	return 0;
 }
 
+/* A group name as useradd(8) takes them; whether it exists is checked when
+ * the daemon binds the socket (a config may be checked on another host). */
+static int
+set_group(const struct key *k, void *base, const char *v, char *msg,
+    size_t len)
+{
+	for (const char *p = v; *p != '\0'; p++)
+		if (!ch_alnum((unsigned char)*p) && *p != '_' && *p != '-' &&
+		    *p != '.')
+			return value_msg(msg, len, k, v,
+			    "is not a group name (letters, digits, _, - and .)");
+	if (*v == '-')
+		return value_msg(msg, len, k, v, "is not a group name");
+	set_string(base, k, v);
+	return 0;
+}
+
+static int
+set_readonly(const struct key *k, void *base, const char *v, char *msg,
+    size_t len)
+{
+	bool *field = FIELD(base, k->off, bool);
+
+	if (str_ieq(v, "group"))
+		*field = false;
+	else if (str_ieq(v, "any"))
+		*field = true;
+	else
+		return value_msg(msg, len, k, v, "must be group (read-only commands "
+		    "for the same peers as the others) or any (status, queue, show "
+		    "and watch for every local user)");
+	return 0;
+}
+
 /* A mailbox for our own use (postmaster): local@domain, plain ASCII, no
  * quoting; whether the domain is a tenant's is checked at the end. */
 static int
@@ -684,6 +722,8 @@ key_set_value(const struct key *k, void *base, const char *v, char *msg,
 	case KIND_TLS_OUTBOUND: return set_tls_outbound(k, base, v, msg, len);
 	case KIND_RECIPIENTS: return set_recipients(k, base, v, msg, len);
 	case KIND_ADDRESS: return set_address(k, base, v, msg, len);
+	case KIND_GROUP: return set_group(k, base, v, msg, len);
+	case KIND_READONLY: return set_readonly(k, base, v, msg, len);
 	default:
 		snprintf(msg, len, "%s: internal error", k->name);
 		return -1;
@@ -1736,6 +1776,7 @@ config_free(struct config *cfg)
 	free(cfg->control_socket);
 	free(cfg->user);
 	free(cfg->postmaster);
+	free(cfg->control_group);
 	free(cfg->dns_servers);
 	free(cfg->tls_cert);
 	free(cfg->tls_key);

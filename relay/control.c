@@ -23,6 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <pwd.h>
+#include <grp.h>
 #include <sys/queue.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -48,6 +51,8 @@
 
 struct control {
 	struct relay *relay;
+	gid_t gid;                    /* control_group's, if has_group */
+	bool has_group;
 	uv_pipe_t pipe;
 	uv_tcp_t http;
 	bool has_http;
@@ -77,6 +82,8 @@ struct control_client {
 	uv_write_t wreq;
 	struct spool_msg *msg;        /* "show": envelope being loaded */
 	bool want_json;
+	bool have_cred;               /* SO_PEERCRED of a control client */
+	struct ucred cred;
 };
 
 /* ---- snapshots ---------------------------------------------------------- */
@@ -474,20 +481,70 @@ control_cmd_set(struct control_req *q)
 static const struct control_cmd {
 	const char *name;
 	int min_args, max_args;        /* after the command word */
+	bool changes;                  /* changes state: never for everybody */
 	void (*run)(struct control_req *);
 } control_cmds[] = {
-	{ "status", 0, 0, control_cmd_status },
-	{ "reload", 0, 0, control_cmd_reload },
-	{ "queue", 0, 1, control_cmd_queue },
-	{ "show", 1, 1, control_cmd_show },
-	{ "delete", 1, 1, control_cmd_delete },
-	{ "bounce", 1, 1, control_cmd_delete },
-	{ "flush", 0, 1, control_cmd_flush },
-	{ "hold", 1, 1, control_cmd_hold },
-	{ "release", 1, 1, control_cmd_hold },
-	{ "set", 2, 30, control_cmd_set },
-	{ "watch", 0, 1, control_cmd_watch },
+	{ "status", 0, 0, false, control_cmd_status },
+	{ "reload", 0, 0, true, control_cmd_reload },
+	{ "queue", 0, 1, false, control_cmd_queue },
+	{ "show", 1, 1, false, control_cmd_show },
+	{ "delete", 1, 1, true, control_cmd_delete },
+	{ "bounce", 1, 1, true, control_cmd_delete },
+	{ "flush", 0, 1, true, control_cmd_flush },
+	{ "hold", 1, 1, true, control_cmd_hold },
+	{ "release", 1, 1, true, control_cmd_hold },
+	{ "set", 2, 30, true, control_cmd_set },
+	{ "watch", 0, 1, false, control_cmd_watch },
 };
+
+/*
+ * Who may run what, from the peer's SO_PEERCRED: root, the daemon's own
+ * user, and members of control_group (the daemon's group when unset) may
+ * run everything; with control_readonly = any, everybody else the
+ * read-only commands.  The socket's mode (0660, or 0666 for "any") already
+ * keeps others out at connect(); this is the check that does not depend on
+ * a file mode nobody changed.  The group lookup may ask NSS, once per
+ * refused-by-uid command, which is rare and short.
+ */
+static bool
+control_peer_in_group(const struct control *c, const struct ucred *cr)
+{
+	/* Unset control_group: the daemon's group as it is now, after the
+	 * privilege drop (the socket was given to it then). */
+	gid_t g = c->has_group ? c->gid : getegid(), groups[256];
+	int n = (int)(sizeof(groups) / sizeof(groups[0]));
+	struct passwd pw, *res = NULL;
+	char buf[4096];
+
+	if (cr->gid == g)
+		return true;
+	if (getpwuid_r(cr->uid, &pw, buf, sizeof(buf), &res) != 0 || res == NULL)
+		return false;
+	if (getgrouplist(pw.pw_name, pw.pw_gid, groups, &n) < 0)
+		return false;   /* more than 256 groups: not worth the guess */
+	for (int i = 0; i < n; i++)
+		if (groups[i] == g)
+			return true;
+	return false;
+}
+
+static bool
+control_allowed(const struct control_req *q, const struct control_cmd *cmd)
+{
+	const struct control_client *cl = q->client;
+	const struct ucred *cr;
+
+	if (cl == NULL)
+		return true;   /* control_execute() from a unit test */
+	if (!cl->have_cred)
+		return false;
+	cr = &cl->cred;
+	if (cr->uid == 0 || cr->uid == geteuid())
+		return true;
+	if (!cmd->changes && q->relay->cfg->control_readonly_any)
+		return true;
+	return control_peer_in_group(cl->ctl, cr);
+}
 
 /* Returns 1 when the answer will come asynchronously. */
 static int
@@ -527,11 +584,19 @@ control_run(struct relay *r, struct control_client *cl, char *line,
 		}
 		if (cl)
 			cl->want_json = q.json;
+		if (!control_allowed(&q, c)) {
+			log_event(LOG_LEVEL_WARN, "control", "command=%s uid=%ld "
+			    "result=denied", c->name, cl && cl->have_cred ?
+			    (long)cl->cred.uid : -1L);
+			control_error(&q, "permission denied: %s needs root, the "
+			    "daemon's user or a member of its control group", c->name);
+			return 0;
+		}
 		c->run(&q);
 		return out->len == 0 ? 1 : 0;
 	}
-	control_error(&q, "unknown command %s (status, queue, show, flush, hold, "
-	    "release, delete, bounce, set, reload)", q.argv[0]);
+	control_error(&q, "unknown command %s (status, queue, show, watch, flush, "
+	    "hold, release, delete, bounce, set, reload)", q.argv[0]);
 	return 0;
 }
 
@@ -737,6 +802,14 @@ control_on_connection(uv_stream_t *server, int status)
 		control_client_close(cl);
 		return;
 	}
+	if (!http) {
+		uv_os_fd_t fd;
+		socklen_t len = sizeof(cl->cred);
+
+		cl->have_cred = uv_fileno((uv_handle_t *)&cl->h.pipe, &fd) == 0 &&
+		    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cl->cred, &len) == 0 &&
+		    len == sizeof(cl->cred);
+	}
 	uv_timer_start(&cl->timer, control_on_idle, CONTROL_IDLE_MS, 0);
 }
 
@@ -760,6 +833,41 @@ control_bind_metrics(struct control *c, char *err, size_t errlen)
 	    (rc = uv_listen((uv_stream_t *)&c->http, 64, control_on_connection)) != 0) {
 		snprintf(err, errlen, "metrics_listen [%s]:%u: %s", hp->host, hp->port,
 		    uv_strerror(rc));
+		return -1;
+	}
+	return 0;
+}
+
+/* The socket's group (control_group) and mode: 0660, or 0666 when anybody
+ * may run the read-only commands (the others are checked per command). */
+static int
+control_set_access(struct control *c, const char *path, char *err,
+    size_t errlen)
+{
+	const struct config *cfg = c->relay->cfg;
+	mode_t mode = cfg->control_readonly_any ? 0666 : 0660;
+
+	if (cfg->control_group != NULL) {
+		struct group gr, *res = NULL;
+		char buf[4096];
+
+		if (getgrnam_r(cfg->control_group, &gr, buf, sizeof(buf), &res) != 0 ||
+		    res == NULL) {
+			snprintf(err, errlen, "control_group %s: no such group "
+			    "(create it with groupadd, or leave control_group empty)",
+			    cfg->control_group);
+			return -1;
+		}
+		c->gid = gr.gr_gid;
+		c->has_group = true;
+		if (chown(path, (uid_t)-1, c->gid) != 0) {
+			snprintf(err, errlen, "control_socket %s: chown to group %s: %s",
+			    path, cfg->control_group, strerror(errno));
+			return -1;
+		}
+	}
+	if (chmod(path, mode) != 0) {
+		snprintf(err, errlen, "control_socket %s: chmod: %s", path, strerror(errno));
 		return -1;
 	}
 	return 0;
@@ -802,10 +910,8 @@ control_new(struct relay *r, struct control **out, char *err, size_t errlen)
 		snprintf(err, errlen, "control_socket %s: %s", path, uv_strerror(rc));
 		return -1;
 	}
-	if (chmod(path, 0660) != 0) {
-		snprintf(err, errlen, "control_socket %s: chmod: %s", path, strerror(errno));
+	if (control_set_access(c, path, err, errlen) != 0)
 		return -1;
-	}
 	if (r->cfg->has_metrics && control_bind_metrics(c, err, errlen) != 0)
 		return -1;
 	log_event(LOG_LEVEL_INFO, "listen", "control=%s%s%s", path,

@@ -178,18 +178,25 @@ main_drop_privileges(const struct config *cfg)
 
 	if (cfg->user == NULL || cfg->user[0] == '\0')
 		return 0;
+	pw = getpwnam(cfg->user);
 	if (geteuid() != 0) {
-		log_event(LOG_LEVEL_WARN, "privileges", "user=%s note=\"not root: running as uid %ld\"",
-		    cfg->user, (long)geteuid());
+		/* Started as that user already (the systemd unit's User=): fine. */
+		if (pw != NULL && pw->pw_uid == geteuid())
+			log_event(LOG_LEVEL_INFO, "privileges", "user=%s uid=%ld note=\"started as it\"",
+			    cfg->user, (long)geteuid());
+		else
+			log_event(LOG_LEVEL_WARN, "privileges", "user=%s note=\"not root: running as uid %ld\"",
+			    cfg->user, (long)geteuid());
 		return 0;
 	}
-	pw = getpwnam(cfg->user);
 	if (pw == NULL) {
 		fprintf(stderr, "mxspoold: user %s: no such user\n", cfg->user);
 		return EX_NOUSER;
 	}
+	/* The control socket keeps control_group when one is set. */
 	if (chown(cfg->spool_dir, pw->pw_uid, pw->pw_gid) != 0 ||
-	    chown(cfg->control_socket, pw->pw_uid, pw->pw_gid) != 0) {
+	    chown(cfg->control_socket, pw->pw_uid,
+	    cfg->control_group ? (gid_t)-1 : pw->pw_gid) != 0) {
 		fprintf(stderr, "mxspoold: chown to %s: %s\n", cfg->user, strerror(errno));
 		return EX_NOPERM;
 	}

@@ -96,11 +96,18 @@ ctl_connect(const char *path)
 	strcpy(sun.sun_path, path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
-		fprintf(stderr, "mxspoolctl: cannot connect to %s: %s (is mxspoold running?)\n",
-		    path, strerror(errno));
+		int e = errno;
+
+		if (e == EACCES || e == EPERM)
+			fprintf(stderr, "mxspoolctl: %s: permission denied (the control "
+			    "socket is for root, the daemon's user and its control_group)\n",
+			    path);
+		else
+			fprintf(stderr, "mxspoolctl: cannot connect to %s: %s (is mxspoold "
+			    "running?)\n", path, strerror(e));
 		if (fd >= 0)
 			close(fd);
-		return -1;
+		return e == EACCES || e == EPERM ? -2 : -1;
 	}
 	return fd;
 }
@@ -136,7 +143,7 @@ ctl_request(const char *sock, const char *req, size_t len, char **respp,
 
 	*respp = NULL;
 	if ((fd = ctl_connect(sock)) < 0)
-		return EX_UNAVAILABLE;
+		return fd == -2 ? EX_NOPERM : EX_UNAVAILABLE;
 	if (ctl_write_all(fd, req, len) != 0) {
 		fprintf(stderr, "mxspoolctl: write to %s: %s\n", sock, strerror(errno));
 		close(fd);
@@ -270,7 +277,9 @@ main(int argc, char **argv)
 	} else if (strncmp(resp, "error ", 6) == 0) {
 		body[-1] = '\0';
 		fprintf(stderr, "mxspoolctl: %s\n", resp + 6);
-		rc = strncmp(resp + 6, "reload refused", 14) == 0 ? EX_CONFIG : EX_DATAERR;
+		rc = strncmp(resp + 6, "reload refused", 14) == 0 ? EX_CONFIG :
+		    strncmp(resp + 6, "permission denied", 17) == 0 ? EX_NOPERM :
+		    EX_DATAERR;
 	} else {
 		fprintf(stderr, "mxspoolctl: unexpected answer: %.80s\n", resp);
 		rc = EX_PROTOCOL;

@@ -86,9 +86,11 @@ watch_fetch(const char *sock, unsigned width, char **resp, const char **body)
 	if (strncmp(*resp, "ok\n", 3) != 0) {
 		fprintf(stderr, "mxspoolctl: %.*s\n", (int)strcspn(*resp, "\n"),
 		    strncmp(*resp, "error ", 6) == 0 ? *resp + 6 : *resp);
+		rc = strncmp(*resp, "error permission denied", 23) == 0 ?
+		    EX_NOPERM : EX_DATAERR;
 		free(*resp);
 		*resp = NULL;
-		return EX_DATAERR;
+		return rc;
 	}
 	*body = *resp + 3;
 	return 0;

@@ -74,6 +74,8 @@ struct config {
 	size_t nlisten;
 	char *spool_dir;
 	char *control_socket;
+	char *control_group;          /* may use the socket; NULL: the daemon's */
+	bool control_readonly_any;    /* status/queue/show/watch for everybody */
 	bool has_metrics;
 	struct config_hostport metrics_listen;
 	char *user;                   /* NULL: no privilege drop */

@@ -144,3 +144,96 @@ def test_ctl_reload_says_which_keys_wait_for_a_restart(daemon):
     daemon.configure(server={"commit_window": "0"})
     r = daemon.ctl("reload", check=True)
     assert r.stdout.strip() == "configuration reloaded", r.stdout
+
+
+# ---------------------------------------------------------------- access
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def public_dir():
+    """A directory any local user can reach (pytest's tmp dirs are 0700),
+    with a copy of mxspoolctl in it: the build tree may sit under /root."""
+    import shutil
+    import tempfile
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run mxspoolctl as another user")
+    d = tempfile.mkdtemp(prefix="mxctl-", dir="/tmp")
+    os.chmod(d, 0o755)
+    shutil.copy2(mxtest.binary("mxspoolctl"), os.path.join(d, "mxspoolctl"))
+    os.chmod(os.path.join(d, "mxspoolctl"), 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def ctl_as(uid, gid, public_dir, sock, *args):
+    def drop():
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MXSPOOL")}
+    return subprocess.run([os.path.join(public_dir, "mxspoolctl"), "-s", sock] + list(args),
+                          capture_output=True, text=True, timeout=30, preexec_fn=drop,
+                          env=env)
+
+
+def start_with_socket(daemon_factory, primary, sock, **server):
+    d = daemon_factory(primary=primary, start=False,
+                       server=dict(server, control_socket=sock))
+    d.control_socket = sock
+    d.start()
+    return d
+
+
+def test_control_socket_refuses_other_users(daemon_factory, primary, public_dir):
+    """Default: socket 0660; a user who is neither root, the daemon's user
+    nor in its group cannot even connect, and hears why (exit 77)."""
+    sock = os.path.join(public_dir, "c.sock")
+    d = start_with_socket(daemon_factory, primary, sock)
+    assert oct(os.stat(sock).st_mode & 0o777) == "0o660"
+    r = ctl_as(NOBODY, NOBODY, public_dir, sock, "status")
+    assert r.returncode == 77, (r.returncode, r.stderr)
+    assert "permission denied" in r.stderr
+    assert d.ctl("hold", "demo").returncode == 0   # root may
+
+
+def test_readonly_any_lets_everybody_look_but_not_touch(daemon_factory, primary, public_dir):
+    """control_readonly = any: socket 0666, status/queue/watch for every
+    local user, but state-changing commands still checked by SO_PEERCRED."""
+    sock = os.path.join(public_dir, "c.sock")
+    d = start_with_socket(daemon_factory, primary, sock, control_readonly="any")
+    assert oct(os.stat(sock).st_mode & 0o777) == "0o666"
+    r = ctl_as(NOBODY, NOBODY, public_dir, sock, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "tenants" in r.stdout
+    for args in (("hold", "demo"), ("reload",), ("flush",), ("set", "demo", "drain_rate=5")):
+        r = ctl_as(NOBODY, NOBODY, public_dir, sock, *args)
+        assert r.returncode == 77, (args, r.returncode, r.stderr)
+        assert "permission denied" in r.stderr, r.stderr
+    assert d.tenant_status("demo")["held"] is False
+    d.wait_log("control", command="hold", result="denied")
+
+
+def test_control_group_members_may_act(daemon_factory, primary, public_dir):
+    """control_group = nogroup: the socket belongs to that group, and a peer
+    in it (nobody's own group) may run every command."""
+    import grp
+    try:
+        gid = grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        pytest.skip("no group nogroup")
+    sock = os.path.join(public_dir, "c.sock")
+    d = start_with_socket(daemon_factory, primary, sock, control_group="nogroup")
+    assert os.stat(sock).st_gid == gid
+    r = ctl_as(NOBODY, gid, public_dir, sock, "hold", "demo")
+    assert r.returncode == 0, r.stderr
+    assert d.tenant_status("demo")["held"] is True
+
+
+def test_unknown_control_group_stops_the_start(daemon_factory, primary):
+    d = daemon_factory(primary=primary, start=False,
+                       server={"control_group": "no-such-group-mx"})
+    with pytest.raises(mxtest.DaemonError) as e:
+        d.start()
+    assert "control_group no-such-group-mx: no such group" in str(e.value)

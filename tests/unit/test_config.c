@@ -1363,6 +1363,26 @@ test_max_received_and_postmaster(void **state)
 	config_free(cfg);
 }
 
+/* control_group is a group name (existence is checked at bind time);
+ * control_readonly is group or any. */
+static void
+test_control_access_keys(void **state)
+{
+	struct config *cfg;
+
+	(void)state;
+	cfg = load_ok(SERVER TENANT);
+	assert_null(cfg->control_group);
+	assert_false(cfg->control_readonly_any);
+	config_free(cfg);
+	cfg = load_ok(SERVER "control_group = mail-admins\ncontrol_readonly = any\n" TENANT);
+	assert_string_equal(cfg->control_group, "mail-admins");
+	assert_true(cfg->control_readonly_any);
+	config_free(cfg);
+	expect_fail(SERVER "control_group = ad mins\n" TENANT, 3, "not a group name");
+	expect_fail(SERVER "control_readonly = some\n" TENANT, 3, "must be group");
+}
+
 int
 main(void)
 {
@@ -1397,6 +1417,7 @@ main(void)
 		cmocka_unit_test(test_runtime_keys_match_file),
 		cmocka_unit_test(test_tenant_lifetime_overrides),
 		cmocka_unit_test(test_max_received_and_postmaster),
+		cmocka_unit_test(test_control_access_keys),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
