@@ -30,6 +30,7 @@ mkdir -p "$out"
 sources_for() {
 	case $1 in
 	smtp_*) echo "$top/relay/smtp_proto.c $top/relay/smtp_proto_hdr.c" ;;
+	spool_*) echo "$top/relay/spool_codec.c" ;;
 	config) echo "$top/relay/util.c $top/relay/log.c $top/relay/config.c $top/relay/config_value.c" ;;
 	*) echo "run.sh: no source list for target $1" >&2; return 1 ;;
 	esac
@@ -37,6 +38,7 @@ sources_for() {
 libs_for() {
 	case $1 in
 	config) pkg-config --cflags --libs inih libuv 2>/dev/null || echo "-linih -luv" ;;
+	spool_*) pkg-config --cflags libuv 2>/dev/null; echo "-lpthread" ;;
 	*) echo "" ;;
 	esac
 }
