@@ -231,8 +231,10 @@ main(int argc, char **argv)
 		if (cfg == NULL && access(CTL_DEFAULT_CONFIG, R_OK) == 0)
 			cfg = CTL_DEFAULT_CONFIG;
 		if (cfg != NULL) {
-			if (ctl_socket_from_config(cfg, &sock) != 0)
+			if (ctl_socket_from_config(cfg, &sock) != 0) {
+				free(sock);
 				return EX_NOINPUT;
+			}
 		} else {
 			sock = strdup(CTL_DEFAULT_SOCKET);
 		}
@@ -253,11 +255,13 @@ main(int argc, char **argv)
 		}
 		if (strpbrk(a, "\r\n") != NULL) {
 			fprintf(stderr, "mxspoolctl: argument contains a line break\n");
+			free(sock);
 			return EX_USAGE;
 		}
 		n = snprintf(req + off, sizeof(req) - off, "%s%s", off ? " " : "", a);
 		if (n < 0 || (size_t)n >= sizeof(req) - off) {
 			fprintf(stderr, "mxspoolctl: command too long\n");
+			free(sock);
 			return EX_USAGE;
 		}
 		off += (size_t)n;
@@ -266,8 +270,10 @@ main(int argc, char **argv)
 		off += (size_t)snprintf(req + off, sizeof(req) - off, " --json");
 	req[off++] = '\n';
 
-	if ((rc = ctl_request(sock, req, off, &resp, &rlen)) != 0)
+	if ((rc = ctl_request(sock, req, off, &resp, &rlen)) != 0) {
+		free(sock);
 		return rc;
+	}
 	char *body = strchr(resp, '\n');
 
 	body = body ? body + 1 : resp + rlen;
