@@ -9,6 +9,14 @@
  *   spool-bench recover DIR
  *     Times spool_open (recovery) of an existing spool and prints the peak
  *     RSS and the index bytes per message.
+ *   spool-bench walk DIR [N]
+ *     Fills DIR up to N (default 1000000) messages of 256 bytes whose
+ *     arrivals are spread over 5 days (a fake clock), reopens it, and times
+ *     one spool_walk_aged call per simulated second (queue_lifetime 5 days,
+ *     delay_warning 4 h): nothing due; a few due (the expired ones are
+ *     deleted after each call, outside the timing); the warn cursor's
+ *     catch-up after the restart and then its steady pass (the callback
+ *     calls spool_mark_warned, inside the timing).  Prints µs per call.
  */
 #include "config.h"
 
@@ -26,6 +34,9 @@ static struct spool *sp;
 static uint64_t n_total, n_started, n_done, n_failed, msg_size;
 static uint8_t *payload;
 static double *lat;
+static int64_t bench_now;             /* the walk's fake clock */
+static int64_t bench_step;            /* ms it advances per message; 0 = real */
+static int64_t bench_clock(void) { return bench_now; }
 
 struct producer {
 	struct spool_tx *tx;
@@ -104,6 +115,7 @@ start(struct producer *p)
 	if (n_started == n_total)
 		return;
 	n_started++;
+	bench_now += bench_step;
 	p->t0 = uv_hrtime();
 	p->off = 0;
 	rc = spool_tx_begin(sp, &env, &p->tx);
@@ -125,7 +137,8 @@ dbl_cmp(const void *a, const void *b)
 static int
 do_append(const char *dir, uint64_t n, uint64_t size, int np, uint64_t window)
 {
-	struct spool_options o = { .dir = dir, .commit_window_ms = window };
+	struct spool_options o = { .dir = dir, .commit_window_ms = window,
+	    .now_ms = bench_step != 0 ? bench_clock : NULL };
 	struct producer *ps = calloc((size_t)np, sizeof(*ps));
 	uint64_t t0, syncs;
 	double secs;
@@ -202,6 +215,114 @@ do_recover(const char *dir)
 	return 0;
 }
 
+
+#define WALK_SPREAD_MS  (5LL * 86400 * 1000)   /* arrivals over 5 days */
+#define WALK_LIFETIME   (5LL * 86400 * 1000)
+#define WALK_WARN       (4LL * 3600 * 1000)
+
+struct walk_seen {
+	spool_qid q[1024];
+	unsigned n;
+	bool mark;
+};
+
+static int
+walk_cb(void *arg, const struct spool_item *it, enum spool_age what)
+{
+	struct walk_seen *w = arg;
+
+	if (what == SPOOL_AGE_EXPIRED && w->n < 1024)
+		w->q[w->n++] = it->qid;
+	if (what == SPOOL_AGE_WARN && w->mark)
+		(void)spool_mark_warned(sp, it->qid, NULL, NULL);
+	return 0;
+}
+
+/* Time SECONDS calls, one per simulated second from *NOW on. */
+static void
+walk_phase(const char *name, int64_t *now, unsigned seconds, bool warn,
+    bool mark)
+{
+	double sum = 0, worst = 0;
+	uint64_t visits = 0;
+
+	for (unsigned i = 0; i < seconds; i++, *now += 1000) {
+		struct walk_seen w = { .mark = mark };
+		uint64_t t0 = uv_hrtime();
+		unsigned n = spool_walk_aged(sp, "bench", *now - WALK_LIFETIME,
+		    warn ? *now - WALK_WARN : INT64_MIN, 1000, walk_cb, &w);
+		double us = (double)(uv_hrtime() - t0) / 1e3;
+
+		sum += us;
+		if (us > worst)
+			worst = us;
+		visits += n;
+		for (unsigned k = 0; k < w.n; k++)
+			(void)spool_delete(sp, w.q[k], NULL, NULL);
+		uv_run(&loop, UV_RUN_NOWAIT);
+	}
+	printf("walk %-22s %6u calls  %8.2f us/call avg  %8.2f us max  "
+	    "%" PRIu64 " callbacks\n", name, seconds, sum / seconds, worst, visits);
+}
+
+static int
+do_walk(const char *dir, uint64_t n)
+{
+	struct spool_options o = { .dir = dir, .now_ms = bench_clock };
+	struct spool_recovery_stats st;
+	uint64_t have, t0;
+	int64_t start = 1700000000000, now;
+	int rc;
+
+	bench_now = start;
+	if ((rc = spool_open(&loop, &o, &sp, &st)) != 0)
+		return rc;
+	have = spool_total_messages(sp);
+	if (have < n) {
+		spool_close(sp, closed, NULL);
+		uv_run(&loop, UV_RUN_DEFAULT);
+		/* do_append's producers, on the fake clock: one step per begin. */
+		printf("walk: filling %s with %" PRIu64 " messages\n", dir, n - have);
+		bench_step = WALK_SPREAD_MS / (int64_t)n;
+		rc = do_append(dir, n - have, 256, 64, 2);
+		bench_step = 0;
+		if (rc != 0)
+			return rc;
+		if ((rc = spool_open(&loop, &o, &sp, &st)) != 0)
+			return rc;
+	}
+	printf("walk: %" PRIu64 " messages, recovery %" PRIu64 " ms, index %.1f "
+	    "bytes/message\n", spool_total_messages(sp), st.duration_ms,
+	    (double)spool_index_bytes(sp) / (double)spool_total_messages(sp));
+	/* Newest arrival is about start + 5 days: "now" is just before the
+	 * oldest expires, then the clock runs on. */
+	now = start + WALK_LIFETIME - 1001000;
+	walk_phase("nothing-due", &now, 1000, false, false);
+	now = start + WALK_LIFETIME + 1000;
+	walk_phase("few-due(expiry)", &now, 1000, false, false);
+	t0 = uv_hrtime();
+	{
+		struct walk_seen w = { .mark = true };
+		unsigned calls = 0;
+
+		while (spool_walk_aged(sp, "bench", now - WALK_LIFETIME,
+		    now - WALK_WARN, 1000, walk_cb, &w) > 0 || calls == 0) {
+			calls++;
+			for (unsigned k = 0; k < w.n; k++)
+				(void)spool_delete(sp, w.q[k], NULL, NULL);
+			w.n = 0;
+			uv_run(&loop, UV_RUN_NOWAIT);
+		}
+		printf("walk %-22s %6u calls  %8.2f us/call avg (MAX 1000: the "
+		    "backlog of notices after a restart)\n", "warn-catch-up", calls,
+		    (double)(uv_hrtime() - t0) / 1e3 / calls);
+	}
+	walk_phase("warn-cursor(steady)", &now, 1000, true, true);
+	spool_close(sp, closed, NULL);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -215,6 +336,9 @@ main(int argc, char **argv)
 		    argc > 6 ? strtoull(argv[6], NULL, 10) : 0);
 	else if (argc == 3 && strcmp(argv[1], "recover") == 0)
 		rc = do_recover(argv[2]);
+	else if ((argc == 3 || argc == 4) && strcmp(argv[1], "walk") == 0)
+		rc = do_walk(argv[2], argc == 4 ? strtoull(argv[3], NULL, 10) :
+		    1000000);
 	else {
 		fprintf(stderr, "usage: spool-bench append DIR N SIZE PRODUCERS [WINDOW_MS]\n"
 		    "       spool-bench recover DIR\n");
