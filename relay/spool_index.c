@@ -1215,8 +1215,16 @@ walk_tenant(struct walk *w, struct tenant *t)
 
 	f->walking = true;
 	walk_expired(w, f);
-	if (!w->stop && w->calls < w->max && w->warn_before != INT64_MIN)
+	/* Each pass has its own MAX: expired messages the caller leaves in
+	 * place (a bounce waiting out its back-off, one being delivered) are
+	 * offered on every call, and must not starve the warnings. */
+	if (!w->stop && w->warn_before != INT64_MIN) {
+		unsigned spent = w->calls;
+
+		w->calls = 0;
 		walk_warn(w, f);
+		w->calls += spent;
+	}
 	f->walking = false;
 	fifo_maybe_compact(w->ix, t);
 }

@@ -247,6 +247,8 @@ int spool_find(struct spool *sp, spool_qid qid, struct spool_item *out);
 enum spool_age { SPOOL_AGE_EXPIRED, SPOOL_AGE_WARN };
 typedef int (*spool_age_cb)(void *arg, const struct spool_item *item,
     enum spool_age what);
+/* (MAX applies to each of the two passes on its own, so expired messages a
+ * caller leaves in place never keep warnings from being offered.) */
 unsigned spool_walk_aged(struct spool *sp, const char *tenant,
     int64_t expire_before_ms, int64_t warn_before_ms, unsigned max,
     spool_age_cb cb, void *arg);

@@ -600,6 +600,38 @@ test_caps_per_tenant(void **state)
 	spool_index_free(ix);
 }
 
+static int
+keep_cb(void *arg, const struct spool_item *it, enum spool_age what)
+{
+	unsigned *n = arg;
+
+	(void)it;
+	n[what == SPOOL_AGE_WARN]++;
+	return 0;
+}
+
+/* 1500 expired messages the caller leaves in place (bounces in back-off)
+ * fill the expiry pass's MAX on every call; the warnings behind them are
+ * still offered, from their own budget. */
+static void
+test_walk_expired_do_not_starve_warnings(void **state)
+{
+	struct spool_index *ix = ix_new(NULL);
+	unsigned n[2] = { 0, 0 };
+	(void)state;
+
+	for (unsigned i = 0; i < 1500; i++)
+		put(ix, "t", qat(i, 0), 1);
+	for (unsigned i = 0; i < 10; i++)
+		put(ix, "t", qat(5000 + i, 0), 1);
+	for (int call = 0; call < 3; call++)
+		(void)spool_index_walk_aged(ix, "t", ms_of(2000), ms_of(6000), 1000,
+		    keep_cb, n);
+	assert_int_equal(n[0], 3 * 1000);
+	assert_int_equal(n[1], 10);
+	spool_index_free(ix);
+}
+
 int
 main(void)
 {
@@ -615,6 +647,7 @@ main(void)
 		cmocka_unit_test(test_walk_order_and_cursor),
 		cmocka_unit_test(test_walk_cost_100k),
 		cmocka_unit_test(test_walk_after_bulk_load),
+		cmocka_unit_test(test_walk_expired_do_not_starve_warnings),
 		cmocka_unit_test(test_caps_per_tenant),
 	};
 
