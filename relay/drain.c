@@ -594,18 +594,31 @@ conn_assign(struct drain_conn *cn, struct drain_job *j)
 	}
 }
 
+/* Messages this connection may carry: messages_per_connection, and never
+ * more than the primary's MAILMAX (RFC 9422) when it announced one. */
+static unsigned
+conn_mpc(const struct drain_conn *cn)
+{
+	unsigned mpc = cn->t->set.mpc;
+
+	return cn->mail_max > 0 && cn->mail_max < mpc ? cn->mail_max : mpc;
+}
+
 static void
 conn_on_ready(void *arg, struct smtp_client *c)
 {
 	struct drain_conn *cn = arg;
+	uint32_t rcpt_max, mail_max;
 
 	cn->ready = true;
 	if (cn->t->removed) {
 		smtp_client_quit(c);
 		return;
 	}
+	smtp_client_limits(c, &rcpt_max, &mail_max);
+	cn->mail_max = mail_max;
 	drain__caps_record(cn->t, smtp_client_ext(c), smtp_client_size_max(c),
-	    smtp_client_tls_active(c));
+	    rcpt_max, mail_max, smtp_client_tls_active(c));
 	if (cn->job != NULL && cn->job->msg != NULL)
 		conn_assign(cn, cn->job);
 	else if (cn->job == NULL)
@@ -626,7 +639,7 @@ conn_on_sent(void *arg, struct smtp_client *c,
 		cn->failed = true;
 	/* Decide before the outcome is processed: that may run the scheduler,
 	 * which must not hand this connection a message it will not send. */
-	if (res->status == 0 && (cn->sent >= t->set.mpc || t->removed))
+	if (res->status == 0 && (cn->sent >= conn_mpc(cn) || t->removed))
 		cn->quitting = true;
 	if (j != NULL) {
 		j->conn = NULL;
@@ -753,7 +766,7 @@ conn_free_slot(struct drain_tenant *t, bool *can_open)
 		if (cn->quitting || cn->c == NULL)
 			continue;
 		live++;
-		if (cn->job == NULL && cn->sent < t->set.mpc &&
+		if (cn->job == NULL && cn->sent < conn_mpc(cn) &&
 		    (cn->ready ? smtp_client_is_ready(cn->c) : true))
 			return cn;
 	}
@@ -818,7 +831,8 @@ probe_on_closed(void *arg, const struct smtp_client_end *end)
 	}
 	drain__target_name(&t->probe_tg, tn, sizeof(tn));
 	if (end->status == 0 && end->ready) {
-		drain__caps_record(t, end->ext, end->size_max, end->tls);
+		drain__caps_record(t, end->ext, end->size_max, end->rcpt_max,
+		    end->mail_max, end->tls);
 		probe_result(t, true, tn);
 		return;
 	}

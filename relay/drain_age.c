@@ -209,7 +209,7 @@ drain__age_job_done(struct drain_tenant *t)
 
 void
 drain__caps_record(struct drain_tenant *t, unsigned ext, uint64_t size_max,
-    bool tls)
+    uint32_t rcpt_max, uint32_t mail_max, bool tls)
 {
 	struct spool_caps caps;
 
@@ -219,10 +219,8 @@ drain__caps_record(struct drain_tenant *t, unsigned ext, uint64_t size_max,
 	/* After STARTTLS the EHLO over TLS no longer offers it (RFC 3207). */
 	caps.ext = ext | (tls ? SMTP_EXT_STARTTLS : 0);
 	caps.size_max = size_max;
-	/* RFC 9422 LIMITS (RCPTMAX, MAILMAX) are not parsed from the EHLO yet
-	 * (smtp_proto.c): 0 says "none announced". */
-	caps.rcpt_max = 0;
-	caps.mail_max = 0;
+	caps.rcpt_max = rcpt_max;     /* RFC 9422 LIMITS; 0 = none */
+	caps.mail_max = mail_max;
 	caps.seen_ms = drain__now(t->d);
 	(void)spool_set_caps(t->d->spool, t->name, &caps, NULL, NULL);
 }

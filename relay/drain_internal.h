@@ -80,6 +80,7 @@ struct drain_conn {
 	struct drain_target tg;       /* a copy: a reload may swap targets */
 	struct drain_job *job;        /* assigned (loading or sending) */
 	unsigned sent;
+	unsigned mail_max;            /* the primary's RFC 9422 MAILMAX; 0 none */
 	bool ready, quitting, failed;
 };
 
@@ -278,9 +279,9 @@ void drain__age_job_done(struct drain_tenant *t);
  * "primary unreachable since <date> (<last failure>)" while it is down. */
 void drain__age_reason(struct drain_tenant *t, bool expired, char *buf,
     size_t len);
-/* The primary answered EHLO with EXT / SIZE_MAX (TLS: STARTTLS was used):
- * keep it in the spool for intake and status. */
+/* The primary answered EHLO with EXT / SIZE_MAX / LIMITS (TLS: STARTTLS
+ * was used): keep it in the spool for intake and status. */
 void drain__caps_record(struct drain_tenant *t, unsigned ext,
-    uint64_t size_max, bool tls);
+    uint64_t size_max, uint32_t rcpt_max, uint32_t mail_max, bool tls);
 
 #endif

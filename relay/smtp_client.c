@@ -115,6 +115,7 @@ struct smtp_client {
 	int64_t start_ms;
 	unsigned ext;
 	uint64_t size_max;
+	uint32_t rcpt_max, mail_max;  /* RFC 9422 LIMITS of the last EHLO */
 	bool need_rset;
 	unsigned writes;              /* uv_write requests in flight */
 
@@ -903,8 +904,12 @@ sc_on_reply(struct smtp_client *c)
 		if (cls == 2) {
 			c->ext = r->ext;
 			c->size_max = r->size_max;
+			c->rcpt_max = r->rcpt_max;
+			c->mail_max = r->mail_max;
 			c->end.ext = c->ext;
 			c->end.size_max = c->size_max;
+			c->end.rcpt_max = c->rcpt_max;
+			c->end.mail_max = c->mail_max;
 			sc_after_hello(c);
 		} else if (cls == 5) {
 			sc_command(c, SC_HELO, "HELO %s", c->helo);
@@ -920,8 +925,10 @@ sc_on_reply(struct smtp_client *c)
 		}
 		c->ext = 0;
 		c->size_max = 0;
+		c->rcpt_max = c->mail_max = 0;
 		c->end.ext = 0;
 		c->end.size_max = 0;
+		c->end.rcpt_max = c->end.mail_max = 0;
 		sc_after_hello(c);
 		return;
 	case SC_STARTTLS:
@@ -1320,6 +1327,14 @@ uint64_t
 smtp_client_size_max(const struct smtp_client *c)
 {
 	return c->size_max;
+}
+
+void
+smtp_client_limits(const struct smtp_client *c, uint32_t *rcpt_max,
+    uint32_t *mail_max)
+{
+	*rcpt_max = c->rcpt_max;
+	*mail_max = c->mail_max;
 }
 
 bool

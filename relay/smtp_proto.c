@@ -1571,6 +1571,40 @@ smtp_proto_reply_init(struct smtp_reply *r)
 	memset(r, 0, sizeof *r);
 }
 
+/*
+ * The parameters of "LIMITS" (RFC 9422 section 4): NAME=VALUE tokens
+ * separated by spaces; RCPTMAX and MAILMAX are kept, unknown names and bad
+ * values are ignored, as the RFC asks of a client.
+ */
+static void
+reply_limits(struct smtp_reply *r, const char *t, size_t len)
+{
+	size_t a = 0;
+
+	while (a < len) {
+		size_t b, eq;
+		uint64_t v;
+		bool overflow;
+
+		while (a < len && t[a] == ' ')
+			a++;
+		for (b = a; b < len && t[b] != ' '; b++)
+			;
+		for (eq = a; eq < b && t[eq] != '='; eq++)
+			;
+		if (eq < b && parse_u64(t + eq + 1, b - eq - 1, &v, &overflow) &&
+		    v > 0) {
+			uint32_t x = v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+
+			if (ieq(t + a, eq - a, "RCPTMAX"))
+				r->rcpt_max = x;
+			else if (ieq(t + a, eq - a, "MAILMAX"))
+				r->mail_max = x;
+		}
+		a = b;
+	}
+}
+
 /* One EHLO keyword line (RFC 5321 4.1.1.1 ehlo-line). */
 static void
 reply_ehlo_keyword(struct smtp_reply *r, const char *t, size_t len)
@@ -1588,6 +1622,7 @@ reply_ehlo_keyword(struct smtp_reply *r, const char *t, size_t len)
 		{ "STARTTLS", SMTP_EXT_STARTTLS },
 		{ "ENHANCEDSTATUSCODES", SMTP_EXT_ENHANCEDSTATUSCODES },
 		{ "BINARYMIME", SMTP_EXT_BINARYMIME },
+		{ "LIMITS", SMTP_EXT_LIMITS },
 	};
 	size_t k = 0;
 
@@ -1610,6 +1645,8 @@ reply_ehlo_keyword(struct smtp_reply *r, const char *t, size_t len)
 				b++;
 			r->size_max = parse_u64(t + a, b - a, &v, &overflow) ?
 			    v : 0;
+		} else if (kws[i].bit == SMTP_EXT_LIMITS) {
+			reply_limits(r, t + k, len - k);
 		}
 		return;
 	}

@@ -153,6 +153,7 @@ struct smtp_client_end {
 	char tls_info[128];            /* tls_conn_info_string, or "" */
 	unsigned ext;                  /* SMTP_EXT_* of the last EHLO */
 	uint64_t size_max;             /* its SIZE value; 0 = none announced */
+	uint32_t rcpt_max, mail_max;   /* its RFC 9422 LIMITS; 0 = none */
 	int64_t connect_latency_ms;    /* -1 if not connected */
 	int64_t banner_latency_ms;
 	int64_t ehlo_latency_ms;
@@ -201,6 +202,9 @@ bool smtp_client_is_ready(const struct smtp_client *c);
 unsigned smtp_client_ext(const struct smtp_client *c);
 /* The SIZE value of that EHLO; 0 = no SIZE, or SIZE without a limit. */
 uint64_t smtp_client_size_max(const struct smtp_client *c);
+/* The server's RFC 9422 RCPTMAX and MAILMAX from its last EHLO; 0 = none. */
+void smtp_client_limits(const struct smtp_client *c, uint32_t *rcpt_max,
+    uint32_t *mail_max);
 /* TLS is in use on the session (STARTTLS succeeded). */
 bool smtp_client_tls_active(const struct smtp_client *c);
 

@@ -429,6 +429,7 @@ int smtp_proto_parse_reply_line(const char *line, size_t len, int *code,
 #define SMTP_EXT_STARTTLS            0x040
 #define SMTP_EXT_ENHANCEDSTATUSCODES 0x080
 #define SMTP_EXT_BINARYMIME          0x100
+#define SMTP_EXT_LIMITS              0x200   /* RFC 9422 */
 
 /*
  * Accumulates one (possibly multiline) reply.  The public fields may be
@@ -448,6 +449,8 @@ struct smtp_reply {
 	 * SIZE value (0 when absent or given without a number). */
 	unsigned ext;
 	uint64_t size_max;
+	/* RFC 9422 LIMITS RCPTMAX= / MAILMAX= (0: not announced). */
+	uint32_t rcpt_max, mail_max;
 	bool complete;                /* private */
 };
 void smtp_proto_reply_init(struct smtp_reply *r);

@@ -1193,7 +1193,7 @@ test_caps_recorded_after_probe(void **state)
 	(void)state;
 	fx_open(&fx, &o);
 	fx.prim.ehlo = "250-fake.test\r\n250-SIZE 1000\r\n250-PIPELINING\r\n"
-	    "250-8BITMIME\r\n250 DSN";
+	    "250-8BITMIME\r\n250-LIMITS RCPTMAX=7 MAILMAX=3\r\n250 DSN";
 	assert_false(spool_get_caps(fx.sp, "demo", &c));
 	fx_up(&fx);
 	assert_true(spool_get_caps(fx.sp, "demo", &c));
@@ -1203,8 +1203,37 @@ test_caps_recorded_after_probe(void **state)
 	assert_true(c.ext & SMTP_EXT_8BITMIME);
 	assert_true(c.ext & SMTP_EXT_DSN);
 	assert_false(c.ext & SMTP_EXT_SMTPUTF8);
-	assert_int_equal(c.rcpt_max, 0);
+	assert_true(c.ext & SMTP_EXT_LIMITS);
+	assert_int_equal(c.rcpt_max, 7);
+	assert_int_equal(c.mail_max, 3);
 	assert_int_equal(c.seen_ms, fake_now);
+	fx_close(&fx);
+}
+
+/* The primary's RFC 9422 MAILMAX caps the messages of one connection below
+ * messages_per_connection: 5 messages at MAILMAX=2 take 3 connections. */
+static void
+test_mailmax_limits_messages_per_connection(void **state)
+{
+	struct fx fx;
+	struct fx_opts o = { 0 };
+
+	(void)state;
+	fx_open(&fx, &o);
+	fx.prim.ehlo = "250-fake.test\r\n250-PIPELINING\r\n250 LIMITS MAILMAX=2";
+	for (int i = 0; i < 5; i++) {
+		char subj[16];
+
+		snprintf(subj, sizeof(subj), "m%d", i);
+		(void)fx_queue(&fx, "a@sender.test", "u@example.test", subj);
+	}
+	fx_drain_start(&fx);
+	fx.want = 5;
+	fx_wait(&fx, pred_delivered, "five deliveries");
+	fx_wait(&fx, pred_idle, "the last job's end");
+	assert_true(fx.prim.mails == 5);
+	/* The probe's connection, and at least three delivery sessions. */
+	assert_true(fx.prim.connects >= 4);
 	fx_close(&fx);
 }
 
@@ -1215,6 +1244,7 @@ main(void)
 		cmocka_unit_test(test_probe_down_then_up),
 		cmocka_unit_test(test_421_during_delivery_goes_down),
 		cmocka_unit_test(test_oldest_first_and_status),
+		cmocka_unit_test(test_mailmax_limits_messages_per_connection),
 		cmocka_unit_test(test_4xx_defers_with_backoff),
 		cmocka_unit_test(test_5xx_bounces_to_sender),
 		cmocka_unit_test(test_null_sender_gets_no_dsn),

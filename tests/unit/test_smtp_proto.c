@@ -1226,6 +1226,27 @@ test_reply_accumulator(void **state)
 		assert_int_equal(r.ext, SMTP_EXT_SIZE);
 		assert_true(r.size_max == 0);
 	}
+	/* RFC 9422 LIMITS: RCPTMAX and MAILMAX kept, unknown names and bad
+	 * values ignored, absent = 0. */
+	{
+		static const char *const l1[] = { "250-mx Hello",
+		    "250 LIMITS RCPTMAX=50 rcptdomainmax=5 MailMax=1000" };
+		static const char *const l2[] = { "250-mx Hello",
+		    "250 LIMITS RCPTMAX=x MAILMAX=0 FOO=7 RCPTMAX" };
+		static const char *const l3[] = { "250-mx Hello", "250 SIZE 10" };
+
+		assert_int_equal(push_all(&r, l1, 2), SMTP_PROTO_OK);
+		assert_int_equal(r.ext, SMTP_EXT_LIMITS);
+		assert_int_equal(r.rcpt_max, 50);
+		assert_int_equal(r.mail_max, 1000);
+		assert_int_equal(push_all(&r, l2, 2), SMTP_PROTO_OK);
+		assert_int_equal(r.ext, SMTP_EXT_LIMITS);
+		assert_int_equal(r.rcpt_max, 0);
+		assert_int_equal(r.mail_max, 0);
+		assert_int_equal(push_all(&r, l3, 2), SMTP_PROTO_OK);
+		assert_int_equal(r.rcpt_max, 0);
+		assert_int_equal(r.mail_max, 0);
+	}
 	/* A code change mid-reply, a bad line, a push after the end. */
 	{
 		static const char *const bad1[] = { "250-a", "251 b" };
