@@ -159,6 +159,7 @@ static const struct key server_keys[] = {
 	{ "user", KIND_USER, S(user), 0, 0, 0, 0, 0 },
 	{ "max_connections", KIND_UINT, S(max_connections), 0, 1, UINT32_MAX, 0, 0 },
 	{ "max_connections_per_ip", KIND_UINT, S(max_connections_per_ip), 0, 1, UINT32_MAX, 0, 0 },
+	{ "client_limit_exempt", KIND_CIDR_LIST, S(client_limit_exempt), S(nclient_limit_exempt), 0, 0, 0, 0 },
 	{ "max_message_size", KIND_SIZE, S(max_message_size), 0, 1, 0, 0, 0 },
 	{ "max_recipients", KIND_UINT, S(max_recipients), 0, 1, UINT32_MAX, 0, 0 },
 	/* RFC 5321 4.5.3.1.6: a server must take text lines of 1000 octets. */
@@ -1684,6 +1685,10 @@ config_defaults(const char *name)
 	cfg->disk_reserve = 1 * GIB;
 	cfg->queue_lifetime_ms = 5 * DAY_MS;
 	cfg->delay_warning_ms = 4 * HOUR_MS;
+	cfg->client_limit_exempt = xcalloc(2, sizeof(*cfg->client_limit_exempt));
+	cfg->nclient_limit_exempt = 2;
+	(void)config__cidr_reason("127.0.0.0/8", &cfg->client_limit_exempt[0]);
+	(void)config__cidr_reason("::1", &cfg->client_limit_exempt[1]);
 	cfg->max_received = 50;
 	cfg->mx_port = 25;
 	cfg->commit_window_ms = 0;
@@ -1776,6 +1781,7 @@ config_free(struct config *cfg)
 	free(cfg->control_socket);
 	free(cfg->user);
 	free(cfg->postmaster);
+	free(cfg->client_limit_exempt);
 	free(cfg->control_group);
 	free(cfg->dns_servers);
 	free(cfg->tls_cert);

@@ -95,38 +95,52 @@ policy_reply(enum policy_verdict v, const char *addr, char *buf, size_t len)
 	return snprintf(buf, len, "451 4.3.0 Error: internal error");
 }
 
-enum policy_etrn
-policy_check_etrn(const struct config *cfg, const char *node,
-    const struct sockaddr *sa, const struct config_tenant **tenant)
+/* Is SA in the list?  A v4 client on a dual-stack socket arrives as
+ * ::ffff:a.b.c.d, and lists name it as a.b.c.d. */
+static bool
+policy_addr_in(const struct config_cidr *list, size_t n,
+    const struct sockaddr *sa)
 {
-	const struct config_tenant *t;
 	const void *addr;
 	int family = sa->sa_family;
 
-	*tenant = NULL;
-	t = config_tenant_for_domain(cfg, node, strlen(node));
-	if (t == NULL)
-		return POLICY_ETRN_UNKNOWN_NODE;
 	if (family == AF_INET) {
 		addr = &((const struct sockaddr_in *)sa)->sin_addr;
 	} else if (family == AF_INET6) {
 		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
 
 		addr = &s6->sin6_addr;
-		/* A v4 client on a dual-stack socket arrives as ::ffff:a.b.c.d;
-		 * etrn_from lists it as a.b.c.d. */
 		if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
 			family = AF_INET;
 			addr = &s6->sin6_addr.s6_addr[12];
 		}
 	} else {
+		return false;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (config_cidr_match(&list[i], family, addr))
+			return true;
+	return false;
+}
+
+enum policy_etrn
+policy_check_etrn(const struct config *cfg, const char *node,
+    const struct sockaddr *sa, const struct config_tenant **tenant)
+{
+	const struct config_tenant *t;
+
+	*tenant = NULL;
+	t = config_tenant_for_domain(cfg, node, strlen(node));
+	if (t == NULL)
+		return POLICY_ETRN_UNKNOWN_NODE;
+	if (!policy_addr_in(t->etrn_from, t->netrn_from, sa))
 		return POLICY_ETRN_DENIED;
-	}
-	for (size_t i = 0; i < t->netrn_from; i++) {
-		if (config_cidr_match(&t->etrn_from[i], family, addr)) {
-			*tenant = t;
-			return POLICY_ETRN_OK;
-		}
-	}
-	return POLICY_ETRN_DENIED;
+	*tenant = t;
+	return POLICY_ETRN_OK;
+}
+
+bool
+policy_client_limit_exempt(const struct config *cfg, const struct sockaddr *sa)
+{
+	return policy_addr_in(cfg->client_limit_exempt, cfg->nclient_limit_exempt, sa);
 }

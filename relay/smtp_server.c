@@ -22,6 +22,7 @@
 
 #include "mxspool/config.h"
 #include "mxspool/log.h"
+#include "mxspool/policy.h"
 #include "mxspool/smtp_proto.h"
 #include "mxspool/smtp_server.h"
 #include "mxspool/util.h"
@@ -103,7 +104,8 @@ smtp_on_connection(uv_stream_t *listener, int status)
 		smtp_session_reply_close(sess, "max_connections");
 		return;
 	}
-	if (smtp_count_ip(srv, sess->peer_ip) > cfg->max_connections_per_ip) {
+	if (smtp_count_ip(srv, sess->peer_ip) > cfg->max_connections_per_ip &&
+	    !policy_client_limit_exempt(cfg, (const struct sockaddr *)&sess->peer)) {
 		smtp_session_reply(sess, "421 4.7.0 %s Error: too many connections from %s",
 		    cfg->hostname, sess->peer_ip);
 		smtp_session_reply_close(sess, "max_connections_per_ip");

@@ -81,6 +81,8 @@ struct config {
 	char *user;                   /* NULL: no privilege drop */
 	unsigned max_connections;
 	unsigned max_connections_per_ip;
+	struct config_cidr *client_limit_exempt;  /* not held to _per_ip */
+	size_t nclient_limit_exempt;
 	uint64_t max_message_size;
 	unsigned max_recipients;
 	unsigned max_line_length;     /* text lines in DATA, RFC 5321 4.5.3.1.6 */

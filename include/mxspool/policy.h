@@ -58,5 +58,10 @@ enum policy_etrn {
  * too: we match the domain itself only)?  *TENANT set on POLICY_ETRN_OK. */
 enum policy_etrn policy_check_etrn(const struct config *cfg, const char *node,
     const struct sockaddr *sa, const struct config_tenant **tenant);
+/* Is the client at SA exempt from the per-client limits
+ * (client_limit_exempt; loopback by default, as Postfix exempts
+ * $mynetworks)? */
+bool policy_client_limit_exempt(const struct config *cfg,
+    const struct sockaddr *sa);
 
 #endif

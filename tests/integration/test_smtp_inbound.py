@@ -964,12 +964,32 @@ def test_max_recipients(daemon_factory):
     assert rcpts(d, qid) == ["u0@example.test", "u1@example.test", "u2@example.test"]
 
 
+def test_loopback_exempt_from_per_client_limit_by_default(daemon_factory):
+    """client_limit_exempt defaults to loopback: local tools and a local
+    content filter are not held to max_connections_per_ip (max_connections
+    still holds)."""
+    d = daemon_factory(server={"max_connections": 10, "max_connections_per_ip": 1})
+    keep = []
+    try:
+        for _ in range(3):
+            keep.append(Raw(d.smtp_port, source="127.0.0.1"))
+            starts(keep[-1].banner, "220")
+        assert d.status()["connections"] == 3
+    finally:
+        for k in keep:
+            k.close()
+    assert d.log_lines("disconnect", reason="max_connections_per_ip") == []
+
+
 def test_max_connections_per_ip_and_total(daemon_factory):
     """max_connections_per_ip = 2: a third connection from 127.0.0.1 gets
     421 4.7.0 ... from 127.0.0.1 and is closed, while 127.0.0.2 still gets
     in; max_connections = 3: a fourth from 127.0.0.3 gets 421 4.7.0 too many
     connections; once one closes a new client is served again."""
-    d = daemon_factory(server={"max_connections": 3, "max_connections_per_ip": 2})
+    # Loopback is exempt from per-client limits by default (as Postfix's
+    # $mynetworks): exempt only ::1 here so that 127.0.0.1 is held to it.
+    d = daemon_factory(server={"max_connections": 3, "max_connections_per_ip": 2,
+                               "client_limit_exempt": "::1"})
     keep = []
     try:
         for src in ("127.0.0.1", "127.0.0.1"):

@@ -1383,6 +1383,26 @@ test_control_access_keys(void **state)
 	expect_fail(SERVER "control_readonly = some\n" TENANT, 3, "must be group");
 }
 
+/* client_limit_exempt: loopback by default; a list replaces it; empty
+ * exempts nobody. */
+static void
+test_client_limit_exempt(void **state)
+{
+	struct config *cfg;
+
+	(void)state;
+	cfg = load_ok(SERVER TENANT);
+	assert_int_equal(cfg->nclient_limit_exempt, 2);
+	config_free(cfg);
+	cfg = load_ok(SERVER "client_limit_exempt = 192.0.2.0/24, 2001:db8::/32, 10.1.2.3\n" TENANT);
+	assert_int_equal(cfg->nclient_limit_exempt, 3);
+	config_free(cfg);
+	cfg = load_ok(SERVER "client_limit_exempt =\n" TENANT);
+	assert_int_equal(cfg->nclient_limit_exempt, 0);
+	config_free(cfg);
+	expect_fail(SERVER "client_limit_exempt = 300.1.1.1\n" TENANT, 3, "client_limit_exempt");
+}
+
 int
 main(void)
 {
@@ -1418,6 +1438,7 @@ main(void)
 		cmocka_unit_test(test_tenant_lifetime_overrides),
 		cmocka_unit_test(test_max_received_and_postmaster),
 		cmocka_unit_test(test_control_access_keys),
+		cmocka_unit_test(test_client_limit_exempt),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
