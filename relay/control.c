@@ -64,6 +64,27 @@ struct control {
 	bool closing;
 };
 
+/* A filtered command that loads envelopes (--from, --to) or acts on many
+ * messages: queue, delete, bounce. */
+enum control_bulk_verb { CONTROL_BULK_QUEUE, CONTROL_BULK_DELETE, CONTROL_BULK_BOUNCE };
+
+#define CONTROL_BULK_LOADS 16         /* envelopes loading at once */
+
+struct control_bulk {
+	struct control_client *cl;    /* NULL once the client went away */
+	struct relay *relay;
+	enum control_bulk_verb verb;
+	struct control_filter f;      /* strings borrowed from cl->req */
+	spool_qid *cand;              /* candidates that passed the index filters */
+	size_t ncand, cap, next;
+	spool_qid *match;             /* queue: the matches, for the rows */
+	size_t nmatch;
+	unsigned loading;
+	bool pumping;
+	int done;                     /* messages deleted / bounced / matched */
+	int64_t now;
+};
+
 struct control_client {
 	struct control *ctl;
 	LIST_ENTRY(control_client) entry;
@@ -81,6 +102,7 @@ struct control_client {
 	struct control_buf out;
 	uv_write_t wreq;
 	struct spool_msg *msg;        /* "show": envelope being loaded */
+	struct control_bulk *bulk;    /* filtered queue/delete/bounce loading */
 	bool want_json;
 	bool have_cred;               /* SO_PEERCRED of a control client */
 	struct ucred cred;
@@ -179,38 +201,53 @@ control_fill_status(struct relay *r, struct control_status *st)
 struct control_queue_walk {
 	struct control_queue *q;
 	int64_t now;
+	const struct control_filter *f;   /* NULL: every message */
 };
+
+static void
+control_queue_row_fill(struct control_queue_row *row, const struct spool_item *it,
+    int64_t now)
+{
+	spool_qid_format(it->qid, row->qid);
+	row->tenant = it->tenant;     /* the spool's: valid until the loop runs */
+	row->size = it->size;
+	row->age_ms = now - it->arrival_ms;
+	row->attempts = it->attempts;
+	if (it->next_attempt_ms > now)
+		row->next_attempt_ms = it->next_attempt_ms - now;
+	row->in_flight = it->claimed;
+}
 
 static int
 control_fill_queue_row(void *arg, const struct spool_item *it)
 {
 	struct control_queue_walk *w = arg;
 	struct control_queue_row *row;
+	size_t max = w->f && w->f->limit ? w->f->limit : CONTROL_QUEUE_LIST_MAX;
 
-	if (w->q->nrows == CONTROL_QUEUE_LIST_MAX) {
+	if (w->f && !control_filter_item(w->f, it->qid, it->arrival_ms, it->attempts,
+	    it->next_attempt_ms, w->now))
+		return 0;
+	if (w->q->nrows == max) {
 		w->q->truncated = true;
 		return 1;
 	}
 	row = control_queue_add(w->q);
-	spool_qid_format(it->qid, row->qid);
-	row->tenant = it->tenant;     /* the spool's: valid until the loop runs */
-	row->size = it->size;
-	row->age_ms = w->now - it->arrival_ms;
-	row->attempts = it->attempts;
-	if (it->next_attempt_ms > w->now)
-		row->next_attempt_ms = it->next_attempt_ms - w->now;
-	row->in_flight = it->claimed;
+	control_queue_row_fill(row, it, w->now);
 	return 0;
 }
 
-/* TENANT's messages (all if NULL), oldest first, at most
- * CONTROL_QUEUE_LIST_MAX; control_queue_free() afterwards. */
+/* TENANT's messages (all if NULL) that pass F's index filters (F may be
+ * NULL), in queue id order, at most F's limit or CONTROL_QUEUE_LIST_MAX;
+ * control_queue_free() afterwards. */
 static void
-control_fill_queue(struct relay *r, const char *tenant, struct control_queue *q)
+control_fill_queue(struct relay *r, const char *tenant,
+    const struct control_filter *f, struct control_queue *q)
 {
-	struct control_queue_walk w = { q, util_now_ms() };
+	struct control_queue_walk w = { q, util_now_ms(), f };
 
 	memset(q, 0, sizeof(*q));
+	q->limit = f ? f->limit : 0;
 	spool_foreach(r->spool, tenant, control_fill_queue_row, &w);
 }
 
@@ -277,7 +314,7 @@ static void
 control_ack(struct control_req *q, enum control_ack_kind kind,
     const char *tenant, int count)
 {
-	struct control_ack a = { kind, tenant, count, NULL };
+	struct control_ack a = { kind, tenant, count, NULL, false };
 
 	control_render_ack(&a, q->json, q->out);
 }
@@ -306,7 +343,7 @@ control_cmd_status(struct control_req *q)
 static void
 control_cmd_reload(struct control_req *q)
 {
-	struct control_ack a = { CONTROL_ACK_RELOAD, NULL, 0, NULL };
+	struct control_ack a = { CONTROL_ACK_RELOAD, NULL, 0, NULL, false };
 	char err[1024];
 
 	if (relay_reload(q->relay, err, sizeof(err)) != 0) {
@@ -342,15 +379,40 @@ control_cmd_watch(struct control_req *q)
 	free(st.tenants);
 }
 
+/* The filter of ARGV, or an error answered and -1; a tenant named must exist. */
+static int
+control_req_filter(struct control_req *q, unsigned allow, struct control_filter *f)
+{
+	char err[512];
+
+	if (control_filter_parse(f, q->argc, q->argv, allow, err, sizeof(err)) != 0) {
+		control_error(q, "%s", err);
+		return -1;
+	}
+	if (f->tenant && config_tenant_by_name(q->relay->cfg, f->tenant) == NULL) {
+		control_error(q, "no tenant named %s", f->tenant);
+		return -1;
+	}
+	return 0;
+}
+
+static void control_bulk_start(struct control_req *q, const struct control_filter *f,
+    enum control_bulk_verb verb);
+
 static void
 control_cmd_queue(struct control_req *q)
 {
-	const char *tenant = q->argc > 1 ? q->argv[1] : NULL;
+	struct control_filter f;
 	struct control_queue list;
 
-	if (tenant && control_tenant_arg(q, 1) == NULL)
+	if (control_req_filter(q, CONTROL_F_TENANT_POS | CONTROL_F_MATCH |
+	    CONTROL_F_PAGE, &f) != 0)
 		return;
-	control_fill_queue(q->relay, tenant, &list);
+	if (f.from != NULL || f.to != NULL) {
+		control_bulk_start(q, &f, CONTROL_BULK_QUEUE);
+		return;
+	}
+	control_fill_queue(q->relay, f.tenant, &f, &list);
 	control_render_queue(&list, q->json, q->out);
 	control_queue_free(&list);
 }
@@ -388,25 +450,75 @@ control_cmd_show(struct control_req *q)
 		control_error(q, "%s: %s", q->argv[1], spool_strerror(rc));
 }
 
-/* delete and bounce: one queue id, one verb. */
+/* delete and bounce of one queue id, as before the filters. */
+static void
+control_delete_one(struct control_req *q, bool bounce, spool_qid qid, bool dry_run)
+{
+	char id[SPOOL_QID_STRLEN + 1];
+	struct spool_item it;
+	int rc;
+
+	spool_qid_format(qid, id);
+	if (dry_run) {
+		rc = spool_find(q->relay->spool, qid, &it);
+		if (rc != 0) {
+			control_error(q, "%s: %s", id, spool_strerror(rc));
+			return;
+		}
+		struct control_ack a = { bounce ? CONTROL_ACK_BOUNCE_N : CONTROL_ACK_DELETE_N,
+		    NULL, 1, NULL, true };
+		control_render_ack(&a, q->json, q->out);
+		return;
+	}
+	rc = bounce ? drain_bounce(q->relay->drain, qid) :
+	    spool_delete(q->relay->spool, qid, NULL, NULL);
+	if (rc != 0) {
+		control_error(q, "%s: %s", id, spool_strerror(rc));
+		return;
+	}
+	if (!bounce)
+		log_event(LOG_LEVEL_INFO, "delete", "qid=%s by=mxspoolctl", id);
+	control_ack(q, bounce ? CONTROL_ACK_BOUNCE : CONTROL_ACK_DELETE, NULL, 0);
+}
+
+/* delete and bounce: QUEUEID, or --tenant T with filters (--dry-run). */
 static void
 control_cmd_delete(struct control_req *q)
 {
 	bool bounce = strcmp(q->argv[0], "bounce") == 0;
-	spool_qid qid;
-	int rc;
+	struct control_filter f;
 
-	if (control_parse_qid(q, &qid) != 0)
+	if (control_req_filter(q, CONTROL_F_QID | CONTROL_F_TENANT_OPT |
+	    CONTROL_F_MATCH | CONTROL_F_DRY_RUN, &f) != 0)
 		return;
-	rc = bounce ? drain_bounce(q->relay->drain, qid) :
-	    spool_delete(q->relay->spool, qid, NULL, NULL);
-	if (rc != 0) {
-		control_error(q, "%s: %s", q->argv[1], spool_strerror(rc));
+	if (f.has_qid) {
+		control_delete_one(q, bounce, f.qid, f.dry_run);
 		return;
 	}
-	if (!bounce)
-		log_event(LOG_LEVEL_INFO, "delete", "qid=%s by=mxspoolctl", q->argv[1]);
-	control_ack(q, bounce ? CONTROL_ACK_BOUNCE : CONTROL_ACK_DELETE, NULL, 0);
+	control_bulk_start(q, &f, bounce ? CONTROL_BULK_BOUNCE : CONTROL_BULK_DELETE);
+}
+
+/* requeue [TENANT]: every deferred message due now, without a probe. */
+static void
+control_cmd_requeue(struct control_req *q)
+{
+	const char *tenant = q->argc > 1 ? q->argv[1] : NULL;
+	const struct config *cfg = q->relay->cfg;
+	int n = 0;
+
+	if (tenant && control_tenant_arg(q, 1) == NULL)
+		return;
+	for (size_t i = 0; i < cfg->ntenants; i++) {
+		const char *t = cfg->tenants[i].name;
+
+		if (tenant != NULL && strcmp(t, tenant) != 0)
+			continue;
+		n += spool_retry_now(q->relay->spool, t);
+		drain_kick(q->relay->drain, t);
+	}
+	log_event(LOG_LEVEL_INFO, "requeue", "tenant=%s messages=%d by=mxspoolctl",
+	    tenant ? tenant : "*", n);
+	control_ack(q, CONTROL_ACK_REQUEUE, NULL, n);
 }
 
 static void
@@ -486,10 +598,11 @@ static const struct control_cmd {
 } control_cmds[] = {
 	{ "status", 0, 0, false, control_cmd_status },
 	{ "reload", 0, 0, true, control_cmd_reload },
-	{ "queue", 0, 1, false, control_cmd_queue },
+	{ "queue", 0, 16, false, control_cmd_queue },
 	{ "show", 1, 1, false, control_cmd_show },
-	{ "delete", 1, 1, true, control_cmd_delete },
-	{ "bounce", 1, 1, true, control_cmd_delete },
+	{ "delete", 1, 16, true, control_cmd_delete },
+	{ "bounce", 1, 16, true, control_cmd_delete },
+	{ "requeue", 0, 1, true, control_cmd_requeue },
 	{ "flush", 0, 1, true, control_cmd_flush },
 	{ "hold", 1, 1, true, control_cmd_hold },
 	{ "release", 1, 1, true, control_cmd_hold },
@@ -596,7 +709,7 @@ control_run(struct relay *r, struct control_client *cl, char *line,
 		return out->len == 0 ? 1 : 0;
 	}
 	control_error(&q, "unknown command %s (status, queue, show, watch, flush, "
-	    "hold, release, delete, bounce, set, reload)", q.argv[0]);
+	    "hold, release, delete, bounce, requeue, set, reload)", q.argv[0]);
 	return 0;
 }
 
@@ -645,6 +758,8 @@ control_client_free(uv_handle_t *h)
 
 	if (--cl->closing_handles > 0)
 		return;
+	if (cl->bulk != NULL)
+		cl->bulk->cl = NULL;   /* freed when its last load comes back */
 	LIST_REMOVE(cl, entry);
 	c->nclients--;
 	control_buf_free(&cl->out);
@@ -701,6 +816,215 @@ control_show_loaded(void *arg, int status, struct spool_msg *m)
 	free(cm.rcpt);
 	spool_msg_free(m);
 	control_send(cl);
+}
+
+/* ---- bulk: filtered queue, delete and bounce ----------------------------- */
+
+static int
+control_bulk_collect(void *arg, const struct spool_item *it)
+{
+	struct control_bulk *b = arg;
+
+	if (!control_filter_item(&b->f, it->qid, it->arrival_ms, it->attempts,
+	    it->next_attempt_ms, b->now))
+		return 0;
+	if (b->ncand == b->cap) {
+		b->cap = b->cap ? b->cap * 2 : 256;
+		b->cand = xrealloc(b->cand, b->cap * sizeof(*b->cand));
+	}
+	b->cand[b->ncand++] = it->qid;
+	/* Without envelope filters a page is its first LIMIT candidates. */
+	if (b->verb == CONTROL_BULK_QUEUE && b->f.from == NULL && b->f.to == NULL &&
+	    b->f.limit && b->ncand == b->f.limit)
+		return 1;
+	return 0;
+}
+
+static void
+control_bulk_free(struct control_bulk *b)
+{
+	free(b->cand);
+	free(b->match);
+	free(b);
+}
+
+/* Does the loaded message pass the envelope filters? */
+static bool
+control_bulk_match(const struct control_bulk *b, const struct spool_msg *m)
+{
+	const struct spool_envelope *e = spool_msg_envelope(m);
+
+	if (b->f.from != NULL && !control_icontains(e->sender, b->f.from))
+		return false;
+	if (b->f.to == NULL)
+		return true;
+	for (size_t i = 0; i < e->nrcpt; i++)
+		if (spool_msg_rcpt_state(m, i) == SPOOL_RCPT_PENDING &&
+		    control_icontains(e->rcpt[i].addr, b->f.to))
+			return true;
+	return false;
+}
+
+/* A match: listed, counted, or deleted / bounced now. */
+static void
+control_bulk_act(struct control_bulk *b, spool_qid qid)
+{
+	char id[SPOOL_QID_STRLEN + 1];
+	int rc;
+
+	if (b->verb == CONTROL_BULK_QUEUE) {
+		b->match[b->nmatch++] = qid;
+		return;
+	}
+	if (b->f.dry_run) {
+		b->done++;
+		return;
+	}
+	rc = b->verb == CONTROL_BULK_BOUNCE ? drain_bounce(b->relay->drain, qid) :
+	    spool_delete(b->relay->spool, qid, NULL, NULL);
+	if (rc != 0)
+		return;   /* being delivered, or gone meanwhile: not counted */
+	b->done++;
+	if (b->verb == CONTROL_BULK_DELETE) {
+		spool_qid_format(qid, id);
+		log_event(LOG_LEVEL_INFO, "delete", "qid=%s by=mxspoolctl", id);
+	}
+}
+
+static int
+control_qid_cmp(const void *a, const void *b)
+{
+	spool_qid x = *(const spool_qid *)a, y = *(const spool_qid *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Everything loaded: answer. */
+static void
+control_bulk_finish(struct control_bulk *b)
+{
+	struct control_client *cl = b->cl;
+	struct control_queue list;
+	struct spool_item it;
+
+	cl->bulk = NULL;
+	if (b->verb != CONTROL_BULK_QUEUE) {
+		struct control_ack a = { b->verb == CONTROL_BULK_BOUNCE ?
+		    CONTROL_ACK_BOUNCE_N : CONTROL_ACK_DELETE_N, NULL, b->done, NULL,
+		    b->f.dry_run };
+
+		control_render_ack(&a, cl->want_json, &cl->out);
+		control_bulk_free(b);
+		control_send(cl);
+		return;
+	}
+	/* Loads finish out of order: the page is the first LIMIT matches. */
+	qsort(b->match, b->nmatch, sizeof(*b->match), control_qid_cmp);
+	memset(&list, 0, sizeof(list));
+	for (size_t i = 0; i < b->nmatch; i++) {
+		size_t max = b->f.limit ? b->f.limit : CONTROL_QUEUE_LIST_MAX;
+
+		if (list.nrows == max) {
+			list.truncated = true;
+			break;
+		}
+		if (spool_find(b->relay->spool, b->match[i], &it) == 0)
+			control_queue_row_fill(control_queue_add(&list), &it, b->now);
+	}
+	if (b->f.limit && b->nmatch >= b->f.limit && b->next < b->ncand)
+		list.truncated = true;   /* more may match: ask for the next page */
+	list.limit = b->f.limit;
+	control_render_queue(&list, cl->want_json, &cl->out);
+	control_queue_free(&list);
+	control_bulk_free(b);
+	control_send(cl);
+}
+
+static void control_bulk_loaded(void *arg, int status, struct spool_msg *m);
+
+/* Keep CONTROL_BULK_LOADS envelopes loading; answer when all are in. */
+static void
+control_bulk_pump(struct control_bulk *b)
+{
+	size_t want = b->f.limit ? b->f.limit : CONTROL_QUEUE_LIST_MAX + 1;
+
+	if (b->pumping)
+		return;
+	b->pumping = true;
+	while (b->cl != NULL && b->loading < CONTROL_BULK_LOADS && b->next < b->ncand &&
+	    !(b->verb == CONTROL_BULK_QUEUE && b->nmatch >= want)) {
+		spool_qid qid = b->cand[b->next++];
+
+		b->loading++;
+		if (spool_load(b->relay->spool, qid, control_bulk_loaded, b) != 0)
+			b->loading--;
+	}
+	b->pumping = false;
+	if (b->loading > 0)
+		return;
+	if (b->cl == NULL)
+		control_bulk_free(b);
+	else
+		control_bulk_finish(b);
+}
+
+static void
+control_bulk_loaded(void *arg, int status, struct spool_msg *m)
+{
+	struct control_bulk *b = arg;
+	bool hit = false;
+	spool_qid qid = 0;
+
+	b->loading--;
+	if (status == 0 && m != NULL && b->cl != NULL) {
+		hit = control_bulk_match(b, m);
+		qid = spool_msg_qid(m);
+	}
+	if (m != NULL)
+		spool_msg_free(m);
+	if (hit)
+		control_bulk_act(b, qid);
+	control_bulk_pump(b);
+}
+
+static void
+control_bulk_start(struct control_req *q, const struct control_filter *f,
+    enum control_bulk_verb verb)
+{
+	struct control_bulk *b;
+
+	if (q->client == NULL) {
+		control_error(q, "%s with filters needs a connection", q->argv[0]);
+		return;
+	}
+	b = xcalloc(1, sizeof(*b));
+	b->cl = q->client;
+	b->relay = q->relay;
+	b->verb = verb;
+	b->f = *f;
+	b->now = util_now_ms();
+	spool_foreach(q->relay->spool, f->tenant, control_bulk_collect, b);
+	if (f->from == NULL && f->to == NULL) {
+		/* The index decides: act on every candidate now. */
+		if (verb == CONTROL_BULK_QUEUE) {
+			control_error(q, "internal: queue without envelope filters");
+			control_bulk_free(b);
+			return;
+		}
+		for (size_t i = 0; i < b->ncand; i++)
+			control_bulk_act(b, b->cand[i]);
+		struct control_ack a = { verb == CONTROL_BULK_BOUNCE ? CONTROL_ACK_BOUNCE_N :
+		    CONTROL_ACK_DELETE_N, NULL, b->done, NULL, f->dry_run };
+		control_render_ack(&a, q->json, q->out);
+		control_bulk_free(b);
+		return;
+	}
+	if (verb == CONTROL_BULK_QUEUE)
+		b->match = xcalloc(b->ncand ? b->ncand : 1, sizeof(*b->match));
+	/* A long run of loads must not be cut by the idle timer. */
+	uv_timer_stop(&q->client->timer);
+	q->client->bulk = b;
+	control_bulk_pump(b);
 }
 
 static void

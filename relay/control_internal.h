@@ -88,6 +88,8 @@ struct control_queue {
 	size_t nrows, cap;
 	struct control_queue_row *rows;
 	bool truncated;               /* CONTROL_QUEUE_LIST_MAX reached */
+	size_t limit;                 /* --limit in force (0 = none): truncated
+	                               * then means "more after the last row" */
 };
 
 /* Append a zeroed row (the array grows) and return it. */
@@ -118,6 +120,43 @@ struct control_message {
 	struct control_rcpt_row *rcpt;
 };
 
+/* ---- filters of queue, delete, bounce ----------------------------------- */
+
+/* What a command's arguments may hold (control_filter_parse ALLOW bits). */
+#define CONTROL_F_TENANT_POS 0x01u   /* a bare TENANT word */
+#define CONTROL_F_TENANT_OPT 0x02u   /* --tenant T */
+#define CONTROL_F_QID        0x04u   /* a bare QUEUEID instead of --tenant */
+#define CONTROL_F_PAGE       0x08u   /* --limit N, --after QID */
+#define CONTROL_F_DRY_RUN    0x10u   /* --dry-run */
+#define CONTROL_F_MATCH      0x20u   /* --from, --to, --older-than, --deferred */
+
+#define CONTROL_PAGE_DEFAULT 1000     /* --limit when --after is given alone */
+
+/* Strings are borrowed from the argument vector. */
+struct control_filter {
+	const char *tenant;           /* NULL = every tenant */
+	const char *from;             /* sender contains, case-insensitive */
+	const char *to;               /* a pending recipient contains */
+	int64_t older_than_ms;        /* -1 = no age filter */
+	bool deferred;                /* attempts > 0 or next attempt later */
+	bool dry_run;
+	bool has_qid;
+	uint64_t qid;
+	size_t limit;                 /* 0 = no limit */
+	bool has_after;
+	uint64_t after;               /* list queue ids > AFTER */
+};
+
+/* Parse ARGV[1..ARGC-1] (ARGV[0] is the command word) into F.  Returns 0,
+ * or -1 with a message in ERR. */
+int control_filter_parse(struct control_filter *f, int argc, char *const *argv,
+    unsigned allow, char *err, size_t errlen);
+/* Does HAY contain NEEDLE, ASCII case-insensitively? ("" matches.) */
+bool control_icontains(const char *hay, const char *needle);
+/* The index-only part of F: age, deferred, paging. */
+bool control_filter_item(const struct control_filter *f, uint64_t qid,
+    int64_t arrival_ms, unsigned attempts, int64_t next_attempt_ms, int64_t now);
+
 /* ---- renderers: snapshot -> buffer, no I/O ------------------------------ */
 
 /* Each appends the whole answer, "ok\n" line included, to OUT. */
@@ -137,12 +176,17 @@ enum control_ack_kind {
 	CONTROL_ACK_HOLD,             /* TENANT */
 	CONTROL_ACK_RELEASE,          /* TENANT */
 	CONTROL_ACK_SET,
+	/* Appended for the bulk actions: COUNT messages (dry_run: would be). */
+	CONTROL_ACK_DELETE_N,
+	CONTROL_ACK_BOUNCE_N,
+	CONTROL_ACK_REQUEUE,
 };
 struct control_ack {
 	enum control_ack_kind kind;
 	const char *tenant;
 	int count;
 	const char *restart_keys;     /* RELOAD: "listen dns_servers", or NULL */
+	bool dry_run;                 /* DELETE_N, BOUNCE_N: nothing changed */
 };
 void control_render_ack(const struct control_ack *a, bool json,
     struct control_buf *out);

@@ -15,12 +15,15 @@
  */
 #include "config.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "mxspool/config.h"
 #include "mxspool/envelope.h"
 #include "mxspool/util.h"
 
@@ -490,7 +493,10 @@ control_render_queue(const struct control_queue *q, bool json,
 		return;
 	}
 	control_text_table(b, queue_fields, nf, q->rows, q->nrows, sizeof(q->rows[0]));
-	if (q->truncated)
+	if (q->truncated && q->limit)
+		control_buf_printf(b, "... (more: --after %s)\n", q->nrows ?
+		    q->rows[q->nrows - 1].qid : "-");
+	else if (q->truncated)
 		control_buf_printf(b, "... (listing stopped after %d messages)\n",
 		    CONTROL_QUEUE_LIST_MAX);
 	control_buf_printf(b, "-- %zu message%s (* = being delivered)\n", q->nrows,
@@ -554,6 +560,28 @@ control_render_restart_keys(struct control_buf *b, const char *keys, bool json)
 	control_buf_printf(b, "]}\n");
 }
 
+/* The acknowledgement of a bulk action (delete/bounce by filter, requeue). */
+static void
+control_render_ack_bulk(const struct control_ack *a, bool json, struct control_buf *b)
+{
+	static const char *const key[] = { "deleted", "bounced", "requeued" };
+	static const char *const verb[] = { "delete", "bounce", "requeue" };
+	static const char *const done[] = { "deleted", "bouncing", "requeued" };
+	int k = a->kind == CONTROL_ACK_DELETE_N ? 0 : a->kind == CONTROL_ACK_BOUNCE_N ? 1 : 2;
+	const char *s = a->count == 1 ? "" : "s";
+
+	if (json && a->dry_run)
+		control_buf_printf(b, "{\"%s\": 0, \"matched\": %d, \"dry_run\": true}\n",
+		    key[k], a->count);
+	else if (json)
+		control_buf_printf(b, "{\"%s\": %d}\n", key[k], a->count);
+	else if (a->dry_run)
+		control_buf_printf(b, "would %s %d message%s (dry run, nothing changed)\n",
+		    verb[k], a->count, s);
+	else
+		control_buf_printf(b, "%s %d message%s\n", done[k], a->count, s);
+}
+
 void
 control_render_ack(const struct control_ack *a, bool json, struct control_buf *b)
 {
@@ -583,6 +611,11 @@ control_render_ack(const struct control_ack *a, bool json, struct control_buf *b
 			control_buf_printf(b, "probing the primary of %d tenant%s now\n",
 			    a->count, a->count == 1 ? "" : "s");
 		break;
+	case CONTROL_ACK_DELETE_N:
+	case CONTROL_ACK_BOUNCE_N:
+	case CONTROL_ACK_REQUEUE:
+		control_render_ack_bulk(a, json, b);
+		break;
 	case CONTROL_ACK_HOLD:
 	case CONTROL_ACK_RELEASE: {
 		bool hold = a->kind == CONTROL_ACK_HOLD;
@@ -604,4 +637,175 @@ control_render_error(struct control_buf *b, const char *msg)
 {
 	b->len = 0;
 	control_buf_printf(b, "error %s\n", msg);
+}
+
+/* ---- filters -------------------------------------------------------------- */
+
+bool
+control_icontains(const char *hay, const char *needle)
+{
+	size_t n = strlen(needle);
+
+	if (hay == NULL)
+		return n == 0;
+	for (; ; hay++) {
+		size_t i = 0;
+
+		while (i < n && hay[i] != '\0' &&
+		    tolower((unsigned char)hay[i]) == tolower((unsigned char)needle[i]))
+			i++;
+		if (i == n)
+			return true;
+		if (*hay == '\0')
+			return false;
+	}
+}
+
+bool
+control_filter_item(const struct control_filter *f, uint64_t qid,
+    int64_t arrival_ms, unsigned attempts, int64_t next_attempt_ms, int64_t now)
+{
+	if (f->has_after && qid <= f->after)
+		return false;
+	if (f->older_than_ms >= 0 && now - arrival_ms < f->older_than_ms)
+		return false;
+	if (f->deferred && attempts == 0 && next_attempt_ms <= now)
+		return false;
+	return true;
+}
+
+/* A queue id: exactly 16 hex digits (as spool_qid_parse, without the
+ * spool, so the unit tests link without it). */
+static int
+control_qid_parse(const char *s, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if (strlen(s) != 16)
+		return -1;
+	for (int i = 0; i < 16; i++) {
+		int c = (unsigned char)s[i];
+
+		if (!isxdigit(c))
+			return -1;
+		v = v << 4 | (uint64_t)(isdigit(c) ? c - '0' : tolower(c) - 'a' + 10);
+	}
+	*out = v;
+	return 0;
+}
+
+/* The value of option ARGV[*I], or NULL with ERR set. */
+static const char *
+control_filter_value(int argc, char *const *argv, int *i, char *err, size_t errlen)
+{
+	if (*i + 1 >= argc) {
+		snprintf(err, errlen, "%s needs a value", argv[*i]);
+		return NULL;
+	}
+	return argv[++*i];
+}
+
+/* One --option of ARGV[*I]; 0, 1 = not an option of this command, -1 error. */
+static int
+control_filter_option(struct control_filter *f, int argc, char *const *argv,
+    int *i, unsigned allow, char *err, size_t errlen)
+{
+	const char *o = argv[*i], *v;
+	uint64_t u;
+	char *end;
+
+	if (strcmp(o, "--dry-run") == 0 && (allow & CONTROL_F_DRY_RUN)) {
+		f->dry_run = true;
+		return 0;
+	}
+	if (strcmp(o, "--deferred") == 0 && (allow & CONTROL_F_MATCH)) {
+		f->deferred = true;
+		return 0;
+	}
+	if (!((strcmp(o, "--tenant") == 0 && (allow & CONTROL_F_TENANT_OPT)) ||
+	    ((strcmp(o, "--from") == 0 || strcmp(o, "--to") == 0 ||
+	    strcmp(o, "--older-than") == 0) && (allow & CONTROL_F_MATCH)) ||
+	    ((strcmp(o, "--limit") == 0 || strcmp(o, "--after") == 0) &&
+	    (allow & CONTROL_F_PAGE))))
+		return 1;
+	if ((v = control_filter_value(argc, argv, i, err, errlen)) == NULL)
+		return -1;
+	if (strcmp(o, "--tenant") == 0) {
+		f->tenant = v;
+	} else if (strcmp(o, "--from") == 0) {
+		f->from = v;
+	} else if (strcmp(o, "--to") == 0) {
+		f->to = v;
+	} else if (strcmp(o, "--older-than") == 0) {
+		if (config_parse_duration(v, &u) != 0 || u > INT64_MAX) {
+			snprintf(err, errlen, "--older-than %s: not a duration (30s, 4h, 2d)", v);
+			return -1;
+		}
+		f->older_than_ms = (int64_t)u;
+	} else if (strcmp(o, "--limit") == 0) {
+		errno = 0;
+		u = strtoull(v, &end, 10);
+		if (*end != '\0' || v[0] == '-' || v[0] == '\0' || errno != 0 || u == 0 ||
+		    u > 10000000) {
+			snprintf(err, errlen, "--limit %s: not a count (1 to 10000000)", v);
+			return -1;
+		}
+		f->limit = (size_t)u;
+	} else {
+		if (control_qid_parse(v, &f->after) != 0) {
+			snprintf(err, errlen, "--after %s: not a queue id (16 hex digits)", v);
+			return -1;
+		}
+		f->has_after = true;
+	}
+	return 0;
+}
+
+int
+control_filter_parse(struct control_filter *f, int argc, char *const *argv,
+    unsigned allow, char *err, size_t errlen)
+{
+	const char *cmd = argc > 0 ? argv[0] : "?";
+
+	memset(f, 0, sizeof(*f));
+	f->older_than_ms = -1;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		int rc;
+
+		if (strncmp(a, "--", 2) == 0) {
+			rc = control_filter_option(f, argc, argv, &i, allow, err, errlen);
+			if (rc < 0)
+				return -1;
+			if (rc > 0) {
+				snprintf(err, errlen, "%s: unknown option %s", cmd, a);
+				return -1;
+			}
+			continue;
+		}
+		if ((allow & CONTROL_F_QID) && !f->has_qid && f->tenant == NULL &&
+		    control_qid_parse(a, &f->qid) == 0) {
+			f->has_qid = true;
+			continue;
+		}
+		if ((allow & CONTROL_F_TENANT_POS) && f->tenant == NULL) {
+			f->tenant = a;
+			continue;
+		}
+		snprintf(err, errlen, "%s: unexpected argument %s", cmd, a);
+		return -1;
+	}
+	if (f->has_qid && (f->tenant != NULL || f->from != NULL || f->to != NULL ||
+	    f->older_than_ms >= 0 || f->deferred)) {
+		snprintf(err, errlen, "%s: give a queue id or --tenant with filters, not both", cmd);
+		return -1;
+	}
+	if ((allow & CONTROL_F_QID) && !f->has_qid && f->tenant == NULL) {
+		snprintf(err, errlen, "usage: %s QUEUEID | --tenant T [--from A] [--to A] "
+		    "[--older-than D] [--deferred] [--dry-run]", cmd);
+		return -1;
+	}
+	if (f->has_after && f->limit == 0)
+		f->limit = CONTROL_PAGE_DEFAULT;
+	return 0;
 }

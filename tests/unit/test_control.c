@@ -619,23 +619,35 @@ test_acks(void **state)
 		struct control_ack a;
 		const char *text, *json;
 	} cases[] = {
-		{ { CONTROL_ACK_RELOAD, NULL, 0, NULL }, "configuration reloaded", "{\"reload\": \"ok\"}" },
-		{ { CONTROL_ACK_RELOAD, NULL, 0, "" }, "configuration reloaded", "{\"reload\": \"ok\"}" },
-		{ { CONTROL_ACK_RELOAD, NULL, 0, "listen dns_servers" },
+		{ { CONTROL_ACK_RELOAD, NULL, 0, NULL, false }, "configuration reloaded", "{\"reload\": \"ok\"}" },
+		{ { CONTROL_ACK_RELOAD, NULL, 0, "", false }, "configuration reloaded", "{\"reload\": \"ok\"}" },
+		{ { CONTROL_ACK_RELOAD, NULL, 0, "listen dns_servers", false },
 		  "configuration reloaded\nrestart needed for: listen dns_servers (they keep "
 		  "their old values until then)",
 		  "{\"reload\": \"ok\", \"restart_needed\": [\"listen\", \"dns_servers\"]}" },
-		{ { CONTROL_ACK_DELETE, NULL, 0, NULL }, "deleted", "{\"deleted\": 1}" },
-		{ { CONTROL_ACK_BOUNCE, NULL, 0, NULL }, "bounce queued", "{\"bounced\": 1}" },
-		{ { CONTROL_ACK_SET, NULL, 0, NULL }, "applied", "{\"set\": \"ok\"}" },
-		{ { CONTROL_ACK_FLUSH, NULL, 1, NULL }, "probing the primary of 1 tenant now",
+		{ { CONTROL_ACK_DELETE, NULL, 0, NULL, false }, "deleted", "{\"deleted\": 1}" },
+		{ { CONTROL_ACK_BOUNCE, NULL, 0, NULL, false }, "bounce queued", "{\"bounced\": 1}" },
+		{ { CONTROL_ACK_SET, NULL, 0, NULL, false }, "applied", "{\"set\": \"ok\"}" },
+		{ { CONTROL_ACK_FLUSH, NULL, 1, NULL, false }, "probing the primary of 1 tenant now",
 		  "{\"flushed_tenants\": 1}" },
-		{ { CONTROL_ACK_FLUSH, NULL, 3, NULL }, "probing the primary of 3 tenants now",
+		{ { CONTROL_ACK_FLUSH, NULL, 3, NULL, false }, "probing the primary of 3 tenants now",
 		  "{\"flushed_tenants\": 3}" },
-		{ { CONTROL_ACK_HOLD, "demo", 0, NULL }, "tenant demo held",
+		{ { CONTROL_ACK_HOLD, "demo", 0, NULL, false }, "tenant demo held",
 		  "{\"tenant\": \"demo\", \"held\": true}" },
-		{ { CONTROL_ACK_RELEASE, "demo", 0, NULL }, "tenant demo released",
+		{ { CONTROL_ACK_RELEASE, "demo", 0, NULL, false }, "tenant demo released",
 		  "{\"tenant\": \"demo\", \"held\": false}" },
+		{ { CONTROL_ACK_DELETE_N, NULL, 5, NULL, false }, "deleted 5 messages",
+		  "{\"deleted\": 5}" },
+		{ { CONTROL_ACK_DELETE_N, NULL, 1, NULL, true },
+		  "would delete 1 message (dry run, nothing changed)",
+		  "{\"deleted\": 0, \"matched\": 1, \"dry_run\": true}" },
+		{ { CONTROL_ACK_BOUNCE_N, NULL, 2, NULL, false }, "bouncing 2 messages",
+		  "{\"bounced\": 2}" },
+		{ { CONTROL_ACK_BOUNCE_N, NULL, 0, NULL, true },
+		  "would bounce 0 messages (dry run, nothing changed)",
+		  "{\"bounced\": 0, \"matched\": 0, \"dry_run\": true}" },
+		{ { CONTROL_ACK_REQUEUE, NULL, 3, NULL, false }, "requeued 3 messages",
+		  "{\"requeued\": 3}" },
 	};
 	struct control_buf b = { 0 };
 	char want[256];
@@ -655,6 +667,130 @@ test_acks(void **state)
 	control_buf_printf(&b, "%s", "");
 	assert_string_equal(b.data, "error no tenant named x\n");
 	control_buf_free(&b);
+}
+
+/* The filters of queue, delete and bounce. */
+static int
+parse(struct control_filter *f, unsigned allow, const char *line, char *err)
+{
+	static char buf[512];
+	char *argv[32], *save = NULL, *tok;
+	int argc = 0;
+
+	snprintf(buf, sizeof(buf), "%s", line);
+	for (tok = strtok_r(buf, " ", &save); tok && argc < 32; tok = strtok_r(NULL, " ", &save))
+		argv[argc++] = tok;
+	err[0] = '\0';
+	return control_filter_parse(f, argc, argv, allow, err, 256);
+}
+
+#define Q_ALLOW (CONTROL_F_TENANT_POS | CONTROL_F_MATCH | CONTROL_F_PAGE)
+#define D_ALLOW (CONTROL_F_QID | CONTROL_F_TENANT_OPT | CONTROL_F_MATCH | CONTROL_F_DRY_RUN)
+
+static void
+test_filter_parse(void **state)
+{
+	struct control_filter f;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(parse(&f, Q_ALLOW, "queue", err), 0);
+	assert_null(f.tenant);
+	assert_int_equal(f.older_than_ms, -1);
+	assert_int_equal(f.limit, 0);
+	assert_false(f.has_after);
+
+	assert_int_equal(parse(&f, Q_ALLOW, "queue demo --from A@B --to x --older-than 2h "
+	    "--deferred --limit 5 --after 1A2317162E0000ff", err), 0);
+	assert_string_equal(f.tenant, "demo");
+	assert_string_equal(f.from, "A@B");
+	assert_string_equal(f.to, "x");
+	assert_int_equal(f.older_than_ms, 2 * 3600 * 1000);
+	assert_true(f.deferred);
+	assert_int_equal(f.limit, 5);
+	assert_true(f.has_after);
+	assert_true(f.after == 0x1A2317162E0000ffULL);
+
+	/* --after alone pages by the default limit. */
+	assert_int_equal(parse(&f, Q_ALLOW, "queue --after 0000000000000001", err), 0);
+	assert_int_equal(f.limit, CONTROL_PAGE_DEFAULT);
+
+	assert_int_equal(parse(&f, Q_ALLOW, "queue --older-than soon", err), -1);
+	assert_non_null(strstr(err, "duration"));
+	assert_int_equal(parse(&f, Q_ALLOW, "queue --limit 0", err), -1);
+	assert_int_equal(parse(&f, Q_ALLOW, "queue --limit -3", err), -1);
+	assert_int_equal(parse(&f, Q_ALLOW, "queue --after 12", err), -1);
+	assert_non_null(strstr(err, "queue id"));
+	assert_int_equal(parse(&f, Q_ALLOW, "queue --from", err), -1);
+	assert_non_null(strstr(err, "needs a value"));
+	assert_int_equal(parse(&f, Q_ALLOW, "queue --dry-run", err), -1);
+	assert_non_null(strstr(err, "unknown option"));
+	assert_int_equal(parse(&f, Q_ALLOW, "queue a b", err), -1);
+	assert_int_equal(parse(&f, Q_ALLOW, "queue --tenant demo", err), -1);
+
+	/* delete: a queue id, or --tenant with filters. */
+	assert_int_equal(parse(&f, D_ALLOW, "delete 1A2317162E000000", err), 0);
+	assert_true(f.has_qid);
+	assert_true(f.qid == 0x1A2317162E000000ULL);
+	assert_int_equal(parse(&f, D_ALLOW, "delete --tenant t --from junk --dry-run", err), 0);
+	assert_false(f.has_qid);
+	assert_string_equal(f.tenant, "t");
+	assert_true(f.dry_run);
+	assert_int_equal(parse(&f, D_ALLOW, "delete", err), -1);
+	assert_non_null(strstr(err, "usage"));
+	assert_int_equal(parse(&f, D_ALLOW, "delete --from junk", err), -1);
+	assert_int_equal(parse(&f, D_ALLOW, "delete 1A2317162E000000 --tenant t", err), -1);
+	assert_int_equal(parse(&f, D_ALLOW, "delete nothex", err), -1);
+	assert_int_equal(parse(&f, D_ALLOW, "delete --tenant t --limit 3", err), -1);
+}
+
+static void
+test_filter_match(void **state)
+{
+	struct control_filter f;
+	char err[256];
+	int64_t now = 1000000000;
+
+	(void)state;
+	assert_true(control_icontains("Alice@Junk.TEST", "junk.test"));
+	assert_true(control_icontains("abc", ""));
+	assert_true(control_icontains("", ""));
+	assert_true(control_icontains(NULL, ""));
+	assert_false(control_icontains(NULL, "a"));
+	assert_false(control_icontains("ab", "abc"));
+	assert_false(control_icontains("alice@good", "junk"));
+	assert_true(control_icontains("aab", "ab"));
+
+	assert_int_equal(parse(&f, Q_ALLOW, "queue --older-than 1m --deferred", err), 0);
+	/* Young: out; old but never tried and due: out; old and deferred: in. */
+	assert_false(control_filter_item(&f, 5, now - 1000, 1, now + 1000, now));
+	assert_false(control_filter_item(&f, 5, now - 120000, 0, 0, now));
+	assert_true(control_filter_item(&f, 5, now - 120000, 1, now + 1000, now));
+	assert_true(control_filter_item(&f, 5, now - 60000, 0, now + 1, now));
+	assert_int_equal(parse(&f, Q_ALLOW, "queue --after 0000000000000005", err), 0);
+	assert_false(control_filter_item(&f, 5, now, 0, 0, now));
+	assert_true(control_filter_item(&f, 6, now, 0, 0, now));
+}
+
+/* A paged listing says where the next page starts. */
+static void
+test_queue_paged_text(void **state)
+{
+	struct control_queue q;
+	struct control_buf b = { 0 };
+
+	(void)state;
+	memset(&q, 0, sizeof(q));
+	snprintf(control_queue_add(&q)->qid, 17, "%s", "1A2317162E000000");
+	snprintf(control_queue_add(&q)->qid, 17, "%s", "1A2317162E000001");
+	q.truncated = true;
+	q.limit = 2;
+	control_render_queue(&q, false, &b);
+	control_buf_printf(&b, "%s", "");
+	assert_non_null(strstr(b.data, "... (more: --after 1A2317162E000001)\n"));
+	assert_null(strstr(b.data, "listing stopped"));
+	control_buf_free(&b);
+	control_queue_free(&q);
 }
 
 int
@@ -681,6 +817,9 @@ main(void)
 		cmocka_unit_test(test_show_text),
 		cmocka_unit_test(test_show_json),
 		cmocka_unit_test(test_acks),
+		cmocka_unit_test(test_filter_parse),
+		cmocka_unit_test(test_filter_match),
+		cmocka_unit_test(test_queue_paged_text),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
