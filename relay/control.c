@@ -103,6 +103,9 @@ struct control_client {
 	uv_write_t wreq;
 	struct spool_msg *msg;        /* "show": envelope being loaded */
 	struct control_bulk *bulk;    /* filtered queue/delete/bounce loading */
+	bool show_body;               /* show --body */
+	char *show;                   /* show: the message's first bytes */
+	size_t show_len;
 	bool want_json;
 	bool have_cred;               /* SO_PEERCRED of a control client */
 	struct ucred cred;
@@ -436,15 +439,27 @@ static void control_show_loaded(void *arg, int status, struct spool_msg *m);
 static void
 control_cmd_show(struct control_req *q)
 {
+	bool body = false;
 	spool_qid qid;
 	int rc;
 
+	/* show QUEUEID [--body] (either order) */
+	for (int i = 1; i < q->argc; i++) {
+		if (strcmp(q->argv[i], "--body") == 0) {
+			body = true;
+			memmove(&q->argv[i], &q->argv[i + 1],
+			    (size_t)(q->argc - i - 1) * sizeof(q->argv[0]));
+			q->argc--;
+			break;
+		}
+	}
 	if (control_parse_qid(q, &qid) != 0)
 		return;
 	if (q->client == NULL) {
 		control_error(q, "show needs a connection");
 		return;
 	}
+	q->client->show_body = body;
 	rc = spool_load(q->relay->spool, qid, control_show_loaded, q->client);
 	if (rc != 0)
 		control_error(q, "%s: %s", q->argv[1], spool_strerror(rc));
@@ -599,7 +614,7 @@ static const struct control_cmd {
 	{ "status", 0, 0, false, control_cmd_status },
 	{ "reload", 0, 0, true, control_cmd_reload },
 	{ "queue", 0, 16, false, control_cmd_queue },
-	{ "show", 1, 1, false, control_cmd_show },
+	{ "show", 1, 2, false, control_cmd_show },
 	{ "delete", 1, 16, true, control_cmd_delete },
 	{ "bounce", 1, 16, true, control_cmd_delete },
 	{ "requeue", 0, 1, true, control_cmd_requeue },
@@ -760,6 +775,9 @@ control_client_free(uv_handle_t *h)
 		return;
 	if (cl->bulk != NULL)
 		cl->bulk->cl = NULL;   /* freed when its last load comes back */
+	if (cl->msg != NULL)
+		spool_msg_free(cl->msg);   /* a read in flight then calls nobody */
+	free(cl->show);
 	LIST_REMOVE(cl, entry);
 	c->nclients--;
 	control_buf_free(&cl->out);
@@ -795,11 +813,88 @@ control_send(struct control_client *cl)
 		control_client_close(cl);
 }
 
+/* Drop the CRs of CRLF line ends, in place: show is read by people. */
+static void
+control_strip_cr(char *s)
+{
+	char *w = s;
+
+	for (; *s != '\0'; s++)
+		if (!(s[0] == '\r' && s[1] == '\n'))
+			*w++ = *s;
+	*w = '\0';
+}
+
+/* The envelope loaded and the first bytes read: answer. */
+static void
+control_show_answer(struct control_client *cl)
+{
+	struct spool_msg *m = cl->msg;
+	struct control_message cm;
+	char *buf = cl->show, *end;
+
+	control_fill_message(m, &cm);
+	if (buf != NULL) {
+		buf[cl->show_len] = '\0';
+		end = strstr(buf, "\r\n\r\n");
+		if (end != NULL) {
+			end[2] = '\0';
+			if (cl->show_body) {
+				cm.body = end + 4;
+				cm.body_truncated = cl->show_len < spool_msg_size(m);
+				control_strip_cr(end + 4);
+			}
+		}
+		control_strip_cr(buf);
+		cm.headers = buf;
+	}
+	control_render_message(&cm, cl->want_json, &cl->out);
+	free(cm.rcpt);
+	cl->msg = NULL;
+	spool_msg_free(m);
+	control_send(cl);
+}
+
+static void control_show_next(struct control_client *cl);
+
+static void
+control_show_chunk(void *arg, int status, const void *buf, size_t len)
+{
+	struct control_client *cl = arg;
+	size_t cap = CONTROL_SHOW_HEADERS_MAX + (cl->show_body ? CONTROL_SHOW_BODY_MAX : 0);
+
+	if (status < 0 || len == 0) {
+		control_show_answer(cl);
+		return;
+	}
+	if (len > cap - cl->show_len)
+		len = cap - cl->show_len;
+	memcpy(cl->show + cl->show_len, buf, len);
+	cl->show_len += len;
+	cl->show[cl->show_len] = '\0';
+	if (cl->show_len == cap || cl->show_len >= spool_msg_size(cl->msg) ||
+	    (!cl->show_body && strstr(cl->show, "\r\n\r\n") != NULL)) {
+		control_show_answer(cl);
+		return;
+	}
+	control_show_next(cl);
+}
+
+static void
+control_show_next(struct control_client *cl)
+{
+	size_t cap = CONTROL_SHOW_HEADERS_MAX + (cl->show_body ? CONTROL_SHOW_BODY_MAX : 0);
+
+	if (spool_msg_read(cl->msg, cl->show_len, cap - cl->show_len,
+	    control_show_chunk, cl) != 0)
+		control_show_answer(cl);
+}
+
 static void
 control_show_loaded(void *arg, int status, struct spool_msg *m)
 {
 	struct control_client *cl = arg;
-	struct control_message cm;
+	size_t cap;
 
 	if (cl->closing_handles) {
 		if (m)
@@ -811,11 +906,15 @@ control_show_loaded(void *arg, int status, struct spool_msg *m)
 		control_send(cl);
 		return;
 	}
-	control_fill_message(m, &cm);
-	control_render_message(&cm, cl->want_json, &cl->out);
-	free(cm.rcpt);
-	spool_msg_free(m);
-	control_send(cl);
+	cl->msg = m;
+	cap = CONTROL_SHOW_HEADERS_MAX + (cl->show_body ? CONTROL_SHOW_BODY_MAX : 0);
+	cl->show = xmalloc(cap + 1);
+	cl->show_len = 0;
+	if (spool_msg_size(m) == 0) {
+		control_show_answer(cl);
+		return;
+	}
+	control_show_next(cl);
 }
 
 /* ---- bulk: filtered queue, delete and bounce ----------------------------- */

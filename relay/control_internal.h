@@ -118,7 +118,16 @@ struct control_message {
 	bool smtputf8;
 	size_t nrcpt;
 	struct control_rcpt_row *rcpt;
+	/* Appended for the queue view: the header section (NULL = not read:
+	 * nothing shown) and, with show --body, the body up to
+	 * CONTROL_SHOW_BODY_MAX bytes (NULL = not asked). */
+	const char *headers;
+	const char *body;
+	bool body_truncated;
 };
+
+#define CONTROL_SHOW_HEADERS_MAX (64 * 1024)
+#define CONTROL_SHOW_BODY_MAX (256 * 1024)
 
 /* ---- filters of queue, delete, bounce ----------------------------------- */
 

@@ -517,6 +517,16 @@ control_render_message(const struct control_message *m, bool json,
 		control_buf_printf(b, ", ");
 		control_json_array(b, "recipients", rcpt_fields, nr, m->rcpt, m->nrcpt,
 		    sizeof(m->rcpt[0]));
+		if (m->headers != NULL) {
+			control_buf_printf(b, ", \"headers\": ");
+			control_buf_json_string(b, m->headers);
+		}
+		if (m->body != NULL) {
+			control_buf_printf(b, ", \"body\": ");
+			control_buf_json_string(b, m->body);
+			control_buf_printf(b, ", \"body_truncated\": %s",
+			    m->body_truncated ? "true" : "false");
+		}
 		control_buf_printf(b, "}\n");
 		return;
 	}
@@ -531,6 +541,11 @@ control_render_message(const struct control_message *m, bool json,
 		control_buf_printf(b, "%s ", rcpt_fields[0].label);
 		control_text_row(b, rcpt_fields, nr, &m->rcpt[i]);
 	}
+	if (m->headers != NULL)
+		control_buf_printf(b, "\n%s", m->headers);
+	if (m->body != NULL)
+		control_buf_printf(b, "\n%s%s", m->body, m->body_truncated ?
+		    "\n... (body cut here)\n" : "");
 }
 
 /* A reload that took effect, but not for everything: say which keys keep

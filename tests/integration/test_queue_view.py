@@ -163,3 +163,23 @@ def test_requeue_retries_deferred_mail_now(daemon_factory, primary_factory):
     p.wait_for(1, timeout=scaled(10))
     wait_until(lambda: queue(d)["count"] == 0, scaled(10), what="queue empty")
     assert d.ctl("requeue", check=True).stdout.strip().endswith("requeued 0 messages")
+
+
+def test_show_prints_headers_and_body_on_request(daemon_factory, primary_factory):
+    p, d = held_daemon(daemon_factory, primary_factory)
+    qid = send(d, "s@client.test", "u@example.test", 1)[0]
+    size = queue(d)["messages"][0]["size"]
+    t = d.ctl("show", qid, check=True).stdout
+    assert "recipient: <u@example.test> pending" in t
+    assert "Subject: qv 0\nX-Test: yes\n" in t
+    assert "body line 0" not in t and "\r" not in t
+    t = d.ctl("show", qid, "--body", check=True).stdout
+    assert "X-Test: yes\n" in t and "body line 0" in t
+    m = json.loads(d.ctl("show", "--body", qid, "--json", check=True).stdout)
+    assert "X-Test: yes" in m["headers"] and "body line" not in m["headers"]
+    assert m["body"].startswith("body line 0") and m["body_truncated"] is False
+    m = json.loads(d.ctl("show", qid, "--json", check=True).stdout)
+    assert "body" not in m and m["headers"].startswith("Received:") or "Subject" in m["headers"]
+    assert size > 0
+    bad = d.ctl("show", qid, "--bodyx")
+    assert bad.returncode != 0
