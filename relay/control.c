@@ -68,6 +68,11 @@ struct control {
  * messages: queue, delete, bounce. */
 enum control_bulk_verb { CONTROL_BULK_QUEUE, CONTROL_BULK_DELETE, CONTROL_BULK_BOUNCE };
 
+struct control_match {
+	spool_qid qid;
+	char *sender, *recipients;    /* given to the row */
+};
+
 #define CONTROL_BULK_LOADS 16         /* envelopes loading at once */
 
 struct control_bulk {
@@ -77,10 +82,11 @@ struct control_bulk {
 	struct control_filter f;      /* strings borrowed from cl->req */
 	spool_qid *cand;              /* candidates that passed the index filters */
 	size_t ncand, cap, next;
-	spool_qid *match;             /* queue: the matches, for the rows */
+	struct control_match *match;  /* queue: the matches, for the rows */
 	size_t nmatch;
 	unsigned loading;
 	bool pumping;
+	bool starting;                /* in control_bulk_start: the caller sends */
 	int done;                     /* messages deleted / bounced / matched */
 	int64_t now;
 };
@@ -411,7 +417,8 @@ control_cmd_queue(struct control_req *q)
 	if (control_req_filter(q, CONTROL_F_TENANT_POS | CONTROL_F_MATCH |
 	    CONTROL_F_PAGE, &f) != 0)
 		return;
-	if (f.from != NULL || f.to != NULL) {
+	/* With a connection the rows show their envelopes: load them. */
+	if (q->client != NULL) {
 		control_bulk_start(q, &f, CONTROL_BULK_QUEUE);
 		return;
 	}
@@ -919,6 +926,13 @@ control_show_loaded(void *arg, int status, struct spool_msg *m)
 
 /* ---- bulk: filtered queue, delete and bounce ----------------------------- */
 
+/* Rows of one queue answer. */
+static size_t
+control_bulk_want(const struct control_bulk *b)
+{
+	return b->f.limit ? b->f.limit : CONTROL_QUEUE_LIST_MAX;
+}
+
 static int
 control_bulk_collect(void *arg, const struct spool_item *it)
 {
@@ -932,9 +946,10 @@ control_bulk_collect(void *arg, const struct spool_item *it)
 		b->cand = xrealloc(b->cand, b->cap * sizeof(*b->cand));
 	}
 	b->cand[b->ncand++] = it->qid;
-	/* Without envelope filters a page is its first LIMIT candidates. */
+	/* Without envelope filters a page is its first LIMIT candidates (one
+	 * more tells whether another page follows). */
 	if (b->verb == CONTROL_BULK_QUEUE && b->f.from == NULL && b->f.to == NULL &&
-	    b->f.limit && b->ncand == b->f.limit)
+	    b->ncand > control_bulk_want(b))
 		return 1;
 	return 0;
 }
@@ -942,9 +957,29 @@ control_bulk_collect(void *arg, const struct spool_item *it)
 static void
 control_bulk_free(struct control_bulk *b)
 {
+	for (size_t i = 0; b->match != NULL && i < b->nmatch; i++) {
+		free(b->match[i].sender);
+		free(b->match[i].recipients);
+	}
 	free(b->cand);
 	free(b->match);
 	free(b);
+}
+
+/* The pending recipients of M, comma-separated. */
+static char *
+control_pending_rcpts(const struct spool_msg *m)
+{
+	const struct spool_envelope *e = spool_msg_envelope(m);
+	struct control_buf out = { 0 };
+	char *s;
+
+	for (size_t i = 0; i < e->nrcpt; i++)
+		if (spool_msg_rcpt_state(m, i) == SPOOL_RCPT_PENDING)
+			control_buf_printf(&out, "%s%s", out.len ? "," : "", e->rcpt[i].addr);
+	s = xstrdup(out.data ? out.data : "");
+	control_buf_free(&out);
+	return s;
 }
 
 /* Does the loaded message pass the envelope filters? */
@@ -964,15 +999,19 @@ control_bulk_match(const struct control_bulk *b, const struct spool_msg *m)
 	return false;
 }
 
-/* A match: listed, counted, or deleted / bounced now. */
+/* A match: listed (M: its envelope), counted, or deleted / bounced now. */
 static void
-control_bulk_act(struct control_bulk *b, spool_qid qid)
+control_bulk_act(struct control_bulk *b, spool_qid qid, const struct spool_msg *m)
 {
 	char id[SPOOL_QID_STRLEN + 1];
 	int rc;
 
 	if (b->verb == CONTROL_BULK_QUEUE) {
-		b->match[b->nmatch++] = qid;
+		struct control_match *x = &b->match[b->nmatch++];
+
+		x->qid = qid;
+		x->sender = xstrdup(spool_msg_envelope(m)->sender);
+		x->recipients = control_pending_rcpts(m);
 		return;
 	}
 	if (b->f.dry_run) {
@@ -991,11 +1030,25 @@ control_bulk_act(struct control_bulk *b, spool_qid qid)
 }
 
 static int
-control_qid_cmp(const void *a, const void *b)
+control_match_cmp(const void *a, const void *b)
 {
-	spool_qid x = *(const spool_qid *)a, y = *(const spool_qid *)b;
+	spool_qid x = ((const struct control_match *)a)->qid;
+	spool_qid y = ((const struct control_match *)b)->qid;
 
 	return x < y ? -1 : x > y;
+}
+
+/* The answer is in the client's buffer: send it, unless control_run will
+ * (everything was answered before control_bulk_start returned). */
+static void
+control_bulk_send(struct control_bulk *b)
+{
+	struct control_client *cl = b->cl;
+	bool starting = b->starting;
+
+	control_bulk_free(b);
+	if (!starting)
+		control_send(cl);
 }
 
 /* Everything loaded: answer. */
@@ -1013,30 +1066,33 @@ control_bulk_finish(struct control_bulk *b)
 		    b->f.dry_run };
 
 		control_render_ack(&a, cl->want_json, &cl->out);
-		control_bulk_free(b);
-		control_send(cl);
+		control_bulk_send(b);
 		return;
 	}
 	/* Loads finish out of order: the page is the first LIMIT matches. */
-	qsort(b->match, b->nmatch, sizeof(*b->match), control_qid_cmp);
+	qsort(b->match, b->nmatch, sizeof(*b->match), control_match_cmp);
 	memset(&list, 0, sizeof(list));
 	for (size_t i = 0; i < b->nmatch; i++) {
-		size_t max = b->f.limit ? b->f.limit : CONTROL_QUEUE_LIST_MAX;
+		struct control_queue_row *row;
 
-		if (list.nrows == max) {
+		if (list.nrows == control_bulk_want(b)) {
 			list.truncated = true;
 			break;
 		}
-		if (spool_find(b->relay->spool, b->match[i], &it) == 0)
-			control_queue_row_fill(control_queue_add(&list), &it, b->now);
+		if (spool_find(b->relay->spool, b->match[i].qid, &it) != 0)
+			continue;   /* delivered while we read */
+		row = control_queue_add(&list);
+		control_queue_row_fill(row, &it, b->now);
+		row->sender = b->match[i].sender;
+		row->recipients = b->match[i].recipients;
+		b->match[i].sender = b->match[i].recipients = NULL;
 	}
-	if (b->f.limit && b->nmatch >= b->f.limit && b->next < b->ncand)
+	if (b->nmatch >= control_bulk_want(b) && b->next < b->ncand)
 		list.truncated = true;   /* more may match: ask for the next page */
 	list.limit = b->f.limit;
 	control_render_queue(&list, cl->want_json, &cl->out);
 	control_queue_free(&list);
-	control_bulk_free(b);
-	control_send(cl);
+	control_bulk_send(b);
 }
 
 static void control_bulk_loaded(void *arg, int status, struct spool_msg *m);
@@ -1045,7 +1101,7 @@ static void control_bulk_loaded(void *arg, int status, struct spool_msg *m);
 static void
 control_bulk_pump(struct control_bulk *b)
 {
-	size_t want = b->f.limit ? b->f.limit : CONTROL_QUEUE_LIST_MAX + 1;
+	size_t want = control_bulk_want(b);
 
 	if (b->pumping)
 		return;
@@ -1071,18 +1127,22 @@ static void
 control_bulk_loaded(void *arg, int status, struct spool_msg *m)
 {
 	struct control_bulk *b = arg;
-	bool hit = false;
-	spool_qid qid = 0;
 
 	b->loading--;
-	if (status == 0 && m != NULL && b->cl != NULL) {
-		hit = control_bulk_match(b, m);
-		qid = spool_msg_qid(m);
+	/* Delete and bounce act after the envelope is let go. */
+	if (status == 0 && m != NULL && b->cl != NULL && control_bulk_match(b, m)) {
+		spool_qid qid = spool_msg_qid(m);
+
+		if (b->verb == CONTROL_BULK_QUEUE) {
+			control_bulk_act(b, qid, m);
+		} else {
+			spool_msg_free(m);
+			m = NULL;
+			control_bulk_act(b, qid, NULL);
+		}
 	}
 	if (m != NULL)
 		spool_msg_free(m);
-	if (hit)
-		control_bulk_act(b, qid);
 	control_bulk_pump(b);
 }
 
@@ -1103,15 +1163,10 @@ control_bulk_start(struct control_req *q, const struct control_filter *f,
 	b->f = *f;
 	b->now = util_now_ms();
 	spool_foreach(q->relay->spool, f->tenant, control_bulk_collect, b);
-	if (f->from == NULL && f->to == NULL) {
+	if (f->from == NULL && f->to == NULL && verb != CONTROL_BULK_QUEUE) {
 		/* The index decides: act on every candidate now. */
-		if (verb == CONTROL_BULK_QUEUE) {
-			control_error(q, "internal: queue without envelope filters");
-			control_bulk_free(b);
-			return;
-		}
 		for (size_t i = 0; i < b->ncand; i++)
-			control_bulk_act(b, b->cand[i]);
+			control_bulk_act(b, b->cand[i], NULL);
 		struct control_ack a = { verb == CONTROL_BULK_BOUNCE ? CONTROL_ACK_BOUNCE_N :
 		    CONTROL_ACK_DELETE_N, NULL, b->done, NULL, f->dry_run };
 		control_render_ack(&a, q->json, q->out);
@@ -1123,7 +1178,11 @@ control_bulk_start(struct control_req *q, const struct control_filter *f,
 	/* A long run of loads must not be cut by the idle timer. */
 	uv_timer_stop(&q->client->timer);
 	q->client->bulk = b;
+	b->starting = true;
 	control_bulk_pump(b);
+	/* Answered at once (B is gone, the answer in q->out) or later. */
+	if (q->client->bulk != NULL)
+		b->starting = false;
 }
 
 static void

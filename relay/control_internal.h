@@ -82,6 +82,10 @@ struct control_queue_row {
 	unsigned attempts;
 	int64_t next_attempt_ms;      /* from now; 0 = due */
 	bool in_flight;
+	/* Appended for the queue view, from the envelope; owned by the row
+	 * (control_queue_free frees them); NULL = not read (text "-"). */
+	char *sender;                 /* "" is the null reverse-path */
+	char *recipients;             /* the pending ones, comma-separated */
 };
 
 struct control_queue {

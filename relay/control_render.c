@@ -90,6 +90,10 @@ control_queue_add(struct control_queue *q)
 void
 control_queue_free(struct control_queue *q)
 {
+	for (size_t i = 0; i < q->nrows; i++) {
+		free(q->rows[i].sender);
+		free(q->rows[i].recipients);
+	}
 	free(q->rows);
 	memset(q, 0, sizeof(*q));
 }
@@ -165,6 +169,8 @@ static const struct control_field queue_fields[] = {
 	{ "age_s", "AGE_S", 8, CONTROL_K_MS_AS_S, Q(age_ms), 0 },
 	{ "attempts", "ATTEMPTS", 8, CONTROL_K_UINT, Q(attempts), 0 },
 	{ "next_attempt_s", "NEXT_S", 8, CONTROL_K_MS_AS_S, Q(next_attempt_ms), 0 },
+	{ "sender", "SENDER", -24, CONTROL_K_STR_NULL, Q(sender), 0 },
+	{ "recipients", "RECIPIENTS", 0, CONTROL_K_STR_NULL, Q(recipients), 0 },
 	{ "in_flight", "", 0, CONTROL_K_MARK, Q(in_flight), 0 },
 };
 #undef Q

@@ -58,6 +58,12 @@ def test_queue_filters_and_paging(daemon_factory, primary_factory):
     assert every["count"] == 7
     ids = [m["queue_id"] for m in every["messages"]]
     assert ids == sorted(ids)
+    # Like mailq: sender and pending recipients of every row.
+    row = {m["queue_id"]: m for m in every["messages"]}
+    assert row[a[0]]["sender"].lower() == "alice@junk.test"
+    assert row[b[0]]["recipients"] == "v@example.test,w@example.test"
+    t = d.ctl("queue", "demo", check=True).stdout
+    assert "SENDER" in t and "RECIPIENTS" in t and "bob@good.test" in t
 
     # --from: sender contains, case-insensitive; --to: a pending recipient.
     got = queue(d, "demo", "--from", "alice@JUNK")

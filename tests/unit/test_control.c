@@ -467,6 +467,8 @@ make_queue(struct control_queue *q)
 	r->attempts = 2;
 	r->next_attempt_ms = 60000;
 	r->in_flight = true;
+	r->sender = strdup("a@sender.test");
+	r->recipients = strdup("u@example.test,v@example.test");
 	r = control_queue_add(q);
 	snprintf(r->qid, sizeof(r->qid), "1A2B3C4D5E6F7082");
 	r->tenant = "t\"x";
@@ -481,16 +483,19 @@ test_queue_text_and_json(void **state)
 	struct control_buf b = { 0 };
 	struct json_check j;
 	static const char *const keys[] = { "queue_id", "tenant", "size", "age_s",
-		"attempts", "next_attempt_s", "in_flight" };
+		"attempts", "next_attempt_s", "sender", "recipients", "in_flight" };
 
 	(void)state;
 	make_queue(&q);
 	control_render_queue(&q, false, &b);
 	control_buf_printf(&b, "%s", "");
 	assert_string_equal(b.data, "ok\n"
-	    "QUEUE_ID         TENANT                 SIZE    AGE_S ATTEMPTS   NEXT_S\n"
-	    "1A2B3C4D5E6F7081 demo                    352       29        2       60 *\n"
-	    "1A2B3C4D5E6F7082 t\"x                       7        0        0        0\n"
+	    "QUEUE_ID         TENANT                 SIZE    AGE_S ATTEMPTS   NEXT_S "
+	    "SENDER                   RECIPIENTS\n"
+	    "1A2B3C4D5E6F7081 demo                    352       29        2       60 "
+	    "a@sender.test            u@example.test,v@example.test *\n"
+	    "1A2B3C4D5E6F7082 t\"x                       7        0        0        0 "
+	    "-                        -\n"
 	    "-- 2 messages (* = being delivered)\n");
 	b.len = 0;
 	control_render_queue(&q, true, &b);
@@ -499,9 +504,12 @@ test_queue_text_and_json(void **state)
 	assert_keys(&j, keys, sizeof(keys) / sizeof(keys[0]));
 	assert_string_equal(b.data, "ok\n{\"messages\": [{\"queue_id\": \"1A2B3C4D5E6F7081\", "
 	    "\"tenant\": \"demo\", \"size\": 352, \"age_s\": 29, \"attempts\": 2, "
-	    "\"next_attempt_s\": 60, \"in_flight\": true}, {\"queue_id\": \"1A2B3C4D5E6F7082\", "
+	    "\"next_attempt_s\": 60, \"sender\": \"a@sender.test\", "
+	    "\"recipients\": \"u@example.test,v@example.test\", \"in_flight\": true}, "
+	    "{\"queue_id\": \"1A2B3C4D5E6F7082\", "
 	    "\"tenant\": \"t\\\"x\", \"size\": 7, \"age_s\": 0, \"attempts\": 0, "
-	    "\"next_attempt_s\": 0, \"in_flight\": false}], \"count\": 2, \"truncated\": false}\n");
+	    "\"next_attempt_s\": 0, \"sender\": null, \"recipients\": null, "
+	    "\"in_flight\": false}], \"count\": 2, \"truncated\": false}\n");
 	control_buf_free(&b);
 	control_queue_free(&q);
 }
@@ -519,7 +527,8 @@ test_queue_truncated(void **state)
 	q.truncated = true;
 	control_render_queue(&q, false, &b);
 	control_buf_printf(&b, "%s", "");
-	assert_non_null(strstr(b.data, " 60 *\n... (listing stopped after 10000 messages)\n"
+	assert_non_null(strstr(b.data, " u@example.test,v@example.test *\n"
+	    "... (listing stopped after 10000 messages)\n"
 	    "-- 1 message (* = being delivered)\n"));
 	b.len = 0;
 	control_render_queue(&q, true, &b);
