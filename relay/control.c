@@ -933,6 +933,15 @@ control_bulk_want(const struct control_bulk *b)
 	return b->f.limit ? b->f.limit : CONTROL_QUEUE_LIST_MAX;
 }
 
+static bool
+control_bulk_keep(void *arg, const struct spool_item *it)
+{
+	struct control_bulk *b = arg;
+
+	return control_filter_item(&b->f, it->qid, it->arrival_ms, it->attempts,
+	    it->next_attempt_ms, b->now);
+}
+
 static int
 control_bulk_collect(void *arg, const struct spool_item *it)
 {
@@ -1162,7 +1171,15 @@ control_bulk_start(struct control_req *q, const struct control_filter *f,
 	b->verb = verb;
 	b->f = *f;
 	b->now = util_now_ms();
-	spool_foreach(q->relay->spool, f->tenant, control_bulk_collect, b);
+	if (verb == CONTROL_BULK_QUEUE && f->from == NULL && f->to == NULL) {
+		/* A page from the index alone: one pass, no sort of the queue. */
+		b->cap = control_bulk_want(b) + 1;
+		b->cand = xcalloc(b->cap, sizeof(*b->cand));
+		b->ncand = spool_page(q->relay->spool, f->tenant, f->has_after ? f->after : 0,
+		    b->cap, control_bulk_keep, b, b->cand);
+	} else {
+		spool_foreach(q->relay->spool, f->tenant, control_bulk_collect, b);
+	}
 	if (f->from == NULL && f->to == NULL && verb != CONTROL_BULK_QUEUE) {
 		/* The index decides: act on every candidate now. */
 		for (size_t i = 0; i < b->ncand; i++)

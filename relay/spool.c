@@ -730,6 +730,14 @@ spool_foreach(struct spool *sp, const char *tenant,
 	spool_index_foreach(sp->ix, tenant, cb, arg);
 }
 
+size_t
+spool_page(struct spool *sp, const char *tenant, spool_qid after, size_t max,
+    bool (*keep)(void *arg, const struct spool_item *item), void *arg,
+    spool_qid *out)
+{
+	return spool_index_page(sp->ix, tenant, after, max, keep, arg, out);
+}
+
 int
 spool_find(struct spool *sp, spool_qid qid, struct spool_item *out)
 {

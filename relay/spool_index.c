@@ -1104,6 +1104,80 @@ spool_index_foreach(const struct spool_index *ix, const char *tenant,
 	free(q);
 }
 
+/* Sift the max-heap H[0..N) down from I (largest queue id on top). */
+static void
+page_sift_down(spool_qid *h, size_t n, size_t i)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, r = l + 1, m = i;
+		spool_qid t;
+
+		if (l < n && h[l] > h[m])
+			m = l;
+		if (r < n && h[r] > h[m])
+			m = r;
+		if (m == i)
+			return;
+		t = h[i];
+		h[i] = h[m];
+		h[m] = t;
+		i = m;
+	}
+}
+
+static void
+page_sift_up(spool_qid *h, size_t i)
+{
+	while (i > 0 && h[(i - 1) / 2] < h[i]) {
+		spool_qid t = h[i];
+
+		h[i] = h[(i - 1) / 2];
+		h[(i - 1) / 2] = t;
+		i = (i - 1) / 2;
+	}
+}
+
+size_t
+spool_index_page(const struct spool_index *ix, const char *tenant,
+    spool_qid after, size_t max,
+    bool (*keep)(void *arg, const struct spool_item *item), void *arg,
+    spool_qid *out)
+{
+	int tidx = -1;
+	size_t n = 0;
+
+	if (max == 0 || (tenant != NULL &&
+	    (tidx = spool_index_tenant_find(ix, tenant, strlen(tenant))) < 0))
+		return 0;
+	/* One pass, a heap of the MAX smallest ids above AFTER: no copy or sort
+	 * of the whole queue. */
+	for (uint32_t i = 0; i < ix->nents; i++) {
+		const struct spool_index_ent *e = &ix->ents[i];
+		struct spool_item it;
+
+		if (!(spool_ent_flags(e) & SPOOL_ENT_LIVE) || e->qid <= after ||
+		    (tidx >= 0 && e->tenant != (uint16_t)tidx))
+			continue;
+		if (n == max && e->qid >= out[0])
+			continue;
+		if (keep != NULL) {
+			item_fill(ix, e, &it);
+			if (!keep(arg, &it))
+				continue;
+		}
+		if (n < max) {
+			out[n] = e->qid;
+			page_sift_up(out, n++);
+		} else {
+			out[0] = e->qid;
+			page_sift_down(out, n, 0);
+		}
+	}
+	if (n > 0)
+		qsort(out, n, sizeof(*out), spool__u64_cmp);
+	return n;
+}
+
 int
 spool_index_find(const struct spool_index *ix, spool_qid qid,
     struct spool_item *out)

@@ -197,6 +197,12 @@ void spool_index_tenant_stats(struct spool_index *ix, const char *tenant,
     struct spool_tenant_stats *out);
 uint64_t spool_index_total_bytes(const struct spool_index *ix);
 uint64_t spool_index_total_messages(const struct spool_index *ix);
+/* spool_page(): up to MAX ids > AFTER that KEEP (NULL = all) keeps, in
+ * order, into OUT; returns how many. */
+size_t spool_index_page(const struct spool_index *ix, const char *tenant,
+    spool_qid after, size_t max,
+    bool (*keep)(void *arg, const struct spool_item *item), void *arg,
+    spool_qid *out);
 void spool_index_foreach(const struct spool_index *ix, const char *tenant,
     int (*cb)(void *arg, const struct spool_item *item), void *arg);
 int spool_index_find(const struct spool_index *ix, spool_qid qid,

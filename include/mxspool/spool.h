@@ -219,6 +219,13 @@ struct spool_item {
 void spool_foreach(struct spool *sp, const char *tenant,
     int (*cb)(void *arg, const struct spool_item *item), void *arg);
 int spool_find(struct spool *sp, spool_qid qid, struct spool_item *out);
+/* One page of TENANT's queue (all tenants if NULL): the MAX smallest queue
+ * ids above AFTER whose item KEEP accepts (NULL = every one), ascending, in
+ * OUT (room for MAX); returns how many.  One pass over the index with a
+ * MAX-sized heap: no snapshot or sort of the whole queue. */
+size_t spool_page(struct spool *sp, const char *tenant, spool_qid after,
+    size_t max, bool (*keep)(void *arg, const struct spool_item *item),
+    void *arg, spool_qid *out);
 
 /*
  * The clock-driven walk (queue_lifetime, delay_warning), cheap enough to run

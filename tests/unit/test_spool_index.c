@@ -632,11 +632,57 @@ test_walk_expired_do_not_starve_warnings(void **state)
 	spool_index_free(ix);
 }
 
+static bool
+keep_odd(void *arg, const struct spool_item *it)
+{
+	(void)arg;
+	return (it->qid & 1) != 0;
+}
+
+static void
+test_page(void **state)
+{
+	/* spool_index_page: the MAX smallest ids above AFTER, ascending, for
+	 * one tenant or all, filtered by KEEP; pages are disjoint and cover
+	 * the queue whatever the insertion order. */
+	struct spool_index *ix = ix_new(NULL);
+	spool_qid out[64], all[64];
+	size_t n, total = 0;
+	spool_qid after = 0;
+	(void)state;
+
+	for (int i = 0; i < 40; i++)
+		put(ix, i % 3 ? "a" : "b", T0 + (spool_qid)((i * 17) % 40) + 1, 1);
+	assert_int_equal(spool_index_page(ix, NULL, 0, 5, NULL, NULL, out), 5);
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(out[i], T0 + 1 + (spool_qid)i);
+	while ((n = spool_index_page(ix, NULL, after, 7, NULL, NULL, out)) > 0) {
+		for (size_t i = 0; i < n; i++) {
+			if (total > 0)
+				assert_true(out[i] > all[total - 1]);
+			all[total++] = out[i];
+		}
+		after = out[n - 1];
+	}
+	assert_int_equal(total, 40);
+	assert_int_equal(all[39], T0 + 40);
+	n = spool_index_page(ix, NULL, T0 + 10, 100, keep_odd, NULL, out);
+	for (size_t i = 0; i < n; i++)
+		assert_true((out[i] & 1) && out[i] > T0 + 10);
+	assert_int_equal(n, 15);
+	n = spool_index_page(ix, "b", 0, 100, NULL, NULL, out);
+	assert_int_equal(n, 14);
+	assert_int_equal(spool_index_page(ix, "nobody", 0, 10, NULL, NULL, out), 0);
+	assert_int_equal(spool_index_page(ix, NULL, 0, 0, NULL, NULL, out), 0);
+	spool_index_free(ix);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_claim_oldest_first),
+		cmocka_unit_test(test_page),
 		cmocka_unit_test(test_defer_due_and_retry_now),
 		cmocka_unit_test(test_mark_rcpt_until_gone),
 		cmocka_unit_test(test_quota_and_admission),
