@@ -841,6 +841,7 @@ control_show_answer(struct control_client *cl)
 	char *buf = cl->show, *end;
 
 	control_fill_message(m, &cm);
+	cm.last_reply = spool_last_reply(cl->ctl->relay->spool, spool_msg_qid(m));
 	if (buf != NULL) {
 		buf[cl->show_len] = '\0';
 		end = strstr(buf, "\r\n\r\n");
@@ -1094,6 +1095,8 @@ control_bulk_finish(struct control_bulk *b)
 		control_queue_row_fill(row, &it, b->now);
 		row->sender = b->match[i].sender;
 		row->recipients = b->match[i].recipients;
+		if (spool_last_reply(b->relay->spool, it.qid) != NULL)
+			row->last_reply = xstrdup(spool_last_reply(b->relay->spool, it.qid));
 		b->match[i].sender = b->match[i].recipients = NULL;
 	}
 	if (b->nmatch >= control_bulk_want(b) && b->next < b->ncand)

@@ -86,6 +86,8 @@ struct control_queue_row {
 	 * (control_queue_free frees them); NULL = not read (text "-"). */
 	char *sender;                 /* "" is the null reverse-path */
 	char *recipients;             /* the pending ones, comma-separated */
+	char *last_reply;             /* the primary's, when deferred; NULL = none
+	                               * known (memory only: none after a restart) */
 };
 
 struct control_queue {
@@ -128,6 +130,7 @@ struct control_message {
 	const char *headers;
 	const char *body;
 	bool body_truncated;
+	const char *last_reply;       /* as in the queue row; NULL = not known */
 };
 
 #define CONTROL_SHOW_HEADERS_MAX (64 * 1024)

@@ -93,6 +93,7 @@ control_queue_free(struct control_queue *q)
 	for (size_t i = 0; i < q->nrows; i++) {
 		free(q->rows[i].sender);
 		free(q->rows[i].recipients);
+		free(q->rows[i].last_reply);
 	}
 	free(q->rows);
 	memset(q, 0, sizeof(*q));
@@ -172,6 +173,7 @@ static const struct control_field queue_fields[] = {
 	{ "sender", "SENDER", -24, CONTROL_K_STR_NULL, Q(sender), 0 },
 	{ "recipients", "RECIPIENTS", 0, CONTROL_K_STR_NULL, Q(recipients), 0 },
 	{ "in_flight", "", 0, CONTROL_K_MARK, Q(in_flight), 0 },
+	{ "last_reply", NULL, 0, CONTROL_K_STR_NULL, Q(last_reply), 0 },
 };
 #undef Q
 
@@ -188,6 +190,7 @@ static const struct control_field message_fields[] = {
 	{ "envid", NULL, 0, CONTROL_K_STR_NULL, M(envid), 0 },
 	{ "ret", NULL, 0, CONTROL_K_STR_NULL, M(ret), 0 },
 	{ "smtputf8", NULL, 0, CONTROL_K_BOOL, M(smtputf8), 0 },
+	{ "last_reply", NULL, 0, CONTROL_K_STR_NULL, M(last_reply), 0 },
 };
 #undef M
 
@@ -498,7 +501,13 @@ control_render_queue(const struct control_queue *q, bool json,
 		    q->truncated ? "true" : "false");
 		return;
 	}
-	control_text_table(b, queue_fields, nf, q->rows, q->nrows, sizeof(q->rows[0]));
+	/* Like mailq: the reason a message waits on its own line below it. */
+	control_text_header(b, queue_fields, nf);
+	for (size_t i = 0; i < q->nrows; i++) {
+		control_text_row(b, queue_fields, nf, &q->rows[i]);
+		if (q->rows[i].last_reply != NULL)
+			control_buf_printf(b, "  (%s)\n", q->rows[i].last_reply);
+	}
 	if (q->truncated && q->limit)
 		control_buf_printf(b, "... (more: --after %s)\n", q->nrows ?
 		    q->rows[q->nrows - 1].qid : "-");
@@ -543,6 +552,8 @@ control_render_message(const struct control_message *m, bool json,
 			control_buf_printf(b, "%*s%s\n", f->width, f->label,
 			    control_text_value(f, m, buf, sizeof(buf)));
 	}
+	if (m->last_reply != NULL)
+		control_buf_printf(b, "last reply: %s\n", m->last_reply);
 	for (size_t i = 0; i < m->nrcpt; i++) {
 		control_buf_printf(b, "%s ", rcpt_fields[0].label);
 		control_text_row(b, rcpt_fields, nr, &m->rcpt[i]);

@@ -192,6 +192,8 @@ drain_log_defer(struct drain_job *j, const char *to,
 	char qto[600], qr[1200], line[1100];
 
 	drain__reply_line(rp, line, sizeof(line));
+	/* For mxspoolctl queue/show: the reply that made the message wait. */
+	spool_set_last_reply(j->t->d->spool, spool_msg_qid(j->msg), line);
 	log_event(LOG_LEVEL_INFO, "defer", "qid=%s tenant=%s to=%s relay=%s "
 	    "retry_in_s=%lld reply=%s", j->qids, j->t->name,
 	    log_quote(qto, sizeof(qto), to), j->relay[0] ? j->relay : "none",

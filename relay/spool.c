@@ -730,6 +730,18 @@ spool_foreach(struct spool *sp, const char *tenant,
 	spool_index_foreach(sp->ix, tenant, cb, arg);
 }
 
+void
+spool_set_last_reply(struct spool *sp, spool_qid qid, const char *reply)
+{
+	spool_index_set_reply(sp->ix, qid, reply);
+}
+
+const char *
+spool_last_reply(struct spool *sp, spool_qid qid)
+{
+	return spool_index_reply(sp->ix, qid);
+}
+
 size_t
 spool_page(struct spool *sp, const char *tenant, spool_qid after, size_t max,
     bool (*keep)(void *arg, const struct spool_item *item), void *arg,

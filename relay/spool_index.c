@@ -84,6 +84,19 @@ struct spool_index {
 	uint64_t pend_bytes_total;
 	bool bulk;
 	struct spool_index_hooks hooks;
+	struct reply_slot *replies;   /* last replies, allocated on first use */
+};
+
+/* The primary's last reply to a deferred message, for mxspoolctl queue and
+ * show: a fixed direct-mapped table (SPOOL_REPLY_SLOTS x 128 bytes, 2 MiB
+ * once the first deferral is recorded).  A queue id is never reused, so a
+ * slot holding another id just means "not known": collisions and restarts
+ * lose replies, never show a wrong one, and nothing needs cleaning up. */
+#define SPOOL_REPLY_SLOTS 16384u
+#define SPOOL_REPLY_LEN 120
+struct reply_slot {
+	spool_qid qid;
+	char text[SPOOL_REPLY_LEN];
 };
 
 _Static_assert(sizeof(struct spool_index_ent) == 40,
@@ -134,6 +147,7 @@ spool_index_free(struct spool_index *ix)
 		free(ix->tenants[i]->fifo.v);
 		free(ix->tenants[i]);
 	}
+	free(ix->replies);
 	for (uint32_t i = 0; ix->side != NULL && i <= ix->side_mask; i++)
 		while (ix->side[i] != NULL) {
 			struct side *s = ix->side[i];
@@ -1176,6 +1190,36 @@ spool_index_page(const struct spool_index *ix, const char *tenant,
 	if (n > 0)
 		qsort(out, n, sizeof(*out), spool__u64_cmp);
 	return n;
+}
+
+static struct reply_slot *
+reply_slot(const struct spool_index *ix, spool_qid qid)
+{
+	return &ix->replies[(qid * 0x9E3779B97F4A7C15ull) >> 50 & (SPOOL_REPLY_SLOTS - 1)];
+}
+
+void
+spool_index_set_reply(struct spool_index *ix, spool_qid qid, const char *text)
+{
+	struct reply_slot *r;
+
+	if (ix->replies == NULL &&
+	    (ix->replies = calloc(SPOOL_REPLY_SLOTS, sizeof(*ix->replies))) == NULL)
+		return;   /* a view, not the queue: do without */
+	r = reply_slot(ix, qid);
+	r->qid = qid;
+	snprintf(r->text, sizeof(r->text), "%s", text ? text : "");
+}
+
+const char *
+spool_index_reply(const struct spool_index *ix, spool_qid qid)
+{
+	const struct reply_slot *r;
+
+	if (ix->replies == NULL)
+		return NULL;
+	r = reply_slot(ix, qid);
+	return r->qid == qid && r->text[0] != '\0' ? r->text : NULL;
 }
 
 int

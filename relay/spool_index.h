@@ -203,6 +203,9 @@ size_t spool_index_page(const struct spool_index *ix, const char *tenant,
     spool_qid after, size_t max,
     bool (*keep)(void *arg, const struct spool_item *item), void *arg,
     spool_qid *out);
+/* spool_set_last_reply() / spool_last_reply(). */
+void spool_index_set_reply(struct spool_index *ix, spool_qid qid, const char *text);
+const char *spool_index_reply(const struct spool_index *ix, spool_qid qid);
 void spool_index_foreach(const struct spool_index *ix, const char *tenant,
     int (*cb)(void *arg, const struct spool_item *item), void *arg);
 int spool_index_find(const struct spool_index *ix, spool_qid qid,

@@ -223,6 +223,11 @@ int spool_find(struct spool *sp, spool_qid qid, struct spool_item *out);
  * ids above AFTER whose item KEEP accepts (NULL = every one), ascending, in
  * OUT (room for MAX); returns how many.  One pass over the index with a
  * MAX-sized heap: no snapshot or sort of the whole queue. */
+/* The primary's last reply to a deferred message (memory only, up to 119
+ * bytes kept): NULL when not known, which it may not be after a restart or
+ * when another message's reply took its slot.  Valid until the next set. */
+void spool_set_last_reply(struct spool *sp, spool_qid qid, const char *reply);
+const char *spool_last_reply(struct spool *sp, spool_qid qid);
 size_t spool_page(struct spool *sp, const char *tenant, spool_qid after,
     size_t max, bool (*keep)(void *arg, const struct spool_item *item),
     void *arg, spool_qid *out);

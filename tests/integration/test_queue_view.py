@@ -164,6 +164,13 @@ def test_requeue_retries_deferred_mail_now(daemon_factory, primary_factory):
     assert deferred["count"] == 1
     assert deferred["messages"][0]["attempts"] >= 1
     assert deferred["messages"][0]["next_attempt_s"] > 0
+    # The primary's reply that made it wait, in queue and show.
+    assert deferred["messages"][0]["last_reply"].startswith("451")
+    qid = deferred["messages"][0]["queue_id"]
+    assert "(451" in d.ctl("queue", check=True).stdout
+    m = json.loads(d.ctl("show", qid, "--json", check=True).stdout)
+    assert m["last_reply"].startswith("451")
+    assert "last reply: 451" in d.ctl("show", qid, check=True).stdout
     r = d.ctl("requeue", "demo", "--json", check=True)
     assert json.loads(r.stdout)["requeued"] == 1
     p.wait_for(1, timeout=scaled(10))

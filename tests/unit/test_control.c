@@ -469,6 +469,7 @@ make_queue(struct control_queue *q)
 	r->in_flight = true;
 	r->sender = strdup("a@sender.test");
 	r->recipients = strdup("u@example.test,v@example.test");
+	r->last_reply = strdup("451 4.3.0 try later");
 	r = control_queue_add(q);
 	snprintf(r->qid, sizeof(r->qid), "1A2B3C4D5E6F7082");
 	r->tenant = "t\"x";
@@ -483,7 +484,7 @@ test_queue_text_and_json(void **state)
 	struct control_buf b = { 0 };
 	struct json_check j;
 	static const char *const keys[] = { "queue_id", "tenant", "size", "age_s",
-		"attempts", "next_attempt_s", "sender", "recipients", "in_flight" };
+		"attempts", "next_attempt_s", "sender", "recipients", "in_flight", "last_reply" };
 
 	(void)state;
 	make_queue(&q);
@@ -494,6 +495,7 @@ test_queue_text_and_json(void **state)
 	    "SENDER                   RECIPIENTS\n"
 	    "1A2B3C4D5E6F7081 demo                    352       29        2       60 "
 	    "a@sender.test            u@example.test,v@example.test *\n"
+	    "  (451 4.3.0 try later)\n"
 	    "1A2B3C4D5E6F7082 t\"x                       7        0        0        0 "
 	    "-                        -\n"
 	    "-- 2 messages (* = being delivered)\n");
@@ -505,11 +507,12 @@ test_queue_text_and_json(void **state)
 	assert_string_equal(b.data, "ok\n{\"messages\": [{\"queue_id\": \"1A2B3C4D5E6F7081\", "
 	    "\"tenant\": \"demo\", \"size\": 352, \"age_s\": 29, \"attempts\": 2, "
 	    "\"next_attempt_s\": 60, \"sender\": \"a@sender.test\", "
-	    "\"recipients\": \"u@example.test,v@example.test\", \"in_flight\": true}, "
+	    "\"recipients\": \"u@example.test,v@example.test\", \"in_flight\": true, "
+	    "\"last_reply\": \"451 4.3.0 try later\"}, "
 	    "{\"queue_id\": \"1A2B3C4D5E6F7082\", "
 	    "\"tenant\": \"t\\\"x\", \"size\": 7, \"age_s\": 0, \"attempts\": 0, "
 	    "\"next_attempt_s\": 0, \"sender\": null, \"recipients\": null, "
-	    "\"in_flight\": false}], \"count\": 2, \"truncated\": false}\n");
+	    "\"in_flight\": false, \"last_reply\": null}], \"count\": 2, \"truncated\": false}\n");
 	control_buf_free(&b);
 	control_queue_free(&q);
 }
@@ -528,7 +531,7 @@ test_queue_truncated(void **state)
 	control_render_queue(&q, false, &b);
 	control_buf_printf(&b, "%s", "");
 	assert_non_null(strstr(b.data, " u@example.test,v@example.test *\n"
-	    "... (listing stopped after 10000 messages)\n"
+	    "  (451 4.3.0 try later)\n... (listing stopped after 10000 messages)\n"
 	    "-- 1 message (* = being delivered)\n"));
 	b.len = 0;
 	control_render_queue(&q, true, &b);
@@ -590,7 +593,8 @@ static void
 test_show_json(void **state)
 {
 	static const char *const keys[] = { "queue_id", "tenant", "sender", "size",
-		"arrival_ms", "attempts", "client", "envid", "ret", "smtputf8", "recipients" };
+		"arrival_ms", "attempts", "client", "envid", "ret", "smtputf8", "last_reply",
+		"recipients" };
 	struct control_message m;
 	struct control_rcpt_row rc[2];
 	struct control_buf b = { 0 };
@@ -605,7 +609,7 @@ test_show_json(void **state)
 	assert_string_equal(b.data, "ok\n{\"queue_id\": \"1A2B3C4D5E6F7081\", \"tenant\": \"demo\", "
 	    "\"sender\": \"alice@sender.test\", \"size\": 158, \"arrival_ms\": 1796119638084, "
 	    "\"attempts\": 1, \"client\": \"client.test [127.0.0.1]\", \"envid\": \"abc+2Bdef\", "
-	    "\"ret\": \"HDRS\", \"smtputf8\": false, \"recipients\": [{\"address\": "
+	    "\"ret\": \"HDRS\", \"smtputf8\": false, \"last_reply\": null, \"recipients\": [{\"address\": "
 	    "\"bob@example.test\", \"state\": \"delivered\", \"orcpt\": \"rfc822;bob@example.test\", "
 	    "\"notify\": [\"SUCCESS\", \"FAILURE\", \"DELAY\"]}, {\"address\": \"carol@two.example\", "
 	    "\"state\": \"pending\", \"orcpt\": null, \"notify\": []}]}\n");
