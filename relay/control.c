@@ -70,6 +70,7 @@ enum control_bulk_verb { CONTROL_BULK_QUEUE, CONTROL_BULK_DELETE, CONTROL_BULK_B
 
 struct control_match {
 	spool_qid qid;
+	uint64_t size;                /* message bytes, as show reports them */
 	char *sender, *recipients;    /* given to the row */
 };
 
@@ -1020,6 +1021,7 @@ control_bulk_act(struct control_bulk *b, spool_qid qid, const struct spool_msg *
 		struct control_match *x = &b->match[b->nmatch++];
 
 		x->qid = qid;
+		x->size = spool_msg_size(m);
 		x->sender = xstrdup(spool_msg_envelope(m)->sender);
 		x->recipients = control_pending_rcpts(m);
 		return;
@@ -1093,6 +1095,7 @@ control_bulk_finish(struct control_bulk *b)
 			continue;   /* delivered while we read */
 		row = control_queue_add(&list);
 		control_queue_row_fill(row, &it, b->now);
+		row->size = b->match[i].size;   /* as show says, not the stored record */
 		row->sender = b->match[i].sender;
 		row->recipients = b->match[i].recipients;
 		if (spool_last_reply(b->relay->spool, it.qid) != NULL)
