@@ -111,6 +111,8 @@ struct control_client {
 	struct spool_msg *msg;        /* "show": envelope being loaded */
 	struct control_bulk *bulk;    /* filtered queue/delete/bounce loading */
 	bool show_body;               /* show --body */
+	bool show_loading;            /* show: spool_load has not called back */
+	bool orphan;                  /* closed while loading: the load frees */
 	char *show;                   /* show: the message's first bytes */
 	size_t show_len;
 	bool want_json;
@@ -468,9 +470,12 @@ control_cmd_show(struct control_req *q)
 		return;
 	}
 	q->client->show_body = body;
+	q->client->show_loading = true;
 	rc = spool_load(q->relay->spool, qid, control_show_loaded, q->client);
-	if (rc != 0)
+	if (rc != 0) {
+		q->client->show_loading = false;
 		control_error(q, "%s: %s", q->argv[1], spool_strerror(rc));
+	}
 }
 
 /* delete and bounce of one queue id, as before the filters. */
@@ -785,11 +790,16 @@ control_client_free(uv_handle_t *h)
 		cl->bulk->cl = NULL;   /* freed when its last load comes back */
 	if (cl->msg != NULL)
 		spool_msg_free(cl->msg);   /* a read in flight then calls nobody */
+	cl->msg = NULL;
 	free(cl->show);
+	cl->show = NULL;
 	LIST_REMOVE(cl, entry);
 	c->nclients--;
 	control_buf_free(&cl->out);
-	free(cl);
+	if (cl->show_loading)
+		cl->orphan = true;   /* control_show_loaded frees it */
+	else
+		free(cl);
 	control_maybe_done(c);
 }
 
@@ -872,6 +882,8 @@ control_show_chunk(void *arg, int status, const void *buf, size_t len)
 	struct control_client *cl = arg;
 	size_t cap = CONTROL_SHOW_HEADERS_MAX + (cl->show_body ? CONTROL_SHOW_BODY_MAX : 0);
 
+	if (cl->closing_handles)
+		return;   /* control_client_free lets the message go */
 	if (status < 0 || len == 0) {
 		control_show_answer(cl);
 		return;
@@ -905,6 +917,12 @@ control_show_loaded(void *arg, int status, struct spool_msg *m)
 	struct control_client *cl = arg;
 	size_t cap;
 
+	cl->show_loading = false;
+	if (cl->orphan) {
+		spool_msg_free(m);
+		free(cl);
+		return;
+	}
 	if (cl->closing_handles) {
 		if (m)
 			spool_msg_free(m);
