@@ -99,6 +99,17 @@ def test_queue_filters_and_paging(daemon_factory, primary_factory):
     t = d.ctl("queue", "--limit", "2", check=True).stdout
     assert ("--after " + ids[1]) in t
 
+    # The bulk actions take the same filters.
+    r = d.ctl("delete", "--tenant", "demo", "--to", "W@example.test", "--dry-run",
+              "--json", check=True, timeout=scaled(30))
+    assert json.loads(r.stdout)["matched"] == 4
+    r = d.ctl("bounce", "--tenant", "demo", "--older-than", "1h", "--dry-run",
+              "--json", check=True, timeout=scaled(30))
+    assert json.loads(r.stdout)["matched"] == 0
+    r = d.ctl("delete", "--tenant", "demo", "--deferred", "--json", check=True)
+    assert json.loads(r.stdout) == {"deleted": 0}
+    assert queue(d)["count"] == 7
+
     bad = d.ctl("queue", "--older-than", "soon")
     assert bad.returncode != 0 and "duration" in bad.stderr
     bad = d.ctl("queue", "--limit", "0")
