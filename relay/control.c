@@ -179,6 +179,8 @@ control_fill_tenant(struct relay *r, const struct config_tenant *t, int64_t now,
 	row->drain_rate = ds.drain_rate;
 	row->drain_rate_limit = ds.drain_rate_limit;
 	row->in_flight = ds.in_flight;
+	row->delivered_since_up = ds.delivered_since_up;
+	row->last_probe = ds.last_probe ? ds.last_probe : "";
 	/* Counters are kept by tenant name: they survive a reload. */
 	row->accepted_total = stats_tenant(r->stats, t->name, STAT_ACCEPTED);
 	row->delivered_total = stats_tenant(r->stats, t->name, STAT_DELIVERED);

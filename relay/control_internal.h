@@ -54,6 +54,10 @@ struct control_tenant_row {
 	uint64_t delivered_total;
 	uint64_t bounced_total;
 	int64_t eta_s;                /* -1 = unknown (JSON null) */
+	/* For watch only (not in status): the drain since the primary came
+	 * up, and the last probe's "host: reply". */
+	uint64_t delivered_since_up;
+	const char *last_probe;
 	/* Appended in the second round (DESIGN.md "The long outage"). */
 	int64_t queue_lifetime_s;     /* the tenant's value in force */
 	int64_t delay_warning_s;      /* 0 = no delay notices */

@@ -3,8 +3,9 @@
  *
  * One header line with the daemon's figures, then per tenant one table row
  * (primary state, queue, oldest message, measured and allowed rate, in
- * flight, ETA) and a progress bar of the drain: delivered / (delivered +
- * queued), counted since the daemon started.  Everything is cut to the
+ * flight, ETA), a progress bar of the drain: delivered / (delivered +
+ * queued), counted since the primary last came up, and the last probe's
+ * reply.  Everything is cut to the
  * width the terminal has, so a narrow window shows less, never garbage.
  */
 #include "config.h"
@@ -83,7 +84,7 @@ watch_bar(const struct control_tenant_row *t, unsigned width,
     struct control_buf *out)
 {
 	char tail[96], line[CONTROL_WATCH_MAX_WIDTH * 2];
-	uint64_t done = t->delivered_total, all = done + t->queued_messages;
+	uint64_t done = t->delivered_since_up, all = done + t->queued_messages;
 	unsigned pct = all ? (unsigned)(done * 100 / all) : 100;
 	int barw, fill, n;
 
@@ -130,6 +131,12 @@ control_render_watch(const struct control_status *st, unsigned width,
 		    control_watch_duration(t->eta_s, eta));
 		watch_line(out, width, line);
 		watch_bar(t, width, out);
+		if (t->last_probe != NULL && t->last_probe[0] != '\0') {
+			snprintf(line, sizeof(line), "  last probe: %s", t->last_probe);
+			/* A multiline reply shows its first line. */
+			line[strcspn(line, "\n")] = '\0';
+			watch_line(out, width, line);
+		}
 	}
 	if (st->ntenants == 0)
 		watch_line(out, width, "(no tenants)");

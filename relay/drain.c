@@ -396,6 +396,7 @@ job_on_result(struct drain_job *j, const struct smtp_client_result *res)
 			drain_log_deliver(j, env->rcpt[e].addr, rp);
 			drain__job_mark(j, e, SPOOL_RCPT_DELIVERED);
 			stats_add(d->stats, t->name, STAT_DELIVERED, 1);
+			t->delivered_up++;
 			break;
 		case SMTP_CLIENT_PERMFAIL:
 			if (drain__fate_add(&j->bounce, &j->nbounce, env->nrcpt, e, rp) != 0)
@@ -811,6 +812,7 @@ probe_result(struct drain_tenant *t, bool ok, const char *why)
 		if (drain_primary_get(&t->pr) == DRAIN_PRIMARY_UP) {
 			drain_policy_restart(&t->pol, now);
 			t->up_mono = now;
+			t->delivered_up = 0;
 			drain_log_rate(t, drain_policy_limit(&t->pol, now), "up");
 		}
 	} else if (!ok && before == DRAIN_PRIMARY_UNKNOWN) {
@@ -832,6 +834,8 @@ probe_on_closed(void *arg, const struct smtp_client_end *end)
 		return;
 	}
 	drain__target_name(&t->probe_tg, tn, sizeof(tn));
+	snprintf(t->probe_last, sizeof(t->probe_last), "%.100s: %.150s", tn,
+	    end->text[0] ? end->text : end->status == 0 ? "ok" : "no reply");
 	if (end->status == 0 && end->ready) {
 		drain__caps_record(t, end->ext, end->size_max, end->rcpt_max,
 		    end->mail_max, end->tls);
@@ -1415,6 +1419,8 @@ drain_status(struct drain *d, const char *tenant, struct drain_status *out)
 	out->drain_rate = drain_meter_rate(&t->meter, now);
 	out->drain_rate_limit = up ? drain_policy_limit(&t->pol, now) : 0;
 	out->in_flight = t->njobs;
+	out->delivered_since_up = t->delivered_up;
+	out->last_probe = t->probe_last;
 	if (!drain_eta(st.messages, out->drain_rate, out->drain_rate_limit,
 	    draining, &out->eta_s))
 		out->eta_s = -1;

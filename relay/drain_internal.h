@@ -151,7 +151,9 @@ struct drain_tenant {
 	size_t probe_idx;
 	struct drain_target probe_tg;
 	int64_t up_mono;              /* when the primary last came up */
+	uint64_t delivered_up;        /* recipients delivered since then */
 	char probe_why[256];
+	char probe_last[256];         /* the last probe's end, for watch */
 	struct drain_conn *conns;
 	unsigned nconns;
 	struct drain_job *jobs;

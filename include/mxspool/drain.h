@@ -69,6 +69,9 @@ struct drain_status {
 	double drain_rate_limit;      /* allowed right now */
 	unsigned in_flight;
 	int64_t eta_s;                /* -1 = null */
+	uint64_t delivered_since_up;  /* recipients since the primary last came up */
+	const char *last_probe;       /* "host: reply" of the last probe, or ""
+	                               * (valid until the loop runs again) */
 };
 int drain_status(struct drain *d, const char *tenant, struct drain_status *out);
 

@@ -24,7 +24,9 @@ snapshot(void)
 	rows[0].name = "partner-a";
 	rows[0].primary_state = "up";
 	rows[0].queued_messages = 750;
-	rows[0].delivered_total = 250;
+	rows[0].delivered_total = 900;
+	rows[0].delivered_since_up = 250;
+	rows[0].last_probe = "mx1.example:25: 221 2.0.0 Bye\nsecond line";
 	rows[0].oldest_age_ms = 3723 * 1000;
 	rows[0].drain_rate = 9.8;
 	rows[0].drain_rate_limit = 10;
@@ -38,7 +40,7 @@ snapshot(void)
 	st.version = "0.1.0";
 	st.uptime_s = 90061;
 	st.accepted_total = 1000;
-	st.delivered_total = 250;
+	st.delivered_total = 900;
 	st.connections = 3;
 	st.spool_bytes = 3 * 1024 * 1024;
 	st.ntenants = 2;
@@ -72,10 +74,14 @@ test_frame_figures(void **state)
 	assert_fits(&out, 100);
 	assert_non_null(strstr(out.data, "mxspool 0.1.0   up 1d01h   3 connections   "
 	    "spool 3.0 MiB   11:05:03\n"));
-	assert_non_null(strstr(out.data, "accepted 1000   delivered 250   bounced 0\n"));
+	assert_non_null(strstr(out.data, "accepted 1000   delivered 900   bounced 0\n"));
+	/* The last probe's first line only. */
+	assert_non_null(strstr(out.data, "  last probe: mx1.example:25: 221 2.0.0 Bye\n"));
+	assert_null(strstr(out.data, "second line"));
 	assert_non_null(strstr(out.data, "partner-a        up              750    1h02m     "
 	    "9.8    10.0      4    1m15s\n"));
-	/* 250 of 1000 delivered: a quarter of the bar is filled. */
+	/* 250 delivered since the primary came up, 750 queued: a quarter of
+	 * the bar is filled (the 900 since the start do not count). */
 	assert_non_null(strstr(out.data, "  25%  (250 delivered, 750 queued)\n"));
 	assert_non_null(strstr(out.data, "down/held"));
 	control_buf_free(&out);
