@@ -19,11 +19,14 @@ jobs=$(nproc 2>/dev/null || echo 2)
 # without ca_file (and a test opens); libnet-ssleay-perl: swaks' STARTTLS;
 # systemd (systemd-analyze, -sysusers, -tmpfiles) and dpkg-dev, debhelper,
 # fakeroot, lintian: tests/packaging (the unit's sandbox, the .deb).
+# libhiredis-dev (with its libuv adapter): the fleet's shared budget in Redis;
+# redis-server: the fleet tests' Redis; prometheus: promtool checks /metrics
+# and the alert rules; testssl.sh: the TLS audit test.
 BUILD_PKGS="build-essential autoconf automake libtool pkg-config libuv1-dev
-  libc-ares-dev libssl-dev libinih-dev libncurses-dev ca-certificates"
+  libc-ares-dev libssl-dev libinih-dev libncurses-dev libhiredis-dev ca-certificates"
 TEST_PKGS="libcmocka-dev python3 python3-pytest python3-aiosmtpd python3-dnslib swaks
   libnet-ssleay-perl openssl postfix clang libclang-rt-14-dev
-  systemd dpkg-dev debhelper fakeroot lintian"
+  systemd dpkg-dev debhelper fakeroot lintian redis-server prometheus testssl.sh"
 
 say() { printf '==> %s\n' "$*" >&2; }
 
