@@ -147,6 +147,28 @@ control_fill_caps(struct relay *r, const char *tenant, int64_t now,
 }
 
 /* One tenant's figures; strings are borrowed from the config (T). */
+/* What only /metrics shows: quota use, probe counts, latency histograms. */
+static void
+control_fill_metrics_only(struct relay *r, const struct config_tenant *t,
+    struct control_tenant_row *row)
+{
+	row->quota_bytes = t->quota;
+	row->quota_messages = t->quota_messages;
+	if (t->quota > 0)
+		row->quota_used = (double)row->queued_bytes / (double)t->quota;
+	if (t->quota_messages > 0 &&
+	    (double)row->queued_messages / (double)t->quota_messages > row->quota_used)
+		row->quota_used = (double)row->queued_messages / (double)t->quota_messages;
+	row->probes_ok = stats_tenant(r->stats, t->name, STAT_PROBE_OK);
+	row->probes_failed = stats_tenant(r->stats, t->name, STAT_PROBE_FAIL);
+	for (int h = 0; h < STAT_HIST__COUNT; h++) {
+		const struct stats_hist *sh = stats_hist_tenant(r->stats, t->name, h);
+
+		if (sh != NULL)
+			row->hist[h] = *sh;
+	}
+}
+
 static void
 control_fill_tenant(struct relay *r, const struct config_tenant *t, int64_t now,
     struct control_tenant_row *row)
@@ -189,6 +211,7 @@ control_fill_tenant(struct relay *r, const struct config_tenant *t, int64_t now,
 	row->queue_lifetime_s = (int64_t)(t->queue_lifetime_ms / 1000);
 	row->delay_warning_s = (int64_t)(t->delay_warning_ms / 1000);
 	control_fill_caps(r, t->name, now, &row->primary_caps);
+	control_fill_metrics_only(r, t, row);
 }
 
 /* The figures of status and /metrics; free ST->tenants afterwards. */

@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "mxspool/control.h"
+#include "mxspool/stats.h"
 
 #define CONTROL_QUEUE_LIST_MAX 10000  /* lines of "queue" before "... more" */
 
@@ -62,6 +63,12 @@ struct control_tenant_row {
 	int64_t queue_lifetime_s;     /* the tenant's value in force */
 	int64_t delay_warning_s;      /* 0 = no delay notices */
 	struct control_caps primary_caps;
+	/* For /metrics (issue 12): the tenant's quotas (0 = none) and the
+	 * larger share of either in use; probes; latency histograms. */
+	uint64_t quota_bytes, quota_messages;
+	double quota_used;
+	uint64_t probes_ok, probes_failed;
+	struct stats_hist hist[STAT_HIST__COUNT];
 };
 
 struct control_status {

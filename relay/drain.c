@@ -414,7 +414,12 @@ job_on_result(struct drain_job *j, const struct smtp_client_result *res)
 			break;
 		}
 	}
+	if (res->status == 0)
+		stats_observe(d->stats, t->name, STAT_HIST_DELIVERY,
+		    (double)(now - j->start_mono) / 1000.0);
 	if (any_ok) {
+		stats_observe(d->stats, t->name, STAT_HIST_QUEUE_DELAY,
+		    (double)(drain__now(d) - env->arrival_ms) / 1000.0);
 		drain_meter_add(&t->meter, 1, now);
 		if (res->dot_latency_ms >= 0)
 			job_aimd(t, "latency", drain_policy_ok(&t->pol,
@@ -801,6 +806,7 @@ probe_result(struct drain_tenant *t, bool ok, const char *why)
 	int64_t now = util_mono_ms();
 	enum drain_primary_state before = drain_primary_get(&t->pr);
 
+	stats_add(t->d->stats, t->name, ok ? STAT_PROBE_OK : STAT_PROBE_FAIL, 1);
 	if (ok)
 		t->down_since_ms = 0;
 	else

@@ -61,6 +61,13 @@ static const struct metrics_def metrics_tenant[] = {
 	  METRICS_I64, T(queue_lifetime_s) },
 	{ "mxspool_delay_warning_seconds", "gauge", "The tenant's delay_warning in force (0 = off).",
 	  METRICS_I64, T(delay_warning_s) },
+	{ "mxspool_quota_bytes", "gauge", "The tenant's quota in bytes (0 = none).",
+	  METRICS_U64, T(quota_bytes) },
+	{ "mxspool_quota_messages", "gauge", "The tenant's quota in messages (0 = none).",
+	  METRICS_U64, T(quota_messages) },
+	{ "mxspool_quota_used_ratio", "gauge",
+	  "Share of the tenant's quota in use, the fuller of bytes and messages (0 without a quota).",
+	  METRICS_DOUBLE, T(quota_used) },
 };
 #undef T
 
@@ -139,6 +146,77 @@ metrics_label_value(struct control_buf *b, const char *s)
 	}
 }
 
+/* NAME SUFFIX{tenant="..." -- the caller adds further labels and the value. */
+static void
+metrics_tenant_label(struct control_buf *b, const char *name, const char *suffix,
+    const struct control_tenant_row *row)
+{
+	control_buf_printf(b, "%s%s{tenant=\"", name, suffix);
+	metrics_label_value(b, row->name);
+	control_buf_printf(b, "\"");
+}
+
+/* Probes by result: one counter with a result label, so that
+ * rate(mxspool_probes_total{result="failed"}[5m]) reads as it should. */
+static void
+metrics_probes(const struct control_status *st, struct control_buf *b)
+{
+	control_buf_printf(b, "# HELP mxspool_probes_total Probes of the tenant's "
+	    "primary, by result.\n# TYPE mxspool_probes_total counter\n");
+	for (size_t i = 0; i < st->ntenants; i++) {
+		const struct control_tenant_row *row = &st->tenants[i];
+
+		metrics_tenant_label(b, "mxspool_probes_total", "", row);
+		control_buf_printf(b, ",result=\"ok\"} %" PRIu64 "\n", row->probes_ok);
+		metrics_tenant_label(b, "mxspool_probes_total", "", row);
+		control_buf_printf(b, ",result=\"failed\"} %" PRIu64 "\n",
+		    row->probes_failed);
+	}
+}
+
+static const struct {
+	const char *name, *help;
+} metrics_hists[STAT_HIST__COUNT] = {
+	[STAT_HIST_ACCEPT] = { "mxspool_accept_latency_seconds",
+	    "End of DATA to the 250: the journal's durable commit." },
+	[STAT_HIST_DELIVERY] = { "mxspool_delivery_latency_seconds",
+	    "One delivery transaction to the primary, start to final reply." },
+	[STAT_HIST_QUEUE_DELAY] = { "mxspool_queue_delay_seconds",
+	    "Arrival to delivery of each message the primary took." },
+};
+
+/* The exposition format's histogram: cumulative _bucket{le} samples ending
+ * in le="+Inf" (= _count), then _sum and _count. */
+static void
+metrics_histograms(const struct control_status *st, struct control_buf *b)
+{
+	for (int h = 0; h < STAT_HIST__COUNT; h++) {
+		const char *name = metrics_hists[h].name;
+		size_t n;
+		const double *le = stats_hist_bounds(h, &n);
+
+		control_buf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name,
+		    metrics_hists[h].help, name);
+		for (size_t i = 0; i < st->ntenants; i++) {
+			const struct control_tenant_row *row = &st->tenants[i];
+			const struct stats_hist *sh = &row->hist[h];
+			uint64_t cum = 0;
+
+			for (size_t k = 0; k < n; k++) {
+				cum += sh->bucket[k];
+				metrics_tenant_label(b, name, "_bucket", row);
+				control_buf_printf(b, ",le=\"%g\"} %" PRIu64 "\n", le[k], cum);
+			}
+			metrics_tenant_label(b, name, "_bucket", row);
+			control_buf_printf(b, ",le=\"+Inf\"} %" PRIu64 "\n", sh->count);
+			metrics_tenant_label(b, name, "_sum", row);
+			control_buf_printf(b, "} %.17g\n", sh->sum);
+			metrics_tenant_label(b, name, "_count", row);
+			control_buf_printf(b, "} %" PRIu64 "\n", sh->count);
+		}
+	}
+}
+
 void
 metrics_render(const struct control_status *st, struct control_buf *b)
 {
@@ -156,4 +234,6 @@ metrics_render(const struct control_status *st, struct control_buf *b)
 		metrics_head(b, &metrics_relay[m]);
 		metrics_relay_sample(b, &metrics_relay[m], st);
 	}
+	metrics_probes(st, b);
+	metrics_histograms(st, b);
 }

@@ -165,11 +165,12 @@ relay_init(struct relay *r, uv_loop_t *loop, struct config *cfg, char *err,
 /* ---- hooks: what the SMTP server tells the rest of the relay ------------ */
 
 static void
-relay_on_accepted(void *arg, const char *tenant)
+relay_on_accepted(void *arg, const char *tenant, double latency_s)
 {
 	struct relay *r = arg;
 
 	stats_add(r->stats, tenant, STAT_ACCEPTED, 1);
+	stats_observe(r->stats, tenant, STAT_HIST_ACCEPT, latency_s);
 	if (r->drain)
 		drain_kick(r->drain, tenant);
 }

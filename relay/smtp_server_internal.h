@@ -68,6 +68,7 @@ struct smtp_tx {
 	struct spool_tx *stx;         /* open during DATA/BDAT */
 	uint64_t size;                /* message octets, our Received: included */
 	uint64_t trace_len;           /* octets of our Received: header */
+	uint64_t commit_start_ns;     /* uv_hrtime() at end of data */
 	int error;                    /* first data error: reply at the end */
 	bool too_big;
 	/* The tenant's primary, as its last EHLO said (spool_get_caps at the

@@ -251,7 +251,8 @@ smtp_on_commit(void *arg, int status, spool_qid qid)
 		    log_quote(q, sizeof(q), tx->sender), tx->nrcpt, tx->size,
 		    smtp_protocol_name(sess));
 		if (hooks->on_accepted)
-			hooks->on_accepted(hooks->arg, tx->tenant);
+			hooks->on_accepted(hooks->arg, tx->tenant,
+			    (double)(uv_hrtime() - tx->commit_start_ns) / 1e9);
 		if (!sess->closing)
 			smtp_session_reply(sess, "250 2.0.0 Ok: queued as %s", qs);
 	} else {
@@ -312,6 +313,7 @@ smtp_data_end(struct smtp_session *sess)
 		return;
 	}
 	smtp_session_enter_state(sess, SMTP_STATE_COMMIT);
+	tx->commit_start_ns = uv_hrtime();
 	rc = spool_tx_commit(tx->stx, smtp_on_commit, sess);
 	if (rc != 0) {
 		tx->stx = NULL;   /* consumed even on failure */

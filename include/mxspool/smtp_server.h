@@ -19,8 +19,9 @@ struct tls_ctx;
  * each may be NULL.  TENANT is valid only during the call. */
 struct smtp_server_hooks {
 	void *arg;
-	/* A message for TENANT is durable and the client was told 250. */
-	void (*on_accepted)(void *arg, const char *tenant);
+	/* A message for TENANT is durable and the client was told 250;
+	 * LATENCY_S is end of data -> the journal's commit. */
+	void (*on_accepted)(void *arg, const char *tenant, double latency_s);
 	/* An allowed ETRN asked to start TENANT's queue. */
 	void (*on_etrn)(void *arg, const char *tenant);
 };

@@ -437,6 +437,52 @@ test_metrics_label_escape(void **state)
 	free(m);
 }
 
+/* Quota use, probes by result, and the histograms in the exposition
+ * format: cumulative buckets ending in +Inf equal to _count, then _sum. */
+static void
+test_metrics_histograms_quota_probes(void **state)
+{
+	struct control_status *st = FIXTURE_STATUS(state);
+	struct control_tenant_row *rows = FIXTURE_ROWS(state);
+	struct stats *stats = stats_new();
+	size_t n;
+	const double *le = stats_hist_bounds(STAT_HIST_ACCEPT, &n);
+	char want[200], *m;
+
+	assert_non_null(stats);
+	stats_observe(stats, "demo", STAT_HIST_ACCEPT, 0.0004);
+	stats_observe(stats, "demo", STAT_HIST_ACCEPT, 0.003);
+	stats_observe(stats, "demo", STAT_HIST_ACCEPT, 1000);
+	rows[0].hist[STAT_HIST_ACCEPT] = *stats_hist_tenant(stats, "demo", STAT_HIST_ACCEPT);
+	rows[0].quota_bytes = 8192;
+	rows[0].quota_used = 0.5;
+	rows[0].probes_ok = 4;
+	rows[0].probes_failed = 7;
+	m = render_metrics(st);
+	assert_non_null(strstr(m, "# TYPE mxspool_accept_latency_seconds histogram\n"
+	    "mxspool_accept_latency_seconds_bucket{tenant=\"demo\",le=\"0.0005\"} 1\n"
+	    "mxspool_accept_latency_seconds_bucket{tenant=\"demo\",le=\"0.001\"} 1\n"
+	    "mxspool_accept_latency_seconds_bucket{tenant=\"demo\",le=\"0.0025\"} 1\n"
+	    "mxspool_accept_latency_seconds_bucket{tenant=\"demo\",le=\"0.005\"} 2\n"));
+	snprintf(want, sizeof(want), "mxspool_accept_latency_seconds_bucket"
+	    "{tenant=\"demo\",le=\"%g\"} 2\n"
+	    "mxspool_accept_latency_seconds_bucket{tenant=\"demo\",le=\"+Inf\"} 3\n"
+	    "mxspool_accept_latency_seconds_sum{tenant=\"demo\"} ", le[n - 1]);
+	assert_non_null(strstr(m, want));
+	assert_non_null(strstr(m, "mxspool_accept_latency_seconds_count{tenant=\"demo\"} 3\n"));
+	/* n bounds + Inf per tenant, two tenants */
+	assert_int_equal(count_lines(m, "mxspool_accept_latency_seconds_bucket{"), 2 * (n + 1));
+	assert_non_null(strstr(m, "mxspool_delivery_latency_seconds_count{tenant=\"other\"} 0\n"));
+	assert_non_null(strstr(m, "# TYPE mxspool_queue_delay_seconds histogram\n"));
+	assert_non_null(strstr(m, "mxspool_quota_bytes{tenant=\"demo\"} 8192\n"));
+	assert_non_null(strstr(m, "mxspool_quota_used_ratio{tenant=\"demo\"} 0.5\n"));
+	assert_non_null(strstr(m, "# TYPE mxspool_probes_total counter\n"
+	    "mxspool_probes_total{tenant=\"demo\",result=\"ok\"} 4\n"
+	    "mxspool_probes_total{tenant=\"demo\",result=\"failed\"} 7\n"));
+	free(m);
+	stats_free(stats);
+}
+
 /* With no tenant the families are still announced, with no sample. */
 static void
 test_metrics_no_tenants(void **state)
@@ -446,7 +492,8 @@ test_metrics_no_tenants(void **state)
 
 	st->ntenants = 0;
 	m = render_metrics(st);
-	assert_int_equal(count_lines(m, "# HELP "), 15);  /* 12 per tenant, 3 relay */
+	/* 15 per tenant, 3 relay, the probe counter, 3 histograms */
+	assert_int_equal(count_lines(m, "# HELP "), 22);
 	assert_int_equal(count_lines(m, "mxspool_queue_messages"), 0);
 	free(m);
 }
@@ -825,6 +872,8 @@ main(void)
 		    teardown_status),
 		cmocka_unit_test_setup_teardown(test_metrics_no_tenants, setup_status,
 		    teardown_status),
+		cmocka_unit_test_setup_teardown(test_metrics_histograms_quota_probes,
+		    setup_status, teardown_status),
 		cmocka_unit_test(test_queue_text_and_json),
 		cmocka_unit_test(test_queue_truncated),
 		cmocka_unit_test(test_show_text),

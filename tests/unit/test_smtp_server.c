@@ -74,10 +74,11 @@ struct client {
 };
 
 static void
-on_accepted(void *arg, const char *tenant)
+on_accepted(void *arg, const char *tenant, double latency_s)
 {
 	struct rec *r = arg;
 
+	assert_true(latency_s >= 0 && latency_s < 60);
 	r->accepted++;
 	snprintf(r->accepted_tenant, sizeof(r->accepted_tenant), "%s", tenant);
 }

@@ -78,6 +78,58 @@ test_tenant_names_are_bounded(void **state)
 	stats_free(st);
 }
 
+/* An observation lands in the first bucket whose bound it does not exceed
+ * (le is inclusive, as Prometheus defines it); above every bound it counts
+ * only in count and sum (+Inf).  Tenant and total histograms agree. */
+static void
+test_histogram_buckets(void **state)
+{
+	struct stats *st = stats_new();
+	const struct stats_hist *h, *tot;
+	const double *le;
+	size_t n;
+
+	(void)state;
+	le = stats_hist_bounds(STAT_HIST_ACCEPT, &n);
+	assert_true(n > 4 && n <= STATS_HIST_BUCKETS_MAX);
+	for (size_t i = 1; i < n; i++)
+		assert_true(le[i] > le[i - 1]);
+	assert_null(stats_hist_tenant(st, "a", STAT_HIST_ACCEPT));
+	stats_observe(st, "a", STAT_HIST_ACCEPT, le[0]);          /* on the bound */
+	stats_observe(st, "a", STAT_HIST_ACCEPT, le[0] * 1.5);    /* between 0 and 1 */
+	stats_observe(st, "a", STAT_HIST_ACCEPT, le[n - 1] * 2);  /* +Inf only */
+	stats_observe(st, "b", STAT_HIST_ACCEPT, -1);             /* clamped to 0 */
+	h = stats_hist_tenant(st, "a", STAT_HIST_ACCEPT);
+	assert_non_null(h);
+	assert_int_equal(h->bucket[0], 1);
+	assert_int_equal(h->bucket[1], 1);
+	for (size_t i = 2; i < n; i++)
+		assert_int_equal(h->bucket[i], 0);
+	assert_int_equal(h->count, 3);
+	assert_true(h->sum > le[n - 1] * 2 && h->sum < le[n - 1] * 2 + 1);
+	tot = stats_hist_total(st, STAT_HIST_ACCEPT);
+	assert_int_equal(tot->count, 4);
+	assert_int_equal(tot->bucket[0], 2);    /* a's and b's clamped 0 */
+	/* Other histograms are untouched. */
+	assert_int_equal(stats_hist_total(st, STAT_HIST_DELIVERY)->count, 0);
+	assert_int_equal(stats_hist_tenant(st, "a", STAT_HIST_DELIVERY)->count, 0);
+	/* The queue delay reaches days. */
+	le = stats_hist_bounds(STAT_HIST_QUEUE_DELAY, &n);
+	assert_true(le[n - 1] >= 86400);
+	stats_observe(st, "a", STAT_HIST_QUEUE_DELAY, 2 * 3600);
+	h = stats_hist_tenant(st, "a", STAT_HIST_QUEUE_DELAY);
+	assert_int_equal(h->count, 1);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(h->bucket[i], le[i] >= 2 * 3600 &&
+		    (i == 0 || le[i - 1] < 2 * 3600));
+	/* Bad arguments are ignored. */
+	stats_observe(NULL, "a", STAT_HIST_ACCEPT, 1);
+	stats_observe(st, "a", STAT_HIST__COUNT, 1);
+	assert_null(stats_hist_total(st, STAT_HIST__COUNT));
+	assert_null(stats_hist_tenant(st, NULL, STAT_HIST_ACCEPT));
+	stats_free(st);
+}
+
 int
 main(void)
 {
@@ -85,6 +137,7 @@ main(void)
 		cmocka_unit_test(test_counts_per_tenant_and_total),
 		cmocka_unit_test(test_null_and_bad_arguments),
 		cmocka_unit_test(test_tenant_names_are_bounded),
+		cmocka_unit_test(test_histogram_buckets),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
