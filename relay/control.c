@@ -44,6 +44,7 @@
 #include "mxspool/util.h"
 
 #include "control_internal.h"
+#include "control_proto.h"
 #include "control_watch.h"
 
 #define CONTROL_HTTP_MAX 8192
@@ -326,7 +327,7 @@ struct control_req {
 	struct relay *relay;
 	struct control_client *client; /* NULL in unit tests: no async commands */
 	int argc;
-	char *argv[32];
+	char *argv[CONTROL_PROTO_ARGV_MAX];
 	bool json;
 	struct control_buf *out;
 };
@@ -718,27 +719,26 @@ control_run(struct relay *r, struct control_client *cl, char *line,
     struct control_buf *out)
 {
 	struct control_req q;
-	char *save = NULL, *tok;
+	struct control_request words;
+	int rc;
 
 	memset(&q, 0, sizeof(q));
 	q.relay = r;
 	q.client = cl;
 	q.out = out;
-	for (tok = strtok_r(line, " \t\r\n", &save); tok; tok = strtok_r(NULL, " \t\r\n", &save)) {
-		if (strcmp(tok, "--json") == 0) {
-			q.json = true;
-			continue;
-		}
-		if (q.argc == (int)(sizeof(q.argv) / sizeof(q.argv[0]))) {
-			control_error(&q, "too many arguments");
-			return 0;
-		}
-		q.argv[q.argc++] = tok;
+	/* The words are parsed in control_proto.c (fuzzed on its own). */
+	rc = control_proto_split(line, &words);
+	if (rc == CONTROL_PROTO_TOO_MANY) {
+		control_error(&q, "too many arguments");
+		return 0;
 	}
-	if (q.argc == 0) {
+	if (rc == CONTROL_PROTO_EMPTY) {
 		control_error(&q, "empty command");
 		return 0;
 	}
+	q.json = words.json;
+	q.argc = words.argc;
+	memcpy(q.argv, words.argv, sizeof(q.argv));
 	for (size_t i = 0; i < sizeof(control_cmds) / sizeof(control_cmds[0]); i++) {
 		const struct control_cmd *c = &control_cmds[i];
 
@@ -1257,13 +1257,17 @@ control_http_answer(struct control_client *cl)
 	struct control_buf body = { 0 };
 	const char *status = "200 OK";
 
-	if (strncmp(cl->req, "GET /metrics ", 13) == 0 || strncmp(cl->req, "GET /metrics?", 13) == 0) {
+	switch (control_proto_http_route(cl->req, cl->len)) {
+	case CONTROL_HTTP_METRICS:
 		control_metrics(cl->ctl->relay, &body);
-	} else if (strncmp(cl->req, "GET / ", 6) == 0) {
+		break;
+	case CONTROL_HTTP_INDEX:
 		control_buf_printf(&body, "mxspoold %s: metrics at /metrics\n", PACKAGE_VERSION);
-	} else {
+		break;
+	case CONTROL_HTTP_NOT_FOUND:
 		status = "404 Not Found";
 		control_buf_printf(&body, "not found\n");
+		break;
 	}
 	control_buf_printf(&cl->out, "HTTP/1.0 %s\r\nContent-Type: text/plain; version=0.0.4\r\n"
 	    "Content-Length: %zu\r\nConnection: close\r\n\r\n", status, body.len);
@@ -1286,7 +1290,7 @@ control_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
 	struct control_client *cl = s->data;
 	size_t cap = cl->is_http ? CONTROL_HTTP_MAX : CONTROL_REQUEST_MAX;
-	char *nl;
+	long line;
 
 	if (n < 0) {
 		control_client_close(cl);
@@ -1295,12 +1299,12 @@ control_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	cl->len += (size_t)n;
 	cl->req[cl->len] = '\0';
 	if (cl->is_http) {
-		if (strstr(cl->req, "\r\n\r\n") || strstr(cl->req, "\n\n")) {
+		if (control_proto_http_complete(cl->req, cl->len)) {
 			control_http_answer(cl);
 			return;
 		}
-	} else if ((nl = memchr(cl->req, '\n', cl->len)) != NULL) {
-		*nl = '\0';
+	} else if ((line = control_proto_line(cl->req, cl->len)) >= 0) {
+		cl->req[line] = '\0';
 		if (control_run(cl->ctl->relay, cl, cl->req, &cl->out) == 0)
 			control_send(cl);
 		return;
