@@ -82,9 +82,10 @@ def test_histograms_count_what_happened(daemon_factory, primary):
                   tenant="demo", le="+Inf") == 4
     assert sample(body, "mxspool_probes_total", tenant="demo", result="ok") >= 1
     assert sample(body, "mxspool_probes_total", tenant="demo", result="failed") == 0
-    # The primary stops answering: the next probes count as failed.
+    # The primary stops answering: the next delivery marks it down, and the
+    # probes that follow count as failed.
     primary.refuse()
-    d.ctl("flush", "demo")
+    send(d, 1)
     wait_until(lambda: (sample(d.metrics(), "mxspool_probes_total", tenant="demo",
                                result="failed") or 0) >= 1, scaled(15), what="a failed probe")
 
@@ -93,14 +94,20 @@ def test_quota_use(daemon_factory, primary):
     # mxspool_quota_used_ratio is the fuller of bytes and messages against
     # the quota; the limits themselves are exported (0 = none).
     primary.refuse()
-    d = daemon_factory(tenants={"demo": tenant(primary, quota_messages=8),
+    d = daemon_factory(tenants={"demo": tenant(primary, quota_messages=8, quota="1G"),
                                 "free": dict(tenant(primary), domains=["free.test"])})
     send(d, 2)
     body = d.metrics()
     assert sample(body, "mxspool_quota_messages", tenant="demo") == 8
-    assert sample(body, "mxspool_quota_bytes", tenant="demo") == 0
+    assert sample(body, "mxspool_quota_bytes", tenant="demo") == 1 << 30
+    # 2 of 8 messages is fuller than a few hundred bytes of 1 GiB.
     assert sample(body, "mxspool_quota_used_ratio", tenant="demo") == pytest.approx(0.25)
+    # "free" has the default byte quota and nothing queued.
+    assert sample(body, "mxspool_quota_bytes", tenant="free") > 0
     assert sample(body, "mxspool_quota_used_ratio", tenant="free") == 0
+    send(d, 2, to="user@free.test")
+    ratio = sample(d.metrics(), "mxspool_quota_used_ratio", tenant="free")
+    assert 0 < ratio < 0.001
 
 
 @needs_promtool
