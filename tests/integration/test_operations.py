@@ -207,12 +207,23 @@ def test_readonly_any_lets_everybody_look_but_not_touch(daemon_factory, primary,
     r = ctl_as(NOBODY, NOBODY, public_dir, sock, "status", "--json")
     assert r.returncode == 0, r.stderr
     assert "tenants" in r.stdout
-    for args in (("hold", "demo"), ("reload",), ("flush",), ("set", "demo", "drain_rate=5")):
+    assert d.ctl("hold", "demo").returncode == 0      # root queues something to touch
+    import smtplib
+    s = smtplib.SMTP("127.0.0.1", d.smtp_port, timeout=mxtest.scaled(20))
+    s.sendmail("a@client.test", ["user@example.test"], "Subject: x\r\n\r\nx\r\n")
+    s.quit()
+    qid = d.wait_log("accept")[0]["qid"]
+    for args in (("hold", "demo"), ("release", "demo"), ("reload",), ("flush",),
+                 ("set", "demo", "drain_rate=5"), ("delete", qid), ("bounce", qid),
+                 ("delete", "--tenant", "demo"), ("requeue",)):
         r = ctl_as(NOBODY, NOBODY, public_dir, sock, *args)
         assert r.returncode == 77, (args, r.returncode, r.stderr)
         assert "permission denied" in r.stderr, r.stderr
-    assert d.tenant_status("demo")["held"] is False
+    assert d.tenant_status("demo")["held"] is True    # release was refused too
     d.wait_log("control", command="hold", result="denied")
+    # Nothing the refused peer asked for happened: the message is still there.
+    r = ctl_as(NOBODY, NOBODY, public_dir, sock, "show", qid)
+    assert r.returncode == 0 and qid in r.stdout, (r.returncode, r.stderr)
 
 
 def test_control_group_members_may_act(daemon_factory, primary, public_dir):
