@@ -126,6 +126,7 @@ enum key_kind {
 	KIND_ADDRESS,       /* char *, local@domain; empty: NULL */
 	KIND_GROUP,         /* char *, a group name; empty: NULL */
 	KIND_READONLY,      /* bool: "group" or "any" */
+	KIND_CIPHERS,       /* char *, an OpenSSL cipher list; empty: NULL */
 };
 
 /*
@@ -183,6 +184,11 @@ static const struct key tls_keys[] = {
 	{ "key", KIND_FILE, S(tls_key), 0, 0, 0, 0, 0 },
 	{ "outbound", KIND_TLS_OUTBOUND, S(tls_outbound), 0, 0, 0, 0, 0 },
 	{ "ca_file", KIND_FILE, S(tls_ca_file), 0, 0, 0, 0, 0 },
+	/* Checked by OpenSSL when the server context is made (start and
+	 * reload, which refuses a list it cannot use); empty: tls.c's
+	 * defaults. */
+	{ "ciphers", KIND_CIPHERS, S(tls_ciphers), 0, 0, 0, 0, 0 },
+	{ "ciphersuites", KIND_CIPHERS, S(tls_ciphersuites), 0, 0, 0, 0, 0 },
 };
 
 static const struct key tenant_keys[] = {
@@ -545,6 +551,21 @@ set_user(const struct key *k, void *base, const char *v, char *msg, size_t len)
 	return 0;
 }
 
+/* An OpenSSL cipher list or TLS 1.3 suite list: what OpenSSL accepts is
+ * its business (tls.c), but stray spaces or quotes are caught here, with a
+ * line number. */
+static int
+set_ciphers(const struct key *k, void *base, const char *v, char *msg,
+    size_t len)
+{
+	for (const char *p = v; *p != '\0'; p++)
+		if (!ch_alnum((unsigned char)*p) && strchr(":+-!@=_.,", *p) == NULL)
+			return value_msg(msg, len, k, v, "is not an OpenSSL cipher "
+			    "list (names joined by ':', e.g. ECDHE+AESGCM:ECDHE+CHACHA20)");
+	set_string(base, k, v);
+	return 0;
+}
+
 /* A group name as useradd(8) takes them; whether it exists is checked when
  * the daemon binds the socket (a config may be checked on another host). */
 static int
@@ -725,6 +746,7 @@ key_set_value(const struct key *k, void *base, const char *v, char *msg,
 	case KIND_ADDRESS: return set_address(k, base, v, msg, len);
 	case KIND_GROUP: return set_group(k, base, v, msg, len);
 	case KIND_READONLY: return set_readonly(k, base, v, msg, len);
+	case KIND_CIPHERS: return set_ciphers(k, base, v, msg, len);
 	default:
 		snprintf(msg, len, "%s: internal error", k->name);
 		return -1;
@@ -1787,6 +1809,8 @@ config_free(struct config *cfg)
 	free(cfg->tls_cert);
 	free(cfg->tls_key);
 	free(cfg->tls_ca_file);
+	free(cfg->tls_ciphers);
+	free(cfg->tls_ciphersuites);
 	for (size_t i = 0; i < cfg->ntenants; i++)
 		tenant_free(&cfg->tenants[i]);
 	free(cfg->tenants);

@@ -103,6 +103,13 @@ relay_tls_server_new(const struct config *cfg, struct tls_ctx **out,
 		snprintf(err, errlen, "%s:0: [tls] cert/key: %s", cfg->path, why);
 		return -1;
 	}
+	if (tls_ctx_set_ciphers(*out, cfg->tls_ciphers, cfg->tls_ciphersuites,
+	    why, sizeof(why)) != TLS_OK) {
+		tls_ctx_free(*out);
+		*out = NULL;
+		snprintf(err, errlen, "%s:0: [tls] %s", cfg->path, why);
+		return -1;
+	}
 	return 0;
 }
 

@@ -68,6 +68,8 @@ static const struct {
 	  "550 5.5.2 Error: bare <CR> received in message data" },
 	{ SMTP_PROTO_EDATA_LINE, "data_line_too_long",
 	  "554 5.6.0 Error: message text line too long" },
+	{ SMTP_PROTO_EDATA_NUL, "data_nul",
+	  "554 5.6.0 Error: NUL character in message data (BINARYMIME is not offered)" },
 	{ SMTP_PROTO_EREPLY, "bad_reply", NULL },
 	{ SMTP_PROTO_ENOSPC, "no_space", NULL },
 	{ SMTP_PROTO_EINVAL, "invalid", NULL },
@@ -1038,8 +1040,10 @@ smtp_proto_parse_mail_params(const char *s, size_t len,
 				return SMTP_PROTO_EPARAMVAL;
 			break;
 		case SEEN_ENVID:
+			/* RFC 3461 4.4: the decoded ENVID is printable
+			 * US-ASCII; "+00" or "+0D" is refused as Postfix does. */
 			if (p.val_len == 0 || p.val_len > SMTP_PROTO_ENVID_MAX ||
-			    !smtp_proto_xtext_valid(p.val, p.val_len))
+			    !smtp_proto_xtext_printable(p.val, p.val_len))
 				return SMTP_PROTO_EPARAMVAL;
 			memcpy(out->envid, p.val, p.val_len);
 			out->envid[p.val_len] = '\0';
@@ -1096,6 +1100,9 @@ parse_notify(const char *v, size_t len, unsigned *out)
 /*
  * ORCPT=addr-type ";" xtext (RFC 3461 4.2).  With SMTPUTF8 the value may be
  * utf-8-addr-xtext or unitext (RFC 6533), so UTF-8 octets pass through.
+ * A "+HH" must decode to printable US-ASCII (4.2: "MUST consist entirely of
+ * printable (graphic and white space) characters"): a control character
+ * would reach the primary and our DSNs.
  */
 static bool
 valid_orcpt(const char *v, size_t len, bool utf8)
@@ -1120,7 +1127,7 @@ valid_orcpt(const char *v, size_t len, bool utf8)
 			if (!utf8)
 				return false;
 		} else if (c == '+') {
-			if (!smtp_proto_xtext_valid(v + k, len - k < 3 ? len - k : 3))
+			if (!smtp_proto_xtext_printable(v + k, len - k < 3 ? len - k : 3))
 				return false;
 			k += 2;
 		} else if (c < 33 || c > 126 || c == '=')
@@ -1315,6 +1322,8 @@ smtp_proto_data_push(struct smtp_data_decoder *d, const char *in,
 			d->state = DATA_TEXT;
 			if (c == '\n')
 				data_fail(d, SMTP_PROTO_EDATA_BARELF);
+			else if (c == '\0')
+				data_fail(d, SMTP_PROTO_EDATA_NUL);
 			d->line_len++;
 		}
 		if (d->line_len > d->max_line - 2)
@@ -1368,6 +1377,25 @@ smtp_proto_xtext_valid(const char *s, size_t len)
 			i += 2;
 		} else if (c < 33 || c > 126 || c == '=')
 			return false;
+	}
+	return true;
+}
+
+bool
+smtp_proto_xtext_printable(const char *s, size_t len)
+{
+	if (!smtp_proto_xtext_valid(s, len))
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		int c;
+
+		if (s[i] != '+')
+			continue;
+		c = hexval((unsigned char)s[i + 1]) << 4 | hexval((unsigned char)s[i + 2]);
+		/* Printable means graphic or space (RFC 3461 4): 0x20..0x7E. */
+		if (c < 0x20 || c > 0x7e)
+			return false;
+		i += 2;
 	}
 	return true;
 }

@@ -3,7 +3,7 @@
  * the journal's answer.
  *
  * DATA text is decoded in place by smtp_proto's DATA decoder and BDAT chunks
- * are checked for bare CR/LF; both go straight from the session's input
+ * are checked for bare CR/LF and NUL; both go straight from the session's input
  * buffer into the spool transaction, after our Received: header.  A data
  * error (too big, bad line, spool failure) stops the writing but not the
  * reading: the reply comes at the end of the data, as RFC 5321 wants.
@@ -439,7 +439,9 @@ smtp_tx_process_bdat(struct smtp_session *sess)
 		n = (size_t)tx->chunk_left;
 	if (!tx->chunk_discard) {
 		/* BDAT has no end marker to smuggle, but the primary will get the
-		 * message through DATA: bare CR and LF must not pass this way. */
+		 * message through DATA: bare CR and LF must not pass this way, nor
+		 * NUL (without BINARYMIME a BDAT body is text, RFC 3030 3).  The
+		 * refusal comes with the LAST chunk, as for DATA. */
 		for (size_t i = 0; i < n && tx->error == 0; i++) {
 			char c = sess->in[i], prev = i ? sess->in[i - 1] : tx->bdat_prev;
 
@@ -447,6 +449,8 @@ smtp_tx_process_bdat(struct smtp_session *sess)
 				tx->error = SMTP_PROTO_EDATA_BARELF;
 			else if (prev == '\r' && c != '\n')
 				tx->error = SMTP_PROTO_EDATA_BARECR;
+			else if (c == '\0')
+				tx->error = SMTP_PROTO_EDATA_NUL;
 		}
 		if (n > 0)
 			tx->bdat_prev = sess->in[n - 1];

@@ -34,13 +34,24 @@
 #include <openssl/x509v3.h>
 
 /*
- * Forward-secret suites only for TLS 1.2 (TLS 1.3 suites are all fine and
- * are configured separately by OpenSSL).  CBC stays as the last resort for
- * older peers, because for mail the alternative is plaintext.
+ * The inbound defaults are Mozilla's "intermediate" profile (v5.7): on TLS
+ * 1.2 forward-secret AEAD suites only (AES-GCM and ChaCha20-Poly1305 with
+ * ECDHE or DHE), on TLS 1.3 its three standard suites.  CBC suites are left
+ * out although some old senders know nothing else: they are the LUCKY13
+ * family that testssl.sh flags, and every MTA of the last decade speaks
+ * TLS 1.2 with GCM.  A site that must take such senders sets [tls]
+ * ciphers; an old sender that cannot negotiate falls back to plaintext
+ * SMTP, which a backup MX accepts anyway.
  */
-#define TLS_SERVER_CIPHERS \
-	"ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:" \
-	"ECDHE+AES:DHE+AES:!aNULL:!eNULL:!MD5:!DSS:!RC4:!3DES:!PSK:!SRP"
+const char tls_default_ciphers[] =
+	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+	"DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:"
+	"DHE-RSA-CHACHA20-POLY1305";
+const char tls_default_ciphersuites[] =
+	"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+	"TLS_CHACHA20_POLY1305_SHA256";
 
 #define TLS_ERR_MAX 256
 
@@ -142,6 +153,45 @@ tls_ctx_common(SSL_CTX *c, char *err, size_t errlen)
 	return TLS_OK;
 }
 
+/*
+ * Set the TLS 1.2 cipher list and the TLS 1.3 suites of C (NULL or "":
+ * the defaults above).  OpenSSL takes a list when at least one of its
+ * entries is known, so a list that leaves nothing usable on TLS 1.2 is
+ * the error to catch, and SSL_CTX_set_ciphersuites refuses unknown names.
+ */
+static int
+tls_ctx_apply_ciphers(SSL_CTX *c, const char *ciphers,
+    const char *ciphersuites, char *err, size_t errlen)
+{
+	if (ciphers == NULL || ciphers[0] == '\0')
+		ciphers = tls_default_ciphers;
+	if (ciphersuites == NULL || ciphersuites[0] == '\0')
+		ciphersuites = tls_default_ciphersuites;
+	ERR_clear_error();
+	if (SSL_CTX_set_cipher_list(c, ciphers) != 1) {
+		tls_format_error(err, errlen, "ciphers: no usable cipher in the list");
+		return TLS_ERROR;
+	}
+	if (SSL_CTX_set_ciphersuites(c, ciphersuites) != 1) {
+		tls_format_error(err, errlen, "ciphersuites: not a list of TLS 1.3 suites");
+		return TLS_ERROR;
+	}
+	return TLS_OK;
+}
+
+int
+tls_ctx_set_ciphers(struct tls_ctx *ctx, const char *ciphers,
+    const char *ciphersuites, char *err, size_t errlen)
+{
+	tls_set_err(err, errlen, "");
+	if (ctx == NULL || !ctx->is_server) {
+		tls_set_err(err, errlen, "cipher lists are for a server context");
+		return TLS_EINVAL;
+	}
+	return tls_ctx_apply_ciphers(ctx->ssl_ctx, ciphers, ciphersuites, err,
+	    errlen);
+}
+
 int
 tls_server_ctx_new(const char *cert_file, const char *key_file,
     struct tls_ctx **out, char *err, size_t errlen)
@@ -172,10 +222,9 @@ tls_server_ctx_new(const char *cert_file, const char *key_file,
 	/* Client-initiated renegotiation is already off by default in 3.0
 	 * (SSL_OP_ALLOW_CLIENT_RENEGOTIATION is not set). */
 	SSL_CTX_set_options(c, SSL_OP_CIPHER_SERVER_PREFERENCE);
-	if (SSL_CTX_set_cipher_list(c, TLS_SERVER_CIPHERS) != 1) {
-		tls_format_error(err, errlen, "cannot set cipher list");
+	if ((rc = tls_ctx_apply_ciphers(c, NULL, NULL, err, errlen)) != TLS_OK)
 		goto done;
-	}
+	rc = TLS_ERROR;
 	/* DHE suites need parameters; let OpenSSL size them to the key. */
 	if (SSL_CTX_set_dh_auto(c, 1) != 1) {
 		tls_format_error(err, errlen, "cannot enable DH parameters");

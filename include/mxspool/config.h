@@ -103,6 +103,8 @@ struct config {
 	char *tls_cert;               /* NULL unless configured */
 	char *tls_key;
 	char *tls_ca_file;
+	char *tls_ciphers;            /* inbound TLS 1.2 list, NULL: tls.c default */
+	char *tls_ciphersuites;       /* inbound TLS 1.3 suites, NULL: default */
 	enum config_tls_outbound tls_outbound;
 
 	struct config_tenant *tenants;

@@ -68,6 +68,7 @@ enum smtp_proto_status {
 	SMTP_PROTO_EDATA_BARELF = -15, /* 550 5.5.2 Error: bare <LF> received in message data */
 	SMTP_PROTO_EDATA_BARECR = -16, /* 550 5.5.2 Error: bare <CR> received in message data */
 	SMTP_PROTO_EDATA_LINE = -17,   /* 554 5.6.0 Error: message text line too long */
+	SMTP_PROTO_EDATA_NUL = -21,    /* 554 5.6.0 Error: NUL character in message data */
 
 	/* Caller or peer faults that are not a client's command. */
 	SMTP_PROTO_EREPLY = -18,       /* remote server's reply is malformed */
@@ -305,9 +306,12 @@ int smtp_proto_parse_rcpt(const struct smtp_cmd *cmd, bool smtputf8,
  * <CR><LF>.<CR><LF> (the first line counts as preceded by <CR><LF>).  The
  * <CR><LF> before the final dot belongs to the message.
  *
- * A bare LF, a CR not followed by LF, or a text line longer than the limit
- * is an error.  Other octets, NUL and 8-bit ones included, pass unchanged
- * (8BITMIME content is not this decoder's business).  Such octets never end a line, so "\n.\n", "\r.\r",
+ * A bare LF, a CR not followed by LF, a NUL, or a text line longer than the
+ * limit is an error.  NUL is refused because DATA carries text (7bit or
+ * 8BITMIME; we offer no BINARYMIME) and a primary that drops NULs could
+ * read a line "\0." as the end of the data.  Other octets, 8-bit ones
+ * included, pass unchanged (8BITMIME content is not this decoder's
+ * business).  Such octets never end a line, so "\n.\n", "\r.\r",
  * "\n.\r\n" or "\r\n.\n" can neither end nor split a message.
  *
  * Error policy (chosen): after the first error the decoder stops producing
@@ -335,7 +339,7 @@ void smtp_proto_data_init(struct smtp_data_decoder *d, size_t max_line);
  * IN used.
  * Returns SMTP_PROTO_AGAIN while the end has not been seen (then *CONSUMED
  * == INLEN).  Once the end-of-data line is consumed it returns SMTP_PROTO_OK,
- * or the first error (SMTP_PROTO_EDATA_BARELF, _BARECR, _LINE), and
+ * or the first error (SMTP_PROTO_EDATA_BARELF, _BARECR, _NUL, _LINE), and
  * *CONSUMED stops right after the final <CR><LF>: the rest of IN is the
  * client's next (pipelined) commands.  Calls after the end return the same
  * result and consume nothing.
@@ -380,6 +384,10 @@ bool smtp_proto_received_done(const struct smtp_received_counter *rc);
 /* True if S[0..LEN) is xtext: "!".."~" except "+" and "=", or "+" and two
  * upper-case hex digits. */
 bool smtp_proto_xtext_valid(const char *s, size_t len);
+/* True if S[0..LEN) is xtext whose every "+HH" decodes to printable
+ * US-ASCII, space included (0x20..0x7E), as RFC 3461 4 requires of ENVID
+ * and ORCPT values; the MAIL and RCPT parsers refuse anything else. */
+bool smtp_proto_xtext_printable(const char *s, size_t len);
 /*
  * Encode IN[0..INLEN) as xtext into OUT (OUTSZ octets, NUL-terminated);
  * *OUTLEN gets the length.  SMTP_PROTO_OK or SMTP_PROTO_ENOSPC.

@@ -63,14 +63,33 @@ enum tls_client_mode {
 };
 
 /*
- * Server context for inbound STARTTLS: TLS 1.2 or newer, forward-secret
- * AEAD/CBC suites, no compression, no renegotiation.  cert_file is a PEM
+ * Server context for inbound STARTTLS: TLS 1.2 or newer, the default
+ * cipher lists below (forward-secret AEAD suites only), no compression, no
+ * renegotiation.  cert_file is a PEM
  * chain (leaf first), key_file a PEM private key matching it.
  * Returns TLS_OK and *out, or TLS_ERROR/TLS_ENOMEM with a reason in err
  * (always NUL-terminated when errlen > 0).  Free with tls_ctx_free().
  */
 int tls_server_ctx_new(const char *cert_file, const char *key_file,
     struct tls_ctx **out, char *err, size_t errlen);
+
+/*
+ * The defaults of [tls] ciphers (TLS 1.2, an OpenSSL cipher list) and
+ * ciphersuites (TLS 1.3): Mozilla's "intermediate" profile, AEAD only.
+ */
+extern const char tls_default_ciphers[];
+extern const char tls_default_ciphersuites[];
+
+/*
+ * Replace the TLS 1.2 cipher list and the TLS 1.3 suites of a server
+ * context, before any conn is made from it; NULL or "" keeps the default
+ * of that list.  TLS_OK; TLS_ERROR with a reason in err when OpenSSL finds
+ * no usable cipher in CIPHERS or an unknown suite in CIPHERSUITES (the
+ * context is then unchanged only in the list that failed: throw it away);
+ * TLS_EINVAL for a client context.
+ */
+int tls_ctx_set_ciphers(struct tls_ctx *ctx, const char *ciphers,
+    const char *ciphersuites, char *err, size_t errlen);
 
 /*
  * Client context for outbound STARTTLS.  ca_file (PEM, may be NULL = the

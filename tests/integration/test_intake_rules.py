@@ -22,6 +22,7 @@ from mxtest import scaled
 
 IO_TIMEOUT = scaled(10)
 QID_RE = re.compile(r"^250 2\.0\.0 Ok: queued as ([0-9A-F]{16})$")
+NUL_REPLY = "554 5.6.0 Error: NUL character in message data (BINARYMIME is not offered)"
 HELP_NO_TLS = ("214 2.0.0 See RFC 5321; commands: HELO EHLO MAIL RCPT DATA "
                "BDAT RSET NOOP QUIT VRFY HELP ETRN")
 
@@ -190,9 +191,14 @@ def test_postmaster_accepted_and_rewritten(daemon_factory, configured, want):
     (b"bare\rCR\r\n", "550 5.5.2 Error: bare <CR> received in message data"),
     (b"smuggle\n.\nMAIL FROM:<evil@client.test>\r\n",
      "550 5.5.2 Error: bare <LF> received in message data"),
-], ids=["bare-lf", "bare-cr", "lf-dot-lf"])
+    # Issue 14: NUL is refused too (no BINARYMIME), wherever it stands;
+    # what follows "\0." is text, never a command.
+    (b"one\x00two\r\n", NUL_REPLY),
+    (b"\x00.\r\nMAIL FROM:<evil@client.test>\r\n", NUL_REPLY),
+    (b"ok\r\n.\x00\r\n", NUL_REPLY),
+], ids=["bare-lf", "bare-cr", "lf-dot-lf", "nul", "nul-dot", "dot-nul"])
 def test_bare_newline_in_data_answered_at_end(daemon_factory, body, reply):
-    """A bare LF or CR in DATA is answered at the true end of the message
+    """A bare LF or CR (or a NUL) in DATA is answered at the true end of the message
     (<CR><LF>.<CR><LF>; a "\\n.\\n" does not end it, and what follows it is
     message text, never a command) with 550 5.5.2; nothing is queued and the
     session goes on: the next message is queued."""

@@ -615,7 +615,8 @@ test_unknown_section_and_key(void **state)
 	expect_fail(SERVER TENANT "drain_rat = 5\n", 5,
 	    "unknown key \"drain_rat\" in [tenant:a]; did you mean \"drain_rate\"?");
 	expect_fail(SERVER "[tls]\nfoo = bar\n", 4,
-	    "unknown key \"foo\" in [tls] (allowed: cert, key, outbound, ca_file)");
+	    "unknown key \"foo\" in [tls] (allowed: cert, key, outbound, ca_file, "
+	    "ciphers, ciphersuites)");
 	expect_fail("spool_dir = /x\n" SERVER TENANT, 1, "outside any section");
 	expect_fail(SERVER "= value\n" TENANT, 3, "missing key name");
 }
@@ -1383,6 +1384,32 @@ test_control_access_keys(void **state)
 	expect_fail(SERVER "control_readonly = some\n" TENANT, 3, "must be group");
 }
 
+/* [tls] ciphers and ciphersuites: unset (NULL: tls.c's AEAD defaults), a
+ * list is kept as written, spaces or quotes are refused with the line. */
+static void
+test_tls_cipher_keys(void **state)
+{
+	struct config *cfg;
+
+	(void)state;
+	cfg = load_ok(SERVER TENANT);
+	assert_null(cfg->tls_ciphers);
+	assert_null(cfg->tls_ciphersuites);
+	config_free(cfg);
+	cfg = load_ok(SERVER "[tls]\nciphers = ECDHE+AESGCM:!aNULL:@SECLEVEL=2\n"
+	    "ciphersuites = TLS_AES_256_GCM_SHA384\n" TENANT);
+	assert_string_equal(cfg->tls_ciphers, "ECDHE+AESGCM:!aNULL:@SECLEVEL=2");
+	assert_string_equal(cfg->tls_ciphersuites, "TLS_AES_256_GCM_SHA384");
+	config_free(cfg);
+	cfg = load_ok(SERVER "[tls]\nciphers =\n" TENANT);
+	assert_null(cfg->tls_ciphers);
+	config_free(cfg);
+	expect_fail(SERVER "[tls]\nciphers = ECDHE AESGCM\n" TENANT, 4,
+	    "not an OpenSSL cipher list");
+	expect_fail(SERVER "[tls]\nciphersuites = \"TLS_AES_128_GCM_SHA256\"\n"
+	    TENANT, 4, "not an OpenSSL cipher list");
+}
+
 /* client_limit_exempt: loopback by default; a list replaces it; empty
  * exempts nobody. */
 static void
@@ -1439,6 +1466,7 @@ main(void)
 		cmocka_unit_test(test_max_received_and_postmaster),
 		cmocka_unit_test(test_control_access_keys),
 		cmocka_unit_test(test_client_limit_exempt),
+		cmocka_unit_test(test_tls_cipher_keys),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -650,6 +650,14 @@ static const struct mail_param_case {
 	{ "ENVID=QQ314159", SMTP_PROTO_OK },
 	{ "ENVID=a+2Bb+3D", SMTP_PROTO_OK },
 	{ "ENVID=a+2bb", SMTP_PROTO_EPARAMVAL },
+	/* RFC 3461 4.4: the decoded ENVID is printable US-ASCII (space
+	 * included); controls, DEL and 8-bit octets are 501 5.5.4. */
+	{ "ENVID=a+20b+7E", SMTP_PROTO_OK },
+	{ "ENVID=a+0D+0Ab", SMTP_PROTO_EPARAMVAL },
+	{ "ENVID=a+00", SMTP_PROTO_EPARAMVAL },
+	{ "ENVID=+1F", SMTP_PROTO_EPARAMVAL },
+	{ "ENVID=x+7F", SMTP_PROTO_EPARAMVAL },
+	{ "ENVID=x+C3+B6", SMTP_PROTO_EPARAMVAL },
 	{ "ENVID=a+2", SMTP_PROTO_EPARAMVAL },
 	{ "ENVID=", SMTP_PROTO_EPARAMVAL },
 	{ envid100, SMTP_PROTO_OK },
@@ -731,6 +739,13 @@ static const struct rcpt_param_case {
 	{ "ORCPT=rfc822;", false, SMTP_PROTO_EPARAMVAL, 0 },
 	{ "ORCPT=;x", false, SMTP_PROTO_EPARAMVAL, 0 },
 	{ "ORCPT=rfc822;a+zz", false, SMTP_PROTO_EPARAMVAL, 0 },
+	/* RFC 3461 4.2: the decoded address is printable US-ASCII. */
+	{ "ORCPT=rfc822;a+20b@example.test", false, SMTP_PROTO_OK, 0 },
+	{ "ORCPT=rfc822;a+0D+0AX-Bad:+20y@example.test", false, SMTP_PROTO_EPARAMVAL, 0 },
+	{ "ORCPT=rfc822;a+00@example.test", false, SMTP_PROTO_EPARAMVAL, 0 },
+	{ "ORCPT=rfc822;a+09@example.test", false, SMTP_PROTO_EPARAMVAL, 0 },
+	{ "ORCPT=rfc822;a+7F@example.test", false, SMTP_PROTO_EPARAMVAL, 0 },
+	{ "ORCPT=rfc822;a+FF@example.test", true, SMTP_PROTO_EPARAMVAL, 0 },
 	{ "ORCPT=rfc 822;a", false, SMTP_PROTO_EPARAMVAL, 0 },
 	{ "ORCPT=utf-8;j\xc3\xb6rg@example.test", false, SMTP_PROTO_EPARAMVAL, 0 },
 	{ "ORCPT=utf-8;j\xc3\xb6rg@example.test", true, SMTP_PROTO_OK, 0 },
@@ -1031,6 +1046,47 @@ test_data_default_limit(void **state)
 	    &consumed), SMTP_PROTO_EDATA_LINE);
 }
 
+/* A NUL anywhere in the text (first octet, after a stuffed dot, before the
+ * CRLF, alone on a line) is refused with its own status once the true end
+ * of data is read, in every chunking; nothing of the text is output after
+ * it.  Issue 14: "\0." must never reach a primary that drops NULs. */
+static void
+test_data_nul(void **state)
+{
+	static const struct {
+		const char *in;
+		size_t n;
+	} cases[] = {
+		{ "a\0b\r\n.\r\n", 8 },
+		{ "\0\r\n.\r\n", 6 },
+		{ "ok\r\n\0.\r\n.\r\n", 11 },
+		{ "ok\r\n.\0\r\n.\r\n", 11 },
+		{ "x\0", 2 },                     /* no end yet */
+	};
+
+	(void)state;
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		struct data_result whole, r;
+		size_t n = cases[i].n;
+
+		decode(cases[i].in, n, NULL, 0, 0, &whole);
+		if (i == N_ELEMS(cases) - 1) {
+			assert_int_equal(whole.status, SMTP_PROTO_AGAIN);
+			continue;
+		}
+		CHECK_STATUS(whole.status, SMTP_PROTO_EDATA_NUL, cases[i].in);
+		assert_int_equal(whole.consumed, n);
+		for (size_t cut = 1; cut < n; cut++) {
+			decode(cases[i].in, n, &cut, 1, 0, &r);
+			assert_int_equal(r.status, SMTP_PROTO_EDATA_NUL);
+			assert_int_equal(r.consumed, n);
+		}
+		assert_null(memchr(whole.out, '\0', whole.outlen));
+	}
+	assert_string_equal(smtp_proto_status_reply(SMTP_PROTO_EDATA_NUL),
+	    "554 5.6.0 Error: NUL character in message data (BINARYMIME is not offered)");
+}
+
 /* ---- xtext --------------------------------------------------------------------- */
 
 /* xtext encodes '+', '=', controls, space and 8-bit octets as +XX and
@@ -1055,6 +1111,14 @@ test_xtext(void **state)
 	assert_false(smtp_proto_xtext_valid("a+2", 3));
 	assert_false(smtp_proto_xtext_valid("a=b", 3));
 	assert_false(smtp_proto_xtext_valid("a b", 3));
+	/* Valid xtext, but not printable once decoded (RFC 3461 4). */
+	assert_true(smtp_proto_xtext_printable("a+20+7E+2B", 10));
+	assert_true(smtp_proto_xtext_valid("a+0D", 4));
+	assert_false(smtp_proto_xtext_printable("a+0D", 4));
+	assert_false(smtp_proto_xtext_printable("+1F", 3));
+	assert_false(smtp_proto_xtext_printable("+7F", 3));
+	assert_false(smtp_proto_xtext_printable("+80", 3));
+	assert_false(smtp_proto_xtext_printable("a+2", 3));
 	assert_int_equal(smtp_proto_xtext_decode("+00", 3, out, sizeof out,
 	    &len), SMTP_PROTO_ESYNTAX);
 	assert_int_equal(smtp_proto_xtext_decode("+G0", 3, out, sizeof out,
@@ -1446,6 +1510,7 @@ main(void)
 		cmocka_unit_test(test_data_table),
 		cmocka_unit_test(test_data_error_and_after_end),
 		cmocka_unit_test(test_data_default_limit),
+		cmocka_unit_test(test_data_nul),
 		cmocka_unit_test(test_received_counter),
 		cmocka_unit_test(test_received_counter_many),
 		cmocka_unit_test(test_xtext),

@@ -17,8 +17,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -449,6 +451,106 @@ test_garbage_input(void **state)
 	tls_conn_free(c);
 }
 
+/*
+ * A plain OpenSSL client limited to protocol versions MINV..MAXV and, on TLS
+ * 1.2, to CIPHERS (security level 0, so that it can offer what the server
+ * should refuse), run against a server conn of CTX.  Returns true when both
+ * ends finish the handshake; the negotiated suite's name goes to NAME.
+ */
+static bool
+raw_client_handshake(struct tls_ctx *ctx, int minv, int maxv,
+    const char *ciphers, char *name, size_t namelen)
+{
+	SSL_CTX *cc = SSL_CTX_new(TLS_client_method());
+	struct tls_conn *srv = tls_conn_new(ctx, true, NULL);
+	BIO *rbio = BIO_new(BIO_s_mem()), *wbio = BIO_new(BIO_s_mem());
+	unsigned char buf[4096];
+	bool ok = false;
+	SSL *c;
+
+	assert_non_null(cc);
+	assert_non_null(srv);
+	assert_true(rbio != NULL && wbio != NULL);
+	SSL_CTX_set_security_level(cc, 0);
+	assert_int_equal(SSL_CTX_set_min_proto_version(cc, minv), 1);
+	assert_int_equal(SSL_CTX_set_max_proto_version(cc, maxv), 1);
+	if (ciphers != NULL)
+		assert_int_equal(SSL_CTX_set_cipher_list(cc, ciphers), 1);
+	assert_non_null(c = SSL_new(cc));
+	SSL_set_bio(c, rbio, wbio);
+	SSL_set_connect_state(c);
+	name[0] = '\0';
+	for (int i = 0; i < 20 && !ok; i++) {
+		size_t got;
+		int n, frc = TLS_OK;
+
+		(void)SSL_do_handshake(c);
+		while ((n = BIO_read(wbio, buf, sizeof(buf))) > 0 && frc == TLS_OK)
+			frc = tls_conn_feed(srv, buf, (size_t)n);
+		while (tls_conn_pending_out(srv, buf, sizeof(buf), &got) == TLS_OK &&
+		    got > 0)
+			assert_int_equal(BIO_write(rbio, buf, (int)got), (int)got);
+		if (frc != TLS_OK) {
+			(void)SSL_do_handshake(c);   /* read the alert */
+			break;
+		}
+		ok = SSL_is_init_finished(c) && tls_conn_handshake_done(srv);
+	}
+	if (ok)
+		snprintf(name, namelen, "%s", SSL_get_cipher_name(c));
+	SSL_free(c);
+	SSL_CTX_free(cc);
+	tls_conn_free(srv);
+	ERR_clear_error();
+	return ok;
+}
+
+static void
+test_default_ciphers_aead_only(void **state)
+{
+	/* Issue 14: by default TLS 1.2 offers AEAD suites only (no CBC, which
+	 * testssl.sh flags as LUCKY13-prone), TLS 1.0/1.1 are refused, and TLS
+	 * 1.3 works; [tls] ciphers can put a CBC suite back, and lists that
+	 * OpenSSL cannot use are refused with the key's name. */
+	struct fixture *fx = *state;
+	struct tls_ctx *ctx = NULL;
+	char name[64], err[256];
+
+	assert_true(raw_client_handshake(fx->server, TLS1_2_VERSION,
+	    TLS1_2_VERSION, NULL, name, sizeof(name)));
+	assert_true(strstr(name, "GCM") != NULL || strstr(name, "CHACHA") != NULL);
+	assert_false(raw_client_handshake(fx->server, TLS1_2_VERSION,
+	    TLS1_2_VERSION, "ECDHE-ECDSA-AES128-SHA", name, sizeof(name)));
+	assert_false(raw_client_handshake(fx->server, TLS1_2_VERSION,
+	    TLS1_2_VERSION, "ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA256",
+	    name, sizeof(name)));
+	assert_false(raw_client_handshake(fx->server, TLS1_VERSION,
+	    TLS1_1_VERSION, "ALL:@SECLEVEL=0", name, sizeof(name)));
+	assert_true(raw_client_handshake(fx->server, TLS1_3_VERSION,
+	    TLS1_3_VERSION, NULL, name, sizeof(name)));
+	assert_string_equal(name, "TLS_AES_128_GCM_SHA256");
+
+	assert_int_equal(tls_server_ctx_new(fx->cert, fx->key, &ctx, err,
+	    sizeof(err)), TLS_OK);
+	assert_int_equal(tls_ctx_set_ciphers(ctx, "ECDHE-ECDSA-AES128-SHA",
+	    "TLS_CHACHA20_POLY1305_SHA256", err, sizeof(err)), TLS_OK);
+	assert_true(raw_client_handshake(ctx, TLS1_2_VERSION, TLS1_2_VERSION,
+	    "ECDHE-ECDSA-AES128-SHA", name, sizeof(name)));
+	assert_string_equal(name, "ECDHE-ECDSA-AES128-SHA");
+	assert_true(raw_client_handshake(ctx, TLS1_3_VERSION, TLS1_3_VERSION,
+	    NULL, name, sizeof(name)));
+	assert_string_equal(name, "TLS_CHACHA20_POLY1305_SHA256");
+	assert_int_equal(tls_ctx_set_ciphers(ctx, "NO-SUCH-CIPHER", NULL, err,
+	    sizeof(err)), TLS_ERROR);
+	assert_non_null(strstr(err, "ciphers: "));
+	assert_int_equal(tls_ctx_set_ciphers(ctx, NULL, "TLS_NO_SUCH_SUITE", err,
+	    sizeof(err)), TLS_ERROR);
+	assert_non_null(strstr(err, "ciphersuites: "));
+	tls_ctx_free(ctx);
+	assert_int_equal(tls_ctx_set_ciphers(fx->client, NULL, NULL, err,
+	    sizeof(err)), TLS_EINVAL);
+}
+
 static void
 test_ctx_errors(void **state)
 {
@@ -492,6 +594,7 @@ main(void)
 		cmocka_unit_test(test_verify_wrong_host),
 		cmocka_unit_test(test_garbage_input),
 		cmocka_unit_test(test_ctx_errors),
+		cmocka_unit_test(test_default_ciphers_aead_only),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
