@@ -230,6 +230,7 @@ control_fill_status(struct relay *r, struct control_status *st)
 	st->bounced_total = stats_total(r->stats, STAT_BOUNCED);
 	st->connections = r->server ? smtp_server_connections(r->server) : 0;
 	st->spool_bytes = r->spool ? spool_total_bytes(r->spool) : 0;
+	st->journal_syncs = r->spool ? spool_flush_count(r->spool) : 0;
 	st->ntenants = cfg->ntenants;
 	st->tenants = xcalloc(cfg->ntenants ? cfg->ntenants : 1, sizeof(*st->tenants));
 	for (size_t i = 0; i < cfg->ntenants; i++)

@@ -79,6 +79,7 @@ struct control_status {
 	uint64_t bounced_total;
 	unsigned connections;
 	uint64_t spool_bytes;
+	uint64_t journal_syncs;       /* spool_flush_count */
 	size_t ntenants;
 	struct control_tenant_row *tenants;
 };

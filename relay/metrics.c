@@ -79,6 +79,9 @@ static const struct metrics_def metrics_relay[] = {
 	  METRICS_U64, S(spool_bytes) },
 	{ "mxspool_uptime_seconds", "gauge", "Seconds since mxspoold started.",
 	  METRICS_I64, S(uptime_s) },
+	{ "mxspool_journal_syncs_total", "counter",
+	  "fdatasync calls of the journal, each a group commit of every message it covers.",
+	  METRICS_U64, S(journal_syncs) },
 };
 #undef S
 

@@ -119,8 +119,6 @@ int spool_caps_body_decode(const uint8_t *p, size_t len, const char **tenant,
 /* Bytes the in-memory index of SP takes (entries, hash, heaps, side
  * table buckets), for the benchmark. */
 size_t spool_index_bytes(const struct spool *sp);
-/* Flush jobs run so far (each issues one fdatasync), for the benchmark. */
-uint64_t spool_flush_count(const struct spool *sp);
 
 /* Little-endian helpers. */
 static inline void spool_put16(uint8_t *p, uint16_t v)

@@ -202,6 +202,9 @@ struct spool_tenant_stats {
 void spool_tenant_stats(struct spool *sp, const char *tenant,
     struct spool_tenant_stats *out);
 uint64_t spool_total_bytes(struct spool *sp);
+/* Flush jobs run so far, each one fdatasync of the journal (a group
+ * commit): /metrics and the benchmarks divide accepted messages by it. */
+uint64_t spool_flush_count(const struct spool *sp);
 uint64_t spool_total_messages(struct spool *sp);
 
 struct spool_item {

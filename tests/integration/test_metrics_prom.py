@@ -80,6 +80,8 @@ def test_histograms_count_what_happened(daemon_factory, primary):
     assert buckets == sorted(buckets), "le ascending and counts cumulative"
     assert sample(body, "mxspool_accept_latency_seconds_bucket",
                   tenant="demo", le="+Inf") == 4
+    # Four acknowledged messages took at least one fdatasync.
+    assert sample(body, "mxspool_journal_syncs_total") >= 1
     assert sample(body, "mxspool_probes_total", tenant="demo", result="ok") >= 1
     assert sample(body, "mxspool_probes_total", tenant="demo", result="failed") == 0
     # The primary stops answering: the next delivery marks it down, and the

@@ -419,6 +419,8 @@ test_metrics_families(void **state)
 	assert_non_null(strstr(m, "mxspool_connections 3\n"));
 	assert_non_null(strstr(m, "mxspool_spool_bytes 4096\n"));
 	assert_non_null(strstr(m, "mxspool_uptime_seconds 75\n"));
+	assert_non_null(strstr(m, "# TYPE mxspool_journal_syncs_total counter\n"
+	    "mxspool_journal_syncs_total 0\n"));
 	free(m);
 }
 
@@ -492,8 +494,8 @@ test_metrics_no_tenants(void **state)
 
 	st->ntenants = 0;
 	m = render_metrics(st);
-	/* 15 per tenant, 3 relay, the probe counter, 3 histograms */
-	assert_int_equal(count_lines(m, "# HELP "), 22);
+	/* 15 per tenant, 4 relay, the probe counter, 3 histograms */
+	assert_int_equal(count_lines(m, "# HELP "), 23);
 	assert_int_equal(count_lines(m, "mxspool_queue_messages"), 0);
 	free(m);
 }
