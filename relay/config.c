@@ -1444,6 +1444,46 @@ cmp_str(const void *a, const void *b)
 }
 
 /*
+ * A quoted local part whose content is a plain dot-string means the same
+ * mailbox unquoted (RFC 5321 4.1.2), and the SMTP parser hands RCPT such
+ * an address without its quotes ("a.b"@x -> a.b@x): list it the same way,
+ * or the entry could never match (fuzz_recipients, corpus 30-quoted-plain).
+ * S is the entry, AT its last '@'; rewritten in place.  Returns AT's new
+ * place.
+ */
+static char *
+recipients_unquote(char *s, char *at)
+{
+	static const char atext[] = "!#$%&'*+-/=?^_`{|}~";
+	char content[1024];
+	size_t n = 0;
+
+	if (s[0] != '"' || at - s < 2 || at[-1] != '"')
+		return at;
+	for (const char *p = s + 1; p < at - 1; p++) {
+		if (*p == '\\' && p + 1 < at - 1)
+			p++;
+		else if (*p == '"' || *p == '\\')
+			return at;    /* not one quoted string */
+		if (n + 1 >= sizeof(content))
+			return at;
+		content[n++] = *p;
+	}
+	if (n == 0 || content[0] == '.' || content[n - 1] == '.')
+		return at;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)content[i];
+
+		if (c == '.' ? content[i - 1] == '.' : !(ch_alnum(c) || c >= 0x80 ||
+		    strchr(atext, c) != NULL))
+			return at;
+	}
+	memmove(s + n, at, strlen(at) + 1);
+	memcpy(s, content, n);
+	return s + n;
+}
+
+/*
  * Load a recipients file: one "user@domain" or "@domain" per line, '#'
  * comments, blank lines, any case.  Errors name the recipients file and its
  * line, and the config line that points to it.
@@ -1504,7 +1544,11 @@ load_recipients(struct loader *ld, struct config_tenant *t, unsigned cfgline)
 		if (e[-1] == '.')
 			*--e = '\0';
 		util_lower(s);
+		at = recipients_unquote(s, at);
+		/* One trailing dot was dropped above; a second one would be
+		 * stored and never match (fuzz_recipients, 32-two-dots). */
 		if (config__domain_reason(at + 1, strlen(at + 1)) != NULL ||
+		    at[strlen(at) - 1] == '.' ||
 		    config_tenant_for_domain(ld->cfg, at + 1, strlen(at + 1)) != t) {
 			ld->name = path;
 			loader_fail(ld, line,
@@ -1882,6 +1926,10 @@ config_tenant_by_name(const struct config *cfg, const char *name)
 static bool
 recipients_has(const struct config_tenant *t, const char *s)
 {
+	/* A file with no entries leaves the array NULL, which bsearch() must
+	 * not be given (fuzz_recipients, corpus 17-empty). */
+	if (t->nrecipients == 0)
+		return false;
 	return bsearch(&s, t->recipients, t->nrecipients, sizeof(*t->recipients),
 	    cmp_str) != NULL;
 }
