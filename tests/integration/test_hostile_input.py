@@ -1,8 +1,9 @@
 """Hostile input of issue 14 against the real mxspoold: NUL bytes in BDAT
 (DATA: test_intake_rules.py) are refused at the end of the message (we
 offer no BINARYMIME, so the body is text, and a primary that drops NULs
-could read "\\0." as the end of data), and xtext values (ENVID, ORCPT) that decode to anything but
-printable US-ASCII get 501 5.5.4 (RFC 3461 section 4).
+could read "\\0." as the end of data), and xtext values (ENVID, ORCPT)
+that decode to anything but printable US-ASCII get 501 5.5.4 (RFC 3461
+section 4).
 
 The session always goes on after the refusal, and nothing is queued for a
 refused message.  Every socket has a timeout; MXSPOOL_SANITIZED=1 stretches
