@@ -50,6 +50,8 @@
 #include "mxspool/util.h"
 #include "drain_internal.h"
 
+/* A refusal this soon (ms) after a success is not yet an outage. */
+#define DRAIN_CONC_GRACE_MS      2000
 /* Re-resolve the primary's addresses this often while it is up. */
 #define DRAIN_RESOLVE_TTL_MS     (5 * 60 * 1000)
 /* The scheduler looks at its tenant at least this often. */
@@ -320,8 +322,11 @@ drain__job_retry(struct drain_job *j)
 		return;
 	}
 	if (j->ntemp > 0 && !t->removed) {
-		int64_t next = drain_backoff_next(spool_msg_attempts(j->msg) + 1,
-		    drain__now(t->d), drain_jitter());
+		/* While the primary is up a 4xx costs no back-off the first
+		 * times: the rate limit, not a timer, decides when it goes. */
+		int64_t next = drain_retry_next(spool_msg_attempts(j->msg) + 1,
+		    drain_primary_get(&t->pr) == DRAIN_PRIMARY_UP, drain__now(t->d),
+		    drain_jitter());
 
 		for (size_t i = 0; i < j->ntemp; i++)
 			drain_log_defer(j, env->rcpt[j->temp[i].env].addr,
@@ -376,8 +381,12 @@ job_aimd(struct drain_tenant *t, const char *why, bool cut)
 		drain_log_rate(t, drain_policy_limit(&t->pol, util_mono_ms()), why);
 }
 
-/* smtp_client's SENT for a job: sort every recipient's outcome. */
-static void
+static void tenant_conc_ok(struct drain_tenant *t, int64_t now);
+
+/* smtp_client's SENT for one transaction of a job: sort the outcome of
+ * every recipient it carried.  Returns true when recipients of the job are
+ * left for another transaction (the primary's RCPTMAX). */
+static bool
 job_on_result(struct drain_job *j, const struct smtp_client_result *res)
 {
 	struct drain_tenant *t = j->t;
@@ -388,7 +397,7 @@ job_on_result(struct drain_job *j, const struct smtp_client_result *res)
 
 	for (size_t i = 0; i < j->cm.nrcpt; i++) {
 		const struct smtp_client_reply *rp = &res->rcpt[i];
-		size_t e = j->map[i];
+		size_t e = j->map[j->off + i];
 
 		switch (rp->outcome) {
 		case SMTP_CLIENT_DELIVERED:
@@ -397,6 +406,8 @@ job_on_result(struct drain_job *j, const struct smtp_client_result *res)
 			drain__job_mark(j, e, SPOOL_RCPT_DELIVERED);
 			stats_add(d->stats, t->name, STAT_DELIVERED, 1);
 			t->delivered_up++;
+			if (d->on_delivered)
+				d->on_delivered(d->hook_arg, t->name, env->rcpt[e].addr);
 			break;
 		case SMTP_CLIENT_PERMFAIL:
 			if (drain__fate_add(&j->bounce, &j->nbounce, env->nrcpt, e, rp) != 0)
@@ -420,18 +431,32 @@ job_on_result(struct drain_job *j, const struct smtp_client_result *res)
 	if (any_ok) {
 		stats_observe(d->stats, t->name, STAT_HIST_QUEUE_DELAY,
 		    (double)(drain__now(d) - env->arrival_ms) / 1000.0);
-		drain_meter_add(&t->meter, 1, now);
+		if (!j->counted)
+			drain_meter_add(&t->meter, 1, now);
+		j->counted = true;
 		if (res->dot_latency_ms >= 0)
 			job_aimd(t, "latency", drain_policy_ok(&t->pol,
 			    (double)res->dot_latency_ms, now));
+		tenant_conc_ok(t, now);
 	}
 	if (any_temp)
 		job_aimd(t, "tempfail", drain_policy_tempfail(&t->pol, now));
 	if (res->status == SMTP_CLIENT_ETIMEOUT)
 		job_aimd(t, "timeout", drain_policy_timeout(&t->pol, now));
+	j->off += j->cm.nrcpt;
+	return j->off < j->ncrcpt;
+}
+
+/* The job's last transaction is over: settle its recipients' fates. */
+static void
+job_finish(struct drain_job *j)
+{
+	struct drain_tenant *t = j->t;
+	const struct spool_envelope *env = spool_msg_envelope(j->msg);
+
 	/* Past the queue lifetime a temporary failure is final. */
 	if (j->ntemp > 0 && t->queue_lifetime_ms > 0 &&
-	    drain_expired(env->arrival_ms, drain__now(d), t->queue_lifetime_ms))
+	    drain_expired(env->arrival_ms, drain__now(t->d), t->queue_lifetime_ms))
 		job_expire(j);
 	drain__job_settle(j);
 }
@@ -465,6 +490,8 @@ job_prepare(struct drain_job *j)
 		j->crcpt[n].notify = env->rcpt[i].notify;
 		j->map[n++] = i;
 	}
+	j->ncrcpt = n;
+	j->off = 0;
 	j->cm.sender = env->sender;
 	j->cm.rcpt = j->crcpt;
 	j->cm.nrcpt = n;
@@ -589,11 +616,26 @@ drain__job_start(struct drain_tenant *t, spool_qid qid, struct drain_conn *cn,
 
 static void conn_open(struct drain_conn *cn);
 
+/* Hand CN the job's next transaction: its recipients from j->off on, at
+ * most the primary's RCPTMAX of them (RFC 9422).  Returns the status of
+ * smtp_client_send(). */
+static int
+conn_send_next(struct drain_conn *cn, struct drain_job *j)
+{
+	size_t k = j->ncrcpt - j->off;
+
+	if (cn->rcpt_max > 0 && k > cn->rcpt_max)
+		k = cn->rcpt_max;
+	j->cm.rcpt = j->crcpt + j->off;
+	j->cm.nrcpt = k;
+	return smtp_client_send(cn->c, &j->cm);
+}
+
 static void
 conn_assign(struct drain_conn *cn, struct drain_job *j)
 {
 	drain__target_name(&cn->tg, j->relay, sizeof(j->relay));
-	if (smtp_client_send(cn->c, &j->cm) != 0) {
+	if (conn_send_next(cn, j) != 0) {
 		cn->job = NULL;
 		j->conn = NULL;
 		j->leftover = true;
@@ -625,6 +667,7 @@ conn_on_ready(void *arg, struct smtp_client *c)
 	}
 	smtp_client_limits(c, &rcpt_max, &mail_max);
 	cn->mail_max = mail_max;
+	cn->rcpt_max = rcpt_max;
 	drain__caps_record(cn->t, smtp_client_ext(c), smtp_client_size_max(c),
 	    rcpt_max, mail_max, smtp_client_tls_active(c));
 	if (cn->job != NULL && cn->job->msg != NULL)
@@ -651,7 +694,25 @@ conn_on_sent(void *arg, struct smtp_client *c,
 		cn->quitting = true;
 	if (j != NULL) {
 		j->conn = NULL;
-		job_on_result(j, res);
+		if (job_on_result(j, res)) {
+			/* Recipients beyond RCPTMAX: another transaction on this
+			 * connection if it may carry one; else they stay pending
+			 * and the message comes back (released, not deferred). */
+			if (res->status == 0 && !cn->quitting &&
+			    smtp_client_is_ready(c) &&
+			    drain_primary_get(&t->pr) == DRAIN_PRIMARY_UP) {
+				cn->job = j;
+				j->conn = cn;         /* keeps the conn's reference */
+				if (conn_send_next(cn, j) == 0)
+					return;
+				cn->job = NULL;
+				j->conn = NULL;
+				cn->quitting = true;
+				smtp_client_abort(c);
+			}
+			j->leftover = true;
+		}
+		job_finish(j);
 		drain__job_unref(j);         /* the conn's, from drain__job_start() */
 	}
 	if (res->status != 0 || cn->job != NULL || !smtp_client_is_ready(c))
@@ -662,6 +723,39 @@ conn_on_sent(void *arg, struct smtp_client *c,
 		return;
 	}
 	drain_tenant_run(t);
+}
+
+/* ---- the fleet's shared budget (drain_deps.gate) ------------------------ */
+
+/* Asked only once the tenant's own limits would let a message of SIZE go,
+ * so a refusal by the gate costs no local token.  0 = go. */
+static int64_t
+tenant_gate_take(struct drain_tenant *t, uint64_t size, bool new_conn,
+    int64_t now)
+{
+	const struct drain_gate *g = t->d->gate;
+	struct drain_gate_ask a;
+
+	if (g == NULL || drain_policy_wait_ms(&t->pol, size, now) > 0)
+		return 0;
+	a.rate = t->set.rate;
+	a.limit = drain_policy_limit(&t->pol, now);
+	a.burst = t->set.burst;
+	a.bandwidth = t->set.bandwidth;
+	a.concurrency = t->set.concurrency;
+	a.size = size;
+	a.new_conn = new_conn;
+	return g->take(g->arg, t->name, &a);
+}
+
+/* A connection that took a lease from the gate ended. */
+static void
+tenant_gate_done(struct drain_tenant *t, bool failed)
+{
+	const struct drain_gate *g = t->d->gate;
+
+	if (g != NULL)
+		g->done(g->arg, t->name, failed);
 }
 
 static void
@@ -677,6 +771,93 @@ conn_free(struct drain_conn *cn)
 	}
 	t->nconns--;
 	free(cn);
+}
+
+/* ---- concurrency feedback ----------------------------------------------- */
+
+/* Connections open to the primary, the quitting ones included. */
+static unsigned
+conns_live(const struct drain_tenant *t)
+{
+	unsigned live = 0;
+
+	for (const struct drain_conn *cn = t->conns; cn; cn = cn->next)
+		if (cn->c != NULL)
+			live++;
+	return live;
+}
+
+static void
+drain_log_conc(struct drain_tenant *t)
+{
+	char q[300];
+
+	log_event(LOG_LEVEL_INFO, "concurrency", "tenant=%s limit=%u max=%u "
+	    "reason=%s", t->name, drain_conc_limit(&t->conc), t->set.concurrency,
+	    log_quote(q, sizeof(q), t->limit_reason));
+}
+
+/* A delivery succeeded: perhaps one more connection (additive increase). */
+static void
+tenant_conc_ok(struct drain_tenant *t, int64_t now)
+{
+	t->conc_ok_mono = now;
+	t->conc_grace_used = false;
+	if (drain_conc_ok(&t->conc, conns_live(t), now) == DRAIN_CONC_RAISED) {
+		snprintf(t->limit_reason, sizeof(t->limit_reason),
+		    "raised after %d s of deliveries at the limit",
+		    DRAIN_CONC_RAISE_MS / 1000);
+		drain_log_conc(t);
+	}
+}
+
+/*
+ * Delivery session CN ended badly (END).  Returns true when that is no
+ * outage: other sessions to the primary are alive and not failed, so the
+ * primary works; a refusal (421 at or after the greeting, a refused
+ * connect) then also cuts the connection limit.  Returns false when every
+ * session failed: the caller takes the primary down.  One grace: a
+ * refusal right after a success, with no session left, is taken for a
+ * primary still counting our last connection, not for an outage (once,
+ * until the next success).
+ */
+static bool
+tenant_session_failed(struct drain_tenant *t, struct drain_conn *cn,
+    const struct smtp_client_end *end, int64_t now)
+{
+	bool refused = end->status == SMTP_CLIENT_E421 ||
+	    end->status == SMTP_CLIENT_ECONNECT;
+	unsigned alive = 0, working = 0;
+	char tn[CONFIG_HOST_MAX + 80], line[208];
+
+	for (struct drain_conn *o = t->conns; o; o = o->next) {
+		if (o == cn || o->c == NULL || o->failed)
+			continue;
+		alive++;
+		if (smtp_client_greeted(o->c))
+			working++;
+	}
+	if (alive == 0) {
+		if (!refused || t->conc_grace_used ||
+		    now - t->conc_ok_mono > DRAIN_CONC_GRACE_MS)
+			return false;
+		t->conc_grace_used = true;
+	}
+	if (!refused)
+		return true;
+	if (drain_conc_refused(&t->conc, working, cn->opened_mono, now) ==
+	    DRAIN_CONC_CUT) {
+		drain__target_name(&cn->tg, tn, sizeof(tn));
+		snprintf(line, sizeof(line), "%.200s", end->text);
+		for (char *p = line; *p; p++)
+			if (*p == '\n' || *p == '\r')
+				*p = ' ';
+		snprintf(t->limit_reason, sizeof(t->limit_reason),
+		    "cut: %.60s: %.80s (%u other sessions working)", tn, line,
+		    working);
+		drain_log_conc(t);
+	}
+	return true;
 }
 
 static void
@@ -708,7 +889,7 @@ conn_on_closed(void *arg, const struct smtp_client_end *end)
 			j->leftover = true;
 		drain__job_unref(j);         /* the conn's */
 	}
-	if (bad && !t->removed &&
+	if (bad && !t->removed && !tenant_session_failed(t, cn, end, now) &&
 	    drain_primary_event(&t->pr, DRAIN_EV_DELIVERY_FAIL, now)) {
 		char why[400];
 
@@ -716,6 +897,7 @@ conn_on_closed(void *arg, const struct smtp_client_end *end)
 		drain_log_probe(t, why);
 		tenant_note_down(t, why);
 	}
+	tenant_gate_done(t, bad && !t->removed);
 	conn_free(cn);
 	if (t->removed)
 		drain_tenant_maybe_free(t);
@@ -751,6 +933,7 @@ conn_new(struct drain_tenant *t)
 	if (cn == NULL)
 		return NULL;
 	cn->t = t;
+	cn->opened_mono = util_mono_ms();
 	conn_open(cn);
 	if (cn->c == NULL) {
 		free(cn);
@@ -764,6 +947,11 @@ conn_new(struct drain_tenant *t)
 
 /* A connection that may take a message now (or once it is connected);
  * NULL with *CAN_OPEN telling whether a new one may be opened. */
+/* A connection that may take a message now (or once it is connected);
+ * NULL with *CAN_OPEN telling whether a new one may be opened.  A quitting
+ * connection still counts against the limit until it is closed: a primary
+ * that counts connections (Postfix's smtpd_client_connection_count_limit)
+ * counts it too, and its replacement would be refused. */
 static struct drain_conn *
 conn_free_slot(struct drain_tenant *t, bool *can_open)
 {
@@ -771,14 +959,16 @@ conn_free_slot(struct drain_tenant *t, bool *can_open)
 
 	*can_open = false;
 	for (struct drain_conn *cn = t->conns; cn; cn = cn->next) {
-		if (cn->quitting || cn->c == NULL)
+		if (cn->c == NULL)
 			continue;
 		live++;
+		if (cn->quitting)
+			continue;
 		if (cn->job == NULL && cn->sent < conn_mpc(cn) &&
 		    (cn->ready ? smtp_client_is_ready(cn->c) : true))
 			return cn;
 	}
-	*can_open = live < t->set.concurrency && t->ntargets > 0;
+	*can_open = live < drain_conc_limit(&t->conc) && t->ntargets > 0;
 	return NULL;
 }
 
@@ -1017,6 +1207,11 @@ drain_tenant_run(struct drain_tenant *t)
 		}
 		if (spool_find(sp, qid, &item) != 0)
 			item.size = 0;
+		if ((wait = tenant_gate_take(t, item.size, cn == NULL, now)) > 0) {
+			spool_release(sp, qid);
+			sleep_ms = wait;
+			break;
+		}
 		if (!drain_policy_take(&t->pol, item.size, now)) {
 			spool_release(sp, qid);
 			sleep_ms = drain_policy_wait_ms(&t->pol, item.size, now);
@@ -1025,8 +1220,10 @@ drain_tenant_run(struct drain_tenant *t)
 		if (cn == NULL)
 			cn = conn_new(t);
 		if (cn == NULL || drain__job_start(t, qid, cn, true, DRAIN_JOB_DELIVER) != 0) {
-			if (cn == NULL)
+			if (cn == NULL) {
 				spool_release(sp, qid);
+				tenant_gate_done(t, false);   /* its lease */
+			}
 			sleep_ms = 1000;
 			break;
 		}
@@ -1042,10 +1239,16 @@ tenant_configure(struct drain_tenant *t)
 	struct drain_policy_params pp;
 	int64_t now = util_mono_ms();
 
+	unsigned before = drain_conc_limit(&t->conc);
+
 	drain_policy_params_from(&pp, &t->set);
 	drain_policy_configure(&t->pol, &pp, now);
 	drain_primary_configure(&t->pr, t->set.probe_up_after,
 	    t->set.probe_interval_ms, now);
+	drain_conc_set_max(&t->conc, t->set.concurrency, now);
+	if (drain_conc_limit(&t->conc) != before)
+		snprintf(t->limit_reason, sizeof(t->limit_reason),
+		    "drain_concurrency");
 }
 
 static bool
@@ -1141,6 +1344,9 @@ tenant_new(struct drain *d, const struct config_tenant *ct)
 	drain_primary_init(&t->pr, t->set.probe_up_after, t->set.probe_interval_ms,
 	    now);
 	drain_meter_init(&t->meter, now);
+	drain_conc_init(&t->conc, t->set.concurrency, now);
+	snprintf(t->limit_reason, sizeof(t->limit_reason), "drain_concurrency");
+	t->conc_ok_mono = INT64_MIN / 2;
 	t->logged_limit = 0;
 	if (uv_timer_init(d->loop, &t->timer) != 0) {
 		free(t->hosts);
@@ -1263,6 +1469,9 @@ drain_new(const struct drain_deps *deps, const struct config *cfg,
 	d->stats = deps->stats;
 	d->now_ms = deps->now_ms ? deps->now_ms : util_now_ms;
 	d->age_tick_ms = deps->age_tick_ms ? deps->age_tick_ms : 1000;
+	d->on_delivered = deps->on_delivered;
+	d->hook_arg = deps->hook_arg;
+	d->gate = deps->gate;
 	*out = d;
 	drain_apply_config(d, cfg, tls_client);
 	return 0;
@@ -1427,8 +1636,26 @@ drain_status(struct drain *d, const char *tenant, struct drain_status *out)
 	out->in_flight = t->njobs;
 	out->delivered_since_up = t->delivered_up;
 	out->last_probe = t->probe_last;
+	out->concurrency_limit = drain_conc_limit(&t->conc);
+	out->limit_reason = t->limit_reason;
 	if (!drain_eta(st.messages, out->drain_rate, out->drain_rate_limit,
 	    draining, &out->eta_s))
 		out->eta_s = -1;
 	return 0;
+}
+
+bool
+drain_primary_target(struct drain *d, const char *tenant,
+    struct sockaddr_storage *addr, char *host, size_t hostlen,
+    double *rate_limit)
+{
+	struct drain_tenant *t = d ? drain__tenant_find(d, tenant) : NULL;
+
+	if (t == NULL || d->closing ||
+	    drain_primary_get(&t->pr) != DRAIN_PRIMARY_UP)
+		return false;
+	*addr = t->probe_tg.addr;
+	snprintf(host, hostlen, "%s", t->probe_tg.host);
+	*rate_limit = drain_policy_limit(&t->pol, util_mono_ms());
+	return true;
 }

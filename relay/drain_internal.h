@@ -79,8 +79,10 @@ struct drain_conn {
 	size_t idx;                   /* target in use */
 	struct drain_target tg;       /* a copy: a reload may swap targets */
 	struct drain_job *job;        /* assigned (loading or sending) */
-	unsigned sent;
+	unsigned sent;                /* transactions (MAIL commands) so far */
 	unsigned mail_max;            /* the primary's RFC 9422 MAILMAX; 0 none */
+	unsigned rcpt_max;            /* and its RCPTMAX; 0 none */
+	int64_t opened_mono;          /* when it was opened (concurrency) */
 	bool ready, quitting, failed;
 };
 
@@ -117,10 +119,14 @@ struct drain_job {
 	char why[320];                /* EXPIRE / WARN: the DSN's diagnostic */
 	const char *dsn_how;          /* "sent", "none", "refused", ... */
 	char relay[CONFIG_HOST_MAX + 80];
-	/* the message as handed to smtp_client */
+	/* the message as handed to smtp_client: recipients crcpt[off ..
+	 * off + cm.nrcpt) in the transaction under way, of ncrcpt pending
+	 * (more than one transaction when the primary has an RCPTMAX) */
 	struct smtp_client_msg cm;
 	struct smtp_client_rcpt *crcpt;
-	size_t *map;                  /* cm index -> envelope index */
+	size_t *map;                  /* crcpt index -> envelope index */
+	size_t ncrcpt, off;
+	bool counted;                 /* the meter has counted it */
 	/* outcome lists */
 	struct drain_fate *bounce, *temp;
 	size_t nbounce, ntemp;
@@ -156,6 +162,10 @@ struct drain_tenant {
 	char probe_last[256];         /* the last probe's end, for watch */
 	struct drain_conn *conns;
 	unsigned nconns;
+	struct drain_conc conc;       /* connections allowed now (feedback) */
+	char limit_reason[200];       /* why conc last changed, for status */
+	int64_t conc_ok_mono;         /* the last successful delivery */
+	bool conc_grace_used;         /* see tenant_session_failed() */
 	struct drain_job *jobs;
 	unsigned njobs;
 	double logged_limit;
@@ -180,6 +190,9 @@ struct drain {
 	struct stats *stats;
 	int64_t (*now_ms)(void);      /* wall clock (deps, or util_now_ms) */
 	uint64_t age_tick_ms;         /* the walk's period (deps, or 1 s) */
+	void (*on_delivered)(void *arg, const char *tenant, const char *rcpt);
+	void *hook_arg;               /* deps: for on_delivered */
+	const struct drain_gate *gate;  /* deps' shared budget, or NULL */
 	const struct config *cfg;     /* valid until the next apply_config */
 	struct tls_ctx *tls;          /* client context, or NULL: not ours */
 	struct drain_tenant *tenants;

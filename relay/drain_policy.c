@@ -188,6 +188,11 @@ drain_aimd_reset(struct drain_aimd *a, int64_t now)
 	a->baseline_ms = 0;
 	a->fast_ms = 0;
 	a->samples = 0;
+	a->ok_n = a->temp_n = 0;
+	a->trouble = 0;
+	a->good = 0;
+	a->stretch_ms = now;
+	a->stretch_value = a->value;
 }
 
 void
@@ -206,9 +211,21 @@ aimd_in_cooldown(const struct drain_aimd *a, int64_t now)
 	return a->cut_ms != INT64_MIN && now - a->cut_ms < DRAIN_AIMD_COOLDOWN_MS;
 }
 
-/* Multiplicative decrease, at most once per cooldown. */
+/* Trouble ends the 4xx-free stretch: the next one starts at NOW. */
+static void
+aimd_stretch_restart(struct drain_aimd *a, int64_t now)
+{
+	a->stretch_ms = now;
+	a->stretch_value = a->value;
+}
+
+/*
+ * Multiplicative decrease by FACTOR, at most once per cooldown, and not
+ * below the last good rate when that is still under the value cut from
+ * (the floor is used up by the cut: the next cut may go below it).
+ */
 static bool
-aimd_cut(struct drain_aimd *a, double ceiling, int64_t now)
+aimd_cut(struct drain_aimd *a, double ceiling, double factor, int64_t now)
 {
 	double before = a->value, base;
 
@@ -218,11 +235,17 @@ aimd_cut(struct drain_aimd *a, double ceiling, int64_t now)
 	if (aimd_in_cooldown(a, now))
 		return false;
 	base = a->value < ceiling ? a->value : ceiling;
-	a->value = base * DRAIN_AIMD_DECREASE;
+	a->value = base * factor;
+	if (a->good > a->value && a->good < base)
+		a->value = a->good;
+	a->good = 0;
 	if (a->value < aimd_floor(a->rate))
 		a->value = aimd_floor(a->rate);
+	a->trouble = base;
+	a->ok_n = a->temp_n = 0;
 	a->cut_ms = now;
 	a->raise_ms = now + DRAIN_AIMD_COOLDOWN_MS;
+	aimd_stretch_restart(a, now);
 	if (a->value < before) {
 		a->cuts++;
 		return true;
@@ -230,14 +253,44 @@ aimd_cut(struct drain_aimd *a, double ceiling, int64_t now)
 	return false;
 }
 
+/* Additive increase for the success since the last credit: drain_rate/20
+ * per second (at least DRAIN_AIMD_INCREASE_MIN), DRAIN_AIMD_GENTLE times
+ * less near the rate at which a 4xx last cut the limit. */
+static void
+aimd_raise(struct drain_aimd *a, int64_t now)
+{
+	double inc;
+
+	if (now <= a->raise_ms)
+		return;
+	inc = a->rate / DRAIN_AIMD_INCREASE_DIVISOR;
+	if (inc < DRAIN_AIMD_INCREASE_MIN)
+		inc = DRAIN_AIMD_INCREASE_MIN;
+	if (a->trouble > 0 && a->value >= DRAIN_AIMD_NEAR * a->trouble &&
+	    a->value <= a->trouble / DRAIN_AIMD_NEAR)
+		inc /= DRAIN_AIMD_GENTLE;
+	a->value += inc * (double)(now - a->raise_ms) / 1000.0;
+	if (a->value > a->rate)
+		a->value = a->rate;
+	a->raise_ms = now;
+}
+
 bool
 drain_aimd_ok(struct drain_aimd *a, double latency_ms, double ceiling,
     int64_t now)
 {
-	double inc;
-
 	if (latency_ms < 0)
 		latency_ms = 0;
+	if (a->ok_n < UINT32_MAX)
+		a->ok_n++;
+	/* A whole 4xx-free stretch: what was in force at its start is good. */
+	if (now - a->stretch_ms >= DRAIN_AIMD_GOOD_MS) {
+		double v = a->stretch_value < ceiling ? a->stretch_value : ceiling;
+
+		if (v > a->good)
+			a->good = v;
+		aimd_stretch_restart(a, now);
+	}
 	if (a->samples < DRAIN_AIMD_SEED_SAMPLES) {
 		/* Seeding: the baseline is the plain mean of the first replies. */
 		a->baseline_ms = (a->baseline_ms * a->samples + latency_ms) /
@@ -252,32 +305,35 @@ drain_aimd_ok(struct drain_aimd *a, double latency_ms, double ceiling,
 		    a->fast_ms - a->baseline_ms > DRAIN_AIMD_LATENCY_MARGIN_MS;
 		a->baseline_ms += AIMD_BASE_ALPHA * (latency_ms - a->baseline_ms);
 		if (risen)
-			return aimd_cut(a, ceiling, now);
+			return aimd_cut(a, ceiling, DRAIN_AIMD_DECREASE, now);
 	}
-
-	/* Additive increase for the time of success since the last credit. */
-	if (now > a->raise_ms) {
-		inc = a->rate / DRAIN_AIMD_INCREASE_DIVISOR;
-		if (inc < DRAIN_AIMD_INCREASE_MIN)
-			inc = DRAIN_AIMD_INCREASE_MIN;
-		a->value += inc * (double)(now - a->raise_ms) / 1000.0;
-		if (a->value > a->rate)
-			a->value = a->rate;
-		a->raise_ms = now;
-	}
+	aimd_raise(a, now);
 	return false;
 }
 
 bool
 drain_aimd_tempfail(struct drain_aimd *a, double ceiling, int64_t now)
 {
-	return aimd_cut(a, ceiling, now);
+	double factor;
+
+	if (a->temp_n < UINT32_MAX)
+		a->temp_n++;
+	aimd_stretch_restart(a, now);
+	/* The share of 4xx since the last cut says how far above the
+	 * primary's rate we are (see DRAIN_AIMD_DECREASE_MIN). */
+	factor = 1.0 - (double)a->temp_n / (double)(a->temp_n + a->ok_n);
+	if (factor < DRAIN_AIMD_DECREASE)
+		factor = DRAIN_AIMD_DECREASE;
+	if (factor > DRAIN_AIMD_DECREASE_MIN)
+		factor = DRAIN_AIMD_DECREASE_MIN;
+	return aimd_cut(a, ceiling, factor, now);
 }
 
 bool
 drain_aimd_timeout(struct drain_aimd *a, double ceiling, int64_t now)
 {
-	return aimd_cut(a, ceiling, now);
+	aimd_stretch_restart(a, now);
+	return aimd_cut(a, ceiling, DRAIN_AIMD_DECREASE, now);
 }
 
 double
@@ -468,6 +524,20 @@ drain_backoff_next(unsigned attempts, int64_t now, double jitter)
 	return now + llround(d);
 }
 
+int64_t
+drain_retry_next(unsigned deferrals, bool primary_up, int64_t now,
+    double jitter)
+{
+	if (deferrals == 0)
+		deferrals = 1;
+	if (primary_up && deferrals <= DRAIN_RETRY_FAST)
+		return now;
+	/* The back-off counts from the first deferral that is not fast. */
+	if (primary_up)
+		deferrals -= DRAIN_RETRY_FAST;
+	return drain_backoff_next(deferrals, now, jitter);
+}
+
 bool
 drain_expired(int64_t arrival, int64_t now, uint64_t lifetime_ms)
 {
@@ -483,6 +553,72 @@ drain_delay_warning_due(int64_t arrival, int64_t now,
 	if (already_sent || delay_warning_ms == 0 || now < arrival)
 		return false;
 	return (uint64_t)(now - arrival) >= delay_warning_ms;
+}
+
+/* ---- connections: the concurrency feedback ----------------------------- */
+
+void
+drain_conc_init(struct drain_conc *c, unsigned max, int64_t now)
+{
+	c->max = max ? max : 1;
+	c->limit = c->max;
+	c->changed_ms = now;
+	c->cut_ms = INT64_MIN;
+	c->cuts = 0;
+}
+
+void
+drain_conc_set_max(struct drain_conc *c, unsigned max, int64_t now)
+{
+	if (max == 0)
+		max = 1;
+	if (c->limit >= c->max || c->limit > max) {
+		c->limit = max;
+		c->changed_ms = now;
+	}
+	c->max = max;
+}
+
+enum drain_conc_change
+drain_conc_refused(struct drain_conc *c, unsigned working, int64_t opened_ms,
+    int64_t now)
+{
+	unsigned half, want;
+
+	/* Opened under the limit before the last cut: that cut counted it. */
+	if (c->cut_ms != INT64_MIN && opened_ms <= c->cut_ms)
+		return DRAIN_CONC_SAME;
+	/* Success is not steady: a raise waits again from here. */
+	c->changed_ms = now;
+	if (c->limit <= 1)
+		return DRAIN_CONC_SAME;
+	half = (unsigned)((double)c->limit * DRAIN_CONC_DECREASE);
+	want = working > half ? working : half;
+	if (want < 1)
+		want = 1;
+	if (want >= c->limit)
+		want = c->limit - 1;
+	c->limit = want;
+	c->cut_ms = now;
+	c->cuts++;
+	return DRAIN_CONC_CUT;
+}
+
+enum drain_conc_change
+drain_conc_ok(struct drain_conc *c, unsigned live, int64_t now)
+{
+	if (c->limit >= c->max || live < c->limit ||
+	    now - c->changed_ms < DRAIN_CONC_RAISE_MS)
+		return DRAIN_CONC_SAME;
+	c->limit++;
+	c->changed_ms = now;
+	return DRAIN_CONC_RAISED;
+}
+
+unsigned
+drain_conc_limit(const struct drain_conc *c)
+{
+	return c->limit;
 }
 
 /* ---- the primary's state ------------------------------------------------ */

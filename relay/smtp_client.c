@@ -116,6 +116,7 @@ struct smtp_client {
 	unsigned ext;
 	uint64_t size_max;
 	uint32_t rcpt_max, mail_max;  /* RFC 9422 LIMITS of the last EHLO */
+	bool greeted;                 /* the 220 greeting arrived */
 	bool need_rset;
 	unsigned writes;              /* uv_write requests in flight */
 
@@ -808,8 +809,8 @@ sc_on_mailrcpt_reply(struct smtp_client *c, int64_t now)
 			sc_tx_send_commands(c);
 		return;
 	}
-	if (!tx->mail_ok || tx->nok == 0) {
-		if (tx->mail_ok)
+	if (!tx->mail_ok || tx->nok == 0 || tx->msg->verify_only) {
+		if (tx->mail_ok && tx->nok == 0)
 			tx->reply = tx->rcpt[0];  /* say why: a refusal */
 		sc_tx_done(c, false);
 		return;
@@ -897,6 +898,7 @@ sc_on_reply(struct smtp_client *c)
 			sc_fail_reply(c, SMTP_CLIENT_EREPLY);
 			return;
 		}
+		c->greeted = true;
 		sc_command(c, SC_EHLO, "EHLO %s", c->helo);
 		return;
 	case SC_EHLO:
@@ -1241,7 +1243,8 @@ smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m)
 	enum smtp_client_outcome early = SMTP_CLIENT_PERMFAIL;
 
 	if (c->closing || c->state != SC_READY || c->probe || m == NULL ||
-	    m->nrcpt == 0 || m->rcpt == NULL || m->read == NULL || m->sender == NULL)
+	    m->nrcpt == 0 || m->rcpt == NULL || m->sender == NULL ||
+	    (m->read == NULL && !m->verify_only))
 		return SMTP_CLIENT_EINVAL;
 	free(tx->rcpt);
 	free(tx->accepted);
@@ -1268,6 +1271,13 @@ smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *m)
 		/* RFC 6531 3.2: no downgrade; the message cannot go this way. */
 		early_enh = "5.6.7";
 		early_text = "SMTPUTF8 is required but not offered by the server";
+	} else if ((m->body == ENV_BODY_8BITMIME ||
+	    m->body == ENV_BODY_BINARYMIME) && !(c->ext & SMTP_EXT_8BITMIME)) {
+		/* RFC 6152 3: without 8BITMIME the data must be 7-bit; we do
+		 * not convert, and never send 8-bit data undeclared. */
+		early_enh = "5.6.3";
+		early_text = "8-bit data (BODY=8BITMIME) but the server does not "
+		    "offer 8BITMIME";
 	} else if (c->size_max > 0 && m->size > c->size_max) {
 		early_enh = "5.3.4";
 		early_text = "message size exceeds the server's SIZE limit";
@@ -1335,6 +1345,12 @@ smtp_client_limits(const struct smtp_client *c, uint32_t *rcpt_max,
 {
 	*rcpt_max = c->rcpt_max;
 	*mail_max = c->mail_max;
+}
+
+bool
+smtp_client_greeted(const struct smtp_client *c)
+{
+	return c->greeted && !c->closing;
 }
 
 bool

@@ -21,6 +21,30 @@ struct spool;
 struct stats;
 struct tls_ctx;
 
+/* What the drain tells a shared budget (a fleet, fleet.h) before it sends:
+ * the tenant's settings in force and the message. */
+struct drain_gate_ask {
+	double rate;                  /* drain_rate */
+	double limit;                 /* the tenant's limit now (ramp x AIMD) */
+	double burst;                 /* drain_burst */
+	uint64_t bandwidth;           /* drain_bandwidth, 0 = unlimited */
+	unsigned concurrency;         /* drain_concurrency */
+	uint64_t size;                /* the message's bytes */
+	bool new_conn;                /* sending it opens a new connection */
+};
+
+/* A budget shared with other relays, asked on top of the tenant's own
+ * limits.  take: 0 = go (tokens, and with new_conn a connection lease,
+ * are taken), else the ms after which to ask again (the gate's owner may
+ * drain_kick() earlier).  done: a connection that got a lease ended;
+ * FAILED when the primary failed it (421, timeout, refused). */
+struct drain_gate {
+	void *arg;
+	int64_t (*take)(void *arg, const char *tenant,
+	    const struct drain_gate_ask *ask);
+	void (*done)(void *arg, const char *tenant, bool failed);
+};
+
 /* What the drain works with; owned by the caller (relay.c) and outliving
  * the drain. */
 struct drain_deps {
@@ -36,6 +60,12 @@ struct drain_deps {
 	/* Period of each tenant's expiry and delay-notice walk in ms (on the
 	 * monotonic clock); 0 = once a second.  Tests shorten it. */
 	uint64_t age_tick_ms;
+	/* The fleet's shared budget, or NULL (one relay alone). */
+	const struct drain_gate *gate;
+	/* Each recipient the primary accepted (recipients = learn counts it
+	 * as valid); NULL = nobody listens.  Strings valid during the call. */
+	void (*on_delivered)(void *arg, const char *tenant, const char *rcpt);
+	void *hook_arg;
 };
 
 /* CFG and TLS_CLIENT (NULL: no outbound TLS) stay the caller's; they must
@@ -72,7 +102,16 @@ struct drain_status {
 	uint64_t delivered_since_up;  /* recipients since the primary last came up */
 	const char *last_probe;       /* "host: reply" of the last probe, or ""
 	                               * (valid until the loop runs again) */
+	unsigned concurrency_limit;   /* connections allowed now (feedback) */
+	const char *limit_reason;     /* why that last changed (valid as
+	                               * last_probe) */
 };
 int drain_status(struct drain *d, const char *tenant, struct drain_status *out);
+/* For the recipient verifier (verify.h): while TENANT's primary is up, the
+ * address its last good probe reached (*ADDR, HOST) and the rate limit in
+ * force (*RATE_LIMIT).  False when it is not up or TENANT is unknown. */
+bool drain_primary_target(struct drain *d, const char *tenant,
+    struct sockaddr_storage *addr, char *host, size_t hostlen,
+    double *rate_limit);
 
 #endif

@@ -80,8 +80,27 @@ double drain_ramp_limit(double initial, double rate, uint64_t ramp_ms,
 #define DRAIN_AIMD_LATENCY_MARGIN_MS 50.0
 /* Replies used to seed the baseline before latency can trigger a cut. */
 #define DRAIN_AIMD_SEED_SAMPLES 5
-/* A cut multiplies the effective limit by this. */
+/*
+ * A cut multiplies the effective limit by 1 - the share of 4xx among the
+ * replies since the previous cut (a primary that takes R msg/s of our x
+ * refuses (x - R) / x of them, so x * (1 - share) is R), clipped to
+ * [DRAIN_AIMD_DECREASE, DRAIN_AIMD_DECREASE_MIN]: at least a 10 % cut, at
+ * most a halving (which is also what a timeout or a latency rise cuts, and
+ * what a 4xx with no success since the last cut cuts).
+ */
 #define DRAIN_AIMD_DECREASE 0.5
+#define DRAIN_AIMD_DECREASE_MIN 0.9
+/* A stretch of this long (ms) with successes and no 4xx makes the limit in
+ * force at its start the "last good rate": the next cut does not go below
+ * it (once: a cut at that floor lowers it, so a primary that has really
+ * slowed down is followed). */
+#define DRAIN_AIMD_GOOD_MS 3000
+/* Between this fraction of the rate at which trouble last began and that
+ * rate divided by it, the limit rises DRAIN_AIMD_GENTLE times slower: it
+ * probes upward gently where it knows the primary's limit is, and quickly
+ * where it is far below or already well beyond it. */
+#define DRAIN_AIMD_NEAR 0.85
+#define DRAIN_AIMD_GENTLE 8.0
 /* After a cut, further trouble is ignored for this long (ms): one pipelined
  * batch answered 4xx is one cut, not eight. */
 #define DRAIN_AIMD_COOLDOWN_MS 2000
@@ -100,6 +119,11 @@ struct drain_aimd {
 	double fast_ms;               /* fast EWMA of reply latency */
 	unsigned samples;             /* latency samples seen since reset */
 	unsigned cuts;                /* cuts since init, for status/tests */
+	unsigned ok_n, temp_n;        /* replies since the last cut or reset */
+	double trouble;               /* the limit a 4xx last cut from; 0 none */
+	double good;                  /* the last good rate (floor); 0 none */
+	int64_t stretch_ms;           /* start of the current 4xx-free stretch */
+	double stretch_value;         /* the limit at that start */
 };
 
 /* Start uncut (value = RATE) with no latency history. */
@@ -111,14 +135,15 @@ void drain_aimd_reset(struct drain_aimd *a, int64_t now);
 void drain_aimd_set_rate(struct drain_aimd *a, double rate);
 /*
  * Events.  CEILING is the limit in force without AIMD (the ramp's value at
- * NOW): a cut halves min(value, CEILING), since halving a value the ramp
+ * NOW): a cut lowers min(value, CEILING), since cutting a value the ramp
  * already keeps lower would change nothing.  Each returns true if the limit
  * was cut by this event.
  *   ok:       a delivery was answered 2xx after LATENCY_MS (time from the
- *             end of DATA to the reply); may raise the limit, or cut it when
- *             latency rose well above the baseline.
- *   tempfail: a 4xx reply.
- *   timeout:  the primary did not answer in time.
+ *             end of DATA to the reply); may raise the limit, or halve it
+ *             when latency rose well above the baseline.
+ *   tempfail: a 4xx reply: a cut by the 4xx share (see
+ *             DRAIN_AIMD_DECREASE_MIN), not below the last good rate.
+ *   timeout:  the primary did not answer in time: a halving.
  */
 bool drain_aimd_ok(struct drain_aimd *a, double latency_ms, double ceiling,
     int64_t now);
@@ -190,6 +215,23 @@ bool drain_policy_timeout(struct drain_policy *p, int64_t now);
  */
 int64_t drain_backoff_next(unsigned attempts, int64_t now, double jitter);
 
+/* While the primary is up, a message answered 4xx this many times in a
+ * row is tried again at once (under the rate limit); the back-off starts
+ * with the next deferral. */
+#define DRAIN_RETRY_FAST 2
+
+/*
+ * When to try a message again after its DEFERRALS-th deferral in a row
+ * (1 = the first): while the primary is UP and DEFERRALS <=
+ * DRAIN_RETRY_FAST, at NOW (it goes back near the front of the queue, and
+ * the rate limit decides when it leaves: a 4xx from a primary that limits
+ * our rate is no reason to wait a minute); after that, or while the
+ * primary is not up, drain_backoff_next() counting from the first deferral
+ * beyond the fast ones (1 min, 2 min, ... 1 h).
+ */
+int64_t drain_retry_next(unsigned deferrals, bool primary_up, int64_t now,
+    double jitter);
+
 /*
  * Queue lifetime: true once NOW - ARRIVAL >= LIFETIME_MS.  Both times are on
  * the same clock (wall clock: arrival comes from the spool).  A lifetime of 0
@@ -200,6 +242,54 @@ bool drain_expired(int64_t arrival, int64_t now, uint64_t lifetime_ms);
  * was already sent or delay_warning is 0 (off). */
 bool drain_delay_warning_due(int64_t arrival, int64_t now,
     uint64_t delay_warning_ms, bool already_sent);
+
+/* ---- connections: the concurrency feedback ----------------------------- */
+
+/*
+ * How many connections to the primary the drain may hold open: between 1
+ * and drain_concurrency, driven by what the primary says, as Postfix's
+ * qmgr does for a destination.  A session refused (a 421 at or after the
+ * greeting, or a refused connect) while other sessions to the same primary
+ * work is a concurrency signal, not an outage: the limit is cut to
+ * max(1, WORKING, limit * DRAIN_CONC_DECREASE), WORKING being the other
+ * sessions that were greeted and have not failed: those are kept, since
+ * they prove what the primary takes.  A session opened before the last cut
+ * was counted by that cut: its refusal changes nothing (one burst of
+ * refusals is one cut).  After DRAIN_CONC_RAISE_MS of deliveries without a
+ * refusal, with every allowed connection in use, the limit rises by one,
+ * up to drain_concurrency (additive increase).
+ */
+#define DRAIN_CONC_DECREASE 0.5
+#define DRAIN_CONC_RAISE_MS 5000
+
+enum drain_conc_change {
+	DRAIN_CONC_SAME,
+	DRAIN_CONC_CUT,
+	DRAIN_CONC_RAISED,
+};
+
+struct drain_conc {
+	unsigned max;                 /* drain_concurrency (>= 1) */
+	unsigned limit;               /* connections allowed now, 1..max */
+	int64_t changed_ms;           /* last cut, raise or (re)configuration */
+	int64_t cut_ms;               /* last cut, INT64_MIN: none */
+	unsigned cuts;                /* for tests */
+};
+
+/* LIMIT = MAX (0 counts as 1), nothing cut. */
+void drain_conc_init(struct drain_conc *c, unsigned max, int64_t now);
+/* drain_concurrency changed: an uncut limit follows it; a cut one is
+ * clipped to it. */
+void drain_conc_set_max(struct drain_conc *c, unsigned max, int64_t now);
+/* A session opened at OPENED_MS was refused while WORKING other sessions
+ * work (see above).  Returns DRAIN_CONC_CUT or DRAIN_CONC_SAME. */
+enum drain_conc_change drain_conc_refused(struct drain_conc *c,
+    unsigned working, int64_t opened_ms, int64_t now);
+/* A delivery succeeded with LIVE sessions open.  Returns
+ * DRAIN_CONC_RAISED or DRAIN_CONC_SAME. */
+enum drain_conc_change drain_conc_ok(struct drain_conc *c, unsigned live,
+    int64_t now);
+unsigned drain_conc_limit(const struct drain_conc *c);
 
 /* ---- the primary's state ------------------------------------------------ */
 

@@ -107,8 +107,12 @@ struct smtp_client_msg {
 	bool smtputf8;                 /* needs SMTPUTF8 */
 	enum env_ret ret;             /* DSN RET, ENV_RET_NONE = not given */
 	const char *envid;             /* DSN ENVID xtext, or NULL */
-	smtp_client_read_fn read;
+	smtp_client_read_fn read;      /* may be NULL with verify_only */
 	void *read_arg;
+	/* Recipient verification (verify.c): stop after the RCPT replies,
+	 * never send DATA; SENT reports each RCPT reply and the next
+	 * transaction on the session starts with RSET. */
+	bool verify_only;
 };
 
 enum smtp_client_outcome {
@@ -187,7 +191,9 @@ int smtp_client_new(const struct smtp_client_options *opts,
  * earlier transaction was left open).  Returns 0 (SENT follows), or
  * SMTP_CLIENT_EINVAL when the session is not READY or MSG has no recipient.
  * A message that needs SMTPUTF8 to a server without it fails every
- * recipient permanently with 5.6.7 (RFC 6531) without sending anything.
+ * recipient permanently with 5.6.7 (RFC 6531), and one declared
+ * BODY=8BITMIME or BINARYMIME to a server without 8BITMIME with 5.6.3
+ * (RFC 6152 3), without sending anything.
  */
 int smtp_client_send(struct smtp_client *c, const struct smtp_client_msg *msg);
 /* READY session: say QUIT and close (CLOSED with status 0). */
@@ -205,6 +211,8 @@ uint64_t smtp_client_size_max(const struct smtp_client *c);
 /* The server's RFC 9422 RCPTMAX and MAILMAX from its last EHLO; 0 = none. */
 void smtp_client_limits(const struct smtp_client *c, uint32_t *rcpt_max,
     uint32_t *mail_max);
+/* The session got its 220 greeting and has not failed or closed since. */
+bool smtp_client_greeted(const struct smtp_client *c);
 /* TLS is in use on the session (STARTTLS succeeded). */
 bool smtp_client_tls_active(const struct smtp_client *c);
 

@@ -74,8 +74,9 @@ struct fake {
 	const char *data_reply;       /* after the final dot */
 	bool drop_after_data;         /* close after data_reply */
 	bool stall_data;              /* never answer the final dot */
+	int max_conns;                /* > 0: 421 at the greeting beyond it */
 	/* what happened */
-	int connects, live, max_live, quits, mails, dots;
+	int connects, live, max_live, quits, mails, dots, refused;
 	struct fake_msg msg[FAKE_MAX_MSG];
 	int nmsg;
 	struct fake_conn *conns;
@@ -323,6 +324,13 @@ fake_on_connection(uv_stream_t *server, int status)
 		fake_conn_close(c);
 		return;
 	}
+	if (f->max_conns > 0 && f->live > f->max_conns) {
+		/* What Postfix says beyond smtpd_client_connection_count_limit. */
+		f->refused++;
+		fake_reply(c, "421 4.7.0 fake.test Error: too many connections",
+		    true);
+		return;
+	}
 	fake_reply(c, f->banner, f->banner[0] != '2');
 }
 
@@ -384,6 +392,7 @@ struct fx {
 	struct commit_wait *commit;
 	bool held_done;
 	unsigned notify;              /* fx_queue: every recipient's NOTIFY */
+	enum env_body body;           /* fx_queue: the envelope's BODY= */
 };
 
 struct fx_opts {
@@ -393,6 +402,7 @@ struct fx_opts {
 	const char *delay_warning;    /* [server]; NULL: 0 (off) */
 	const char *tenant_extra;     /* more [tenant:demo] lines */
 	const char *banner;           /* the primary's; NULL: 220 */
+	unsigned concurrency;         /* drain_concurrency; 0: 1 */
 };
 
 static void
@@ -465,11 +475,12 @@ fx_open(struct fx *fx, const struct fx_opts *o)
 	    "[tls]\noutbound = none\n"
 	    "[tenant:demo]\ndomains = example.test\nprimary = 127.0.0.1:%d\n"
 	    "drain_rate = 1000\ndrain_initial_rate = 1000\n"
-	    "drain_concurrency = 1\nprobe_interval = 1h\nprobe_up_after = %u\n%s",
+	    "drain_concurrency = %u\nprobe_interval = 1h\nprobe_up_after = %u\n%s",
 	    o->listen_on_primary ? fx->prim.port : 1,
 	    o->queue_lifetime ? o->queue_lifetime : "5d",
 	    o->delay_warning ? o->delay_warning : "0", fx->bounce.port,
-	    fx->prim.port, o->up_after ? o->up_after : 1,
+	    fx->prim.port, o->concurrency ? o->concurrency : 1,
+	    o->up_after ? o->up_after : 1,
 	    o->tenant_extra ? o->tenant_extra : "");
 	if (o->banner)
 		fx->prim.banner = o->banner;
@@ -554,7 +565,7 @@ static spool_qid
 fx_queue(struct fx *fx, const char *sender, const char *rcpts,
     const char *subject)
 {
-	struct spool_rcpt r[4];
+	struct spool_rcpt r[8];
 	struct spool_envelope env;
 	struct spool_tx *tx;
 	struct commit_wait w = { 0 };
@@ -564,7 +575,7 @@ fx_queue(struct fx *fx, const char *sender, const char *rcpts,
 
 	memset(r, 0, sizeof(r));
 	snprintf(list, sizeof(list), "%s", rcpts);
-	for (char *a = strtok_r(list, " ", &save); a && n < 4;
+	for (char *a = strtok_r(list, " ", &save); a && n < 8;
 	    a = strtok_r(NULL, " ", &save))
 		r[n++].addr = a;
 	for (size_t i = 0; i < n; i++)
@@ -574,6 +585,7 @@ fx_queue(struct fx *fx, const char *sender, const char *rcpts,
 	env.sender = (char *)sender;
 	env.nrcpt = n;
 	env.rcpt = r;
+	env.body = fx->body;
 	snprintf(body, sizeof(body), "From: <%s>\r\nSubject: %s\r\n\r\nhello\r\n",
 	    sender, subject);
 	assert_int_equal(spool_tx_begin(fx->sp, &env, &tx), 0);
@@ -763,10 +775,12 @@ test_oldest_first_and_status(void **state)
 	fx_close(&fx);
 }
 
-/* A 4xx defers the recipient 1 min (+-10 %) on the drain's clock, nothing
- * is tried before that, and the retry after it delivers. */
+/* While the primary is up a 4xx is retried at once (no clock moves), the
+ * first DRAIN_RETRY_FAST times in a row; the next deferral waits 1 min
+ * (+-10 %) on the drain's clock, nothing is tried before that, and the
+ * retry after it delivers. */
 static void
-test_4xx_defers_with_backoff(void **state)
+test_4xx_retried_at_once_then_backoff(void **state)
 {
 	struct fx fx;
 	struct fx_opts o = { 0 };
@@ -777,22 +791,23 @@ test_4xx_defers_with_backoff(void **state)
 	fx_open(&fx, &o);
 	fx_up(&fx);
 	fx_queue_deferred(&fx, "m1");
+	assert_int_equal(fx.prim.mails, 3);          /* 2 at once, then wait */
 	assert_int_equal(spool_find(fx.sp, fx.qid, &it), 0);
-	assert_int_equal(it.attempts, 1);
+	assert_int_equal(it.attempts, 3);
 	delay = it.next_attempt_ms - fake_now;
 	assert_true(delay >= 54000 && delay <= 66000);
 	assert_string_equal(fx_state(&fx), "up");    /* a 4xx is no outage */
 
 	drain_kick(fx.d, "demo");
 	(void)fx_run_until(&fx, NULL, QUIET_MS);
-	assert_int_equal(fx.prim.mails, 1);          /* not due yet */
+	assert_int_equal(fx.prim.mails, 3);          /* not due yet */
 
 	fake_now += 70 * 1000;
 	drain_kick(fx.d, "demo");
 	fx.want = 1;
 	fx_wait(&fx, pred_delivered, "the retry");
 	fx_wait(&fx, pred_empty, "an empty queue");
-	assert_int_equal(fx.prim.mails, 2);
+	assert_int_equal(fx.prim.mails, 4);
 	fx_close(&fx);
 }
 
@@ -865,7 +880,7 @@ test_expired_message_bounces(void **state)
 	fx_wait(&fx, pred_bounced, "the expiry DSN");
 	fx_wait(&fx, pred_empty, "an empty queue");
 	assert_non_null(strstr(fx.bounce.msg[0].body, "4.4.7"));
-	assert_int_equal(fx.prim.mails, 1);          /* not tried again */
+	assert_int_equal(fx.prim.mails, 3);          /* not tried again */
 	fx_close(&fx);
 }
 
@@ -1237,6 +1252,166 @@ test_mailmax_limits_messages_per_connection(void **state)
 	fx_close(&fx);
 }
 
+/* RFC 9422 RCPTMAX=2: five recipients go in three transactions on one
+ * connection (2, 2, 1), every one delivered once. */
+static void
+test_rcptmax_splits_transactions(void **state)
+{
+	struct fx fx;
+	struct fx_opts o = { 0 };
+
+	(void)state;
+	fx_open(&fx, &o);
+	fx.prim.ehlo = "250-fake.test\r\n250-PIPELINING\r\n250 LIMITS RCPTMAX=2";
+	(void)fx_queue(&fx, "a@sender.test", "u1@example.test u2@example.test "
+	    "u3@example.test u4@example.test u5@example.test", "m1");
+	fx_drain_start(&fx);
+	fx.want = 3;
+	fx_wait(&fx, pred_delivered, "three transactions");
+	fx_wait(&fx, pred_empty, "an empty queue");
+	fx_wait(&fx, pred_idle, "the last job's end");
+	assert_int_equal(fx.prim.mails, 3);
+	assert_string_equal(fx.prim.msg[0].rcpts, "u1@example.test u2@example.test");
+	assert_string_equal(fx.prim.msg[1].rcpts, "u3@example.test u4@example.test");
+	assert_string_equal(fx.prim.msg[2].rcpts, "u5@example.test");
+	assert_int_equal(fx.prim.connects, 2);       /* the probe's and one */
+	assert_int_equal(stats_total(fx.st, STAT_DELIVERED), 5);
+	fx_close(&fx);
+}
+
+/* RCPTMAX=2 with MAILMAX=2: the connection carries two transactions, the
+ * fifth recipient stays pending and leaves on the next connection, not
+ * deferred. */
+static void
+test_rcptmax_with_mailmax(void **state)
+{
+	struct fx fx;
+	struct fx_opts o = { 0 };
+
+	(void)state;
+	fx_open(&fx, &o);
+	fx.prim.ehlo = "250-fake.test\r\n250 LIMITS RCPTMAX=2 MAILMAX=2";
+	fx.qid = fx_queue(&fx, "a@sender.test", "u1@example.test u2@example.test "
+	    "u3@example.test u4@example.test u5@example.test", "m1");
+	fx_drain_start(&fx);
+	fx.want = 3;
+	fx_wait(&fx, pred_delivered, "three transactions");
+	fx_wait(&fx, pred_empty, "an empty queue");
+	assert_int_equal(fx.prim.mails, 3);
+	assert_string_equal(fx.prim.msg[2].rcpts, "u5@example.test");
+	assert_int_equal(fx.prim.connects, 3);       /* probe, 2 + 2, 1 */
+	assert_int_equal(stats_total(fx.st, STAT_DELIVERED), 5);
+	fx_close(&fx);
+}
+
+/* A message declared BODY=8BITMIME to a primary without 8BITMIME is not
+ * sent: it bounces with 5.6.3 (RFC 6152 3), and the primary sees no MAIL. */
+static void
+test_8bitmime_to_7bit_primary_bounces(void **state)
+{
+	struct fx fx;
+	struct fx_opts o = { 0 };
+
+	(void)state;
+	fx_open(&fx, &o);
+	fx.prim.ehlo = "250-fake.test\r\n250 ENHANCEDSTATUSCODES";
+	fx.body = ENV_BODY_8BITMIME;
+	(void)fx_queue(&fx, "alice@sender.test", "bob@example.test", "m1");
+	fx.body = ENV_BODY_7BIT;
+	(void)fx_queue(&fx, "alice@sender.test", "carol@example.test", "m2");
+	fx_drain_start(&fx);
+	fx.want = 1;
+	fx_wait(&fx, pred_bounced, "the DSN");
+	fx_wait(&fx, pred_empty, "an empty queue");
+	assert_non_null(strstr(fx.bounce.msg[0].body, "5.6.3"));
+	assert_non_null(strstr(fx.bounce.msg[0].body, "bob@example.test"));
+	assert_int_equal(fx.prim.mails, 1);          /* only the 7-bit one */
+	assert_string_equal(fx.prim.msg[0].rcpts, "carol@example.test");
+	fx_close(&fx);
+}
+
+static bool
+pred_delivered_stat(struct fx *fx)
+{
+	return stats_total(fx->st, STAT_DELIVERED) >= (uint64_t)fx->want;
+}
+
+/* Issue 9's Postfix case on the fake: a primary that takes 2 connections
+ * and answers a third and fourth with 421 at the greeting.  With
+ * drain_concurrency 4 that is a concurrency signal: the limit drops to 2,
+ * the primary stays up, every message is delivered, and status says so. */
+static void
+test_refusal_while_others_work_cuts_concurrency(void **state)
+{
+	struct fx fx;
+	struct fx_opts o = { .concurrency = 4 };
+	struct drain_status s;
+
+	(void)state;
+	fx_open(&fx, &o);
+	fx_up(&fx);
+	assert_int_equal(drain_status(fx.d, "demo", &s), 0);
+	assert_int_equal(s.concurrency_limit, 4);
+	assert_string_equal(s.limit_reason, "drain_concurrency");
+	fx.prim.max_conns = 2;
+	fx.prim.stall_data = true;    /* keep the sessions open */
+	for (int i = 0; i < 6; i++) {
+		char subj[16];
+
+		snprintf(subj, sizeof(subj), "m%d", i);
+		(void)fx_queue(&fx, "a@sender.test", "u@example.test", subj);
+	}
+	drain_kick(fx.d, "demo");
+	fx.want = 2;
+	fx_wait(&fx, pred_dots, "two sessions at their final dot");
+	(void)fx_run_until(&fx, NULL, QUIET_MS);
+	assert_true(fx.prim.refused >= 1);
+	assert_int_equal(drain_status(fx.d, "demo", &s), 0);
+	assert_string_equal(s.primary_state, "up");
+	assert_int_equal(s.concurrency_limit, 2);
+	assert_non_null(strstr(s.limit_reason, "cut: "));
+	assert_non_null(strstr(s.limit_reason, "too many connections"));
+	/* Let the two sessions finish: everything goes, two at a time. */
+	fx.prim.stall_data = false;
+	for (struct fake_conn *c = fx.prim.conns; c; c = c->next)
+		if (!c->closing && c->nrcpt > 0 && !c->data)
+			fake_reply(c, fx.prim.data_reply, false);
+	fx.want = 6;
+	fx_wait(&fx, pred_delivered_stat, "six deliveries");
+	fx_wait(&fx, pred_idle, "the last job's end");
+	assert_int_equal(drain_status(fx.d, "demo", &s), 0);
+	assert_string_equal(s.primary_state, "up");
+	assert_true(fx.prim.refused <= 3);
+	assert_int_equal(stats_total(fx.st, STAT_BOUNCED), 0);
+	fx_close(&fx);
+}
+
+/* When every session is refused the primary is down, and the messages are
+ * given back untouched (no attempt counted). */
+static void
+test_every_session_refused_goes_down(void **state)
+{
+	struct fx fx;
+	struct fx_opts o = { .concurrency = 4 };
+	struct spool_item it;
+
+	(void)state;
+	fx_open(&fx, &o);
+	fx_up(&fx);
+	fx.prim.banner = "421 4.3.2 fake.test shutting down";
+	fx.qid = fx_queue(&fx, "a@sender.test", "u@example.test", "m1");
+	(void)fx_queue(&fx, "a@sender.test", "u@example.test", "m2");
+	drain_kick(fx.d, "demo");
+	fx_wait(&fx, pred_down, "down when every session is refused");
+	fx_wait(&fx, pred_idle, "no job left");
+	assert_int_equal(fx.prim.mails, 0);
+	assert_int_equal(fx_queued(&fx), 2);
+	assert_int_equal(spool_find(fx.sp, fx.qid, &it), 0);
+	assert_int_equal(it.attempts, 0);
+	assert_false(it.claimed);
+	fx_close(&fx);
+}
+
 int
 main(void)
 {
@@ -1245,7 +1420,12 @@ main(void)
 		cmocka_unit_test(test_421_during_delivery_goes_down),
 		cmocka_unit_test(test_oldest_first_and_status),
 		cmocka_unit_test(test_mailmax_limits_messages_per_connection),
-		cmocka_unit_test(test_4xx_defers_with_backoff),
+		cmocka_unit_test(test_4xx_retried_at_once_then_backoff),
+		cmocka_unit_test(test_rcptmax_splits_transactions),
+		cmocka_unit_test(test_rcptmax_with_mailmax),
+		cmocka_unit_test(test_8bitmime_to_7bit_primary_bounces),
+		cmocka_unit_test(test_refusal_while_others_work_cuts_concurrency),
+		cmocka_unit_test(test_every_session_refused_goes_down),
 		cmocka_unit_test(test_5xx_bounces_to_sender),
 		cmocka_unit_test(test_null_sender_gets_no_dsn),
 		cmocka_unit_test(test_expired_message_bounces),

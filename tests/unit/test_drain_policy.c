@@ -375,9 +375,9 @@ test_aimd_additive_increase(void **state)
 	for (t = 3100; t <= 7000; t += 100)
 		assert_false(drain_policy_ok(&p, 5, t));
 	assert_true(fabs(drain_policy_limit(&p, 7000) - 35) < 1e-6);
-	/* A 4xx inside a fresh cooldown would be a cut; here it cuts again. */
+	/* One 4xx among 60 successes cuts by its share, but at least 10 %. */
 	assert_true(drain_policy_tempfail(&p, 7000));
-	assert_true(fabs(drain_policy_limit(&p, 7000) - 17.5) < 1e-6);
+	assert_true(fabs(drain_policy_limit(&p, 7000) - 31.5) < 1e-6);
 	/* Long success: back to drain_rate, not beyond. */
 	for (t = 7100; t <= 60000; t += 100)
 		(void)drain_policy_ok(&p, 5, t);
@@ -439,6 +439,147 @@ test_aimd_latency(void **state)
 	assert_int_equal(a.cuts, 0);
 }
 
+/* The depth of a 4xx cut follows the share of 4xx since the last cut:
+ * x * (1 - share), between a halving and a 10 % cut. */
+static void
+test_aimd_cut_by_share(void **state)
+{
+	static const struct { int ok, temp; double want; } c[] = {
+		{ 0, 1, 20 },             /* nothing but trouble: halve */
+		{ 70, 30, 28 },           /* 30 % refused: 40 -> 28 */
+		{ 50, 50, 20 },
+		{ 10, 90, 20 },           /* never below a halving */
+		{ 199, 1, 36 },           /* 0.5 %: still a 10 % cut */
+	};
+	struct drain_aimd a;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) {
+		int64_t t = 0;
+
+		drain_aimd_init(&a, 40, 0);
+		/* Successes a millisecond apart raise nothing measurable... */
+		for (int k = 0; k < c[i].ok; k++)
+			(void)drain_aimd_ok(&a, 5, 40, t++);
+		/* ...and the 4xx before the last one fall in its cooldown. */
+		for (int k = 0; k < c[i].temp - 1; k++)
+			a.temp_n++;
+		assert_true(drain_aimd_tempfail(&a, 40, t));
+		if (fabs(drain_aimd_value(&a) - c[i].want) > 0.01)
+			fail_msg("ok %d temp %d: %.3f, want %.3f", c[i].ok, c[i].temp,
+			    drain_aimd_value(&a), c[i].want);
+	}
+}
+
+/* A limit that held for DRAIN_AIMD_GOOD_MS without a 4xx is a floor for
+ * the next cut, once; and the rise is gentle near the rate that failed. */
+static void
+test_aimd_good_floor_and_gentle_rise(void **state)
+{
+	struct drain_aimd a;
+	int64_t t;
+	double v;
+
+	(void)state;
+	drain_aimd_init(&a, 20, 0);
+	assert_true(drain_aimd_tempfail(&a, 20, 0));        /* 20 -> 10 */
+	/* 10 s of success: the rate rises quickly (1/s) below 0.85 * 20 = 17,
+	 * and 8 times slower above. */
+	for (t = 100; t <= 2000 + 7000; t += 100)
+		(void)drain_aimd_ok(&a, 5, 20, t);
+	v = drain_aimd_value(&a);                           /* 10 + 7 = 17 */
+	assert_true(fabs(v - 17) < 0.11);
+	for (; t <= 2000 + 7000 + 8000; t += 100)
+		(void)drain_aimd_ok(&a, 5, 20, t);
+	if (fabs(drain_aimd_value(&a) - (v + 1)) > 0.1)
+		fail_msg("%.4f after %.4f", drain_aimd_value(&a), v);
+	/* The stretches since the cut make a good rate of at least 17: a
+	 * 4xx among many successes (a 10 % cut, to 16.2) stops there. */
+	assert_true(a.good >= 17 - 1e-6);
+	t += 100;
+	assert_true(drain_aimd_tempfail(&a, 20, t));
+	v = drain_aimd_value(&a);
+	assert_true(v >= 17 - 1e-6 && v < 18);
+	/* The floor is used up: the next cut (after the cooldown, nothing but
+	 * trouble) goes below it. */
+	t += DRAIN_AIMD_COOLDOWN_MS;
+	assert_true(drain_aimd_tempfail(&a, 20, t));
+	assert_true(fabs(drain_aimd_value(&a) - v / 2) < 1e-6);
+}
+
+/*
+ * The property issue 9 asks for: against a primary that answers 451 above
+ * R msg/s (a token bucket of R per second, R deep), the drain settles near
+ * R, not near R / 2.  The drain takes tokens every millisecond it may
+ * (always a backlog), each message is answered LAT ms later, 2xx while the
+ * primary's bucket (R per second, one deep: a strict limit that stores no
+ * credit, so every dip below R is lost for good) has a token and 451
+ * otherwise, and the feedback goes to drain_policy_ok / _tempfail.  Over
+ * 5 minutes the primary accepts at least 0.9 R on average (0.8 R in the
+ * first 30 s, the search included), and never more than drain_rate +
+ * depth leave in any second.  The halving AIMD before issue 9 got 0.64 to
+ * 0.67 R here; this one 0.92 to 0.95 R.
+ */
+static void
+test_aimd_converges_on_rate_limit(void **state)
+{
+	static const double rates[] = { 4, 10, 25 };
+	enum { SIM = 300000, LAT = 40, QMAX = 4096 };
+
+	(void)state;
+	for (size_t r = 0; r < sizeof(rates) / sizeof(rates[0]); r++) {
+		double R = rates[r], drain_rate = R * 2.5;
+		struct drain_policy p;
+		struct drain_policy_params pp = params(drain_rate, drain_rate, 0, 0, 0);
+		struct drain_bucket prim;
+		int64_t due[QMAX];
+		bool okq[QMAX];
+		size_t qh = 0, qt = 0;
+		uint64_t accepted = 0, early = 0, refused = 0;
+		int64_t sec = 0, in_sec = 0, worst = 0;
+
+		drain_policy_init(&p, &pp, 0);
+		drain_bucket_init(&prim, R, 1, 0);
+		for (int64_t t = 0; t < SIM; t++) {
+			while (qh != qt && due[qh % QMAX] <= t) {
+				if (okq[qh % QMAX])
+					(void)drain_policy_ok(&p, 5, t);
+				else
+					(void)drain_policy_tempfail(&p, t);
+				qh++;
+			}
+			while (qt - qh < QMAX && drain_policy_take(&p, 0, t)) {
+				bool ok = drain_bucket_take(&prim, 1, t);
+
+				if (t / 1000 != sec) {
+					sec = t / 1000;
+					in_sec = 0;
+				}
+				if (++in_sec > worst)
+					worst = in_sec;
+				due[qt % QMAX] = t + LAT;
+				okq[qt % QMAX] = ok;
+				qt++;
+				if (ok) {
+					accepted++;
+					if (t < 30000)
+						early++;
+				} else {
+					refused++;
+				}
+			}
+		}
+		print_message("# R %.0f: %.2f R over 5 min, %.2f R in the first "
+		    "30 s, %.1f %% refused, at most %lld in one second\n", R,
+		    (double)accepted / (SIM / 1000) / R, (double)early / 30 / R,
+		    100.0 * (double)refused / (double)(accepted + refused),
+		    (long long)worst);
+		assert_true((double)accepted / (SIM / 1000) >= 0.9 * R);
+		assert_true((double)early / 30 >= 0.8 * R);
+		assert_true((double)worst <= 2 * drain_rate);
+	}
+}
+
 /* Raising drain_rate lifts an uncut AIMD with it; a cut one stays. */
 static void
 test_aimd_set_rate(void **state)
@@ -494,6 +635,109 @@ test_backoff_jitter(void **state)
 	/* Out of range values are clamped. */
 	assert_int_equal(drain_backoff_next(1, 0, 7), 66000);
 	assert_int_equal(drain_backoff_next(1, 0, NAN), 60000);
+}
+
+/* While the primary is up, the first DRAIN_RETRY_FAST deferrals in a row
+ * retry at once; then the back-off starts at 1 min.  While it is not up,
+ * the back-off applies from the first. */
+static void
+test_retry_next(void **state)
+{
+	(void)state;
+	assert_int_equal(DRAIN_RETRY_FAST, 2);
+	assert_int_equal(drain_retry_next(1, true, 5000, 0), 5000);
+	assert_int_equal(drain_retry_next(2, true, 5000, 1), 5000);
+	assert_int_equal(drain_retry_next(3, true, 5000, 0), 5000 + 60000);
+	assert_int_equal(drain_retry_next(4, true, 5000, 0), 5000 + 120000);
+	assert_int_equal(drain_retry_next(0, true, 5000, 0), 5000);
+	assert_int_equal(drain_retry_next(1, false, 5000, 0), 5000 + 60000);
+	assert_int_equal(drain_retry_next(3, false, 5000, 0), 5000 + 240000);
+	assert_int_equal(drain_retry_next(3, true, 0, 1), 66000);
+}
+
+/* ---- connections ------------------------------------------------------- */
+
+/* A refusal while others work cuts to max(1, working, limit / 2); the
+ * sessions opened before that cut do not cut again; never below 1. */
+static void
+test_conc_cut(void **state)
+{
+	struct drain_conc c;
+
+	(void)state;
+	drain_conc_init(&c, 4, 0);
+	assert_int_equal(drain_conc_limit(&c), 4);
+	/* Four opened at 0; two refused (Postfix's count limit of 2) while
+	 * two were greeted: 4 -> 2, and the second refusal changes nothing. */
+	assert_int_equal(drain_conc_refused(&c, 2, 0, 10), DRAIN_CONC_CUT);
+	assert_int_equal(drain_conc_limit(&c), 2);
+	assert_int_equal(drain_conc_refused(&c, 2, 0, 11), DRAIN_CONC_SAME);
+	assert_int_equal(drain_conc_limit(&c), 2);
+	/* A session opened after the cut and refused: 2 -> 1. */
+	assert_int_equal(drain_conc_refused(&c, 1, 20, 30), DRAIN_CONC_CUT);
+	assert_int_equal(drain_conc_limit(&c), 1);
+	assert_int_equal(drain_conc_refused(&c, 0, 40, 50), DRAIN_CONC_SAME);
+	assert_int_equal(drain_conc_limit(&c), 1);
+	assert_int_equal(c.cuts, 2);
+
+	/* Working sessions are kept: 8 with 6 working -> 6, not 4. */
+	drain_conc_init(&c, 8, 0);
+	assert_int_equal(drain_conc_refused(&c, 6, 0, 5), DRAIN_CONC_CUT);
+	assert_int_equal(drain_conc_limit(&c), 6);
+	/* Nothing greeted yet: a halving. */
+	drain_conc_init(&c, 8, 0);
+	assert_int_equal(drain_conc_refused(&c, 0, 0, 5), DRAIN_CONC_CUT);
+	assert_int_equal(drain_conc_limit(&c), 4);
+	/* A cut always lowers the limit, even with all others working. */
+	drain_conc_init(&c, 3, 0);
+	assert_int_equal(drain_conc_refused(&c, 3, 0, 5), DRAIN_CONC_CUT);
+	assert_int_equal(drain_conc_limit(&c), 2);
+}
+
+/* Additive increase: +1 after DRAIN_CONC_RAISE_MS of success at the limit
+ * with no refusal, up to drain_concurrency; not while below the limit. */
+static void
+test_conc_raise(void **state)
+{
+	struct drain_conc c;
+	int64_t t;
+
+	(void)state;
+	drain_conc_init(&c, 4, 0);
+	assert_int_equal(drain_conc_refused(&c, 1, 0, 1000), DRAIN_CONC_CUT);
+	assert_int_equal(drain_conc_limit(&c), 2);
+	assert_int_equal(drain_conc_ok(&c, 2, 1000 + DRAIN_CONC_RAISE_MS - 1),
+	    DRAIN_CONC_SAME);
+	/* Below the limit: it is not what holds the drain back. */
+	assert_int_equal(drain_conc_ok(&c, 1, 1000 + DRAIN_CONC_RAISE_MS),
+	    DRAIN_CONC_SAME);
+	assert_int_equal(drain_conc_ok(&c, 2, 1000 + DRAIN_CONC_RAISE_MS),
+	    DRAIN_CONC_RAISED);
+	assert_int_equal(drain_conc_limit(&c), 3);
+	/* A refusal (of a session opened after the cut) restarts the wait. */
+	t = 1000 + DRAIN_CONC_RAISE_MS + 100;
+	assert_int_equal(drain_conc_refused(&c, 2, t - 50, t), DRAIN_CONC_CUT);
+	assert_int_equal(drain_conc_limit(&c), 2);
+	assert_int_equal(drain_conc_ok(&c, 2, t + DRAIN_CONC_RAISE_MS - 1),
+	    DRAIN_CONC_SAME);
+	for (int64_t u = t + DRAIN_CONC_RAISE_MS; u < t + 10 * DRAIN_CONC_RAISE_MS;
+	    u += 100)
+		(void)drain_conc_ok(&c, drain_conc_limit(&c), u);
+	assert_int_equal(drain_conc_limit(&c), 4);        /* not beyond */
+
+	/* drain_concurrency changes: an uncut limit follows, a cut one is
+	 * clipped. */
+	t += 20 * DRAIN_CONC_RAISE_MS;
+	drain_conc_set_max(&c, 6, t);
+	assert_int_equal(drain_conc_limit(&c), 6);
+	assert_int_equal(drain_conc_refused(&c, 2, t + 1, t + 2), DRAIN_CONC_CUT);
+	assert_int_equal(drain_conc_limit(&c), 3);
+	drain_conc_set_max(&c, 8, t + 3);
+	assert_int_equal(drain_conc_limit(&c), 3);
+	drain_conc_set_max(&c, 2, t + 4);
+	assert_int_equal(drain_conc_limit(&c), 2);
+	drain_conc_set_max(&c, 0, t + 5);
+	assert_int_equal(drain_conc_limit(&c), 1);
 }
 
 /* Expiry at exactly queue_lifetime; delay warning once, and never when off. */
@@ -640,6 +884,12 @@ main(void)
 		cmocka_unit_test(test_aimd_additive_increase),
 		cmocka_unit_test(test_aimd_latency),
 		cmocka_unit_test(test_aimd_set_rate),
+		cmocka_unit_test(test_aimd_cut_by_share),
+		cmocka_unit_test(test_aimd_good_floor_and_gentle_rise),
+		cmocka_unit_test(test_aimd_converges_on_rate_limit),
+		cmocka_unit_test(test_retry_next),
+		cmocka_unit_test(test_conc_cut),
+		cmocka_unit_test(test_conc_raise),
 		cmocka_unit_test(test_backoff_sequence),
 		cmocka_unit_test(test_backoff_jitter),
 		cmocka_unit_test(test_lifetime_and_delay_warning),
