@@ -40,6 +40,7 @@
 #include "mxspool/smtp_proto.h"
 #include "mxspool/smtp_server.h"
 #include "mxspool/spool.h"
+#include "mxspool/spool_backup.h"
 #include "mxspool/stats.h"
 #include "mxspool/util.h"
 
@@ -111,6 +112,8 @@ struct control_client {
 	uv_write_t wreq;
 	struct spool_msg *msg;        /* "show": envelope being loaded */
 	struct control_bulk *bulk;    /* filtered queue/delete/bounce loading */
+	struct spool_backup *backup;  /* backup DIR running for this client */
+	char *backup_dir;
 	bool show_body;               /* show --body */
 	bool show_loading;            /* show: spool_load has not called back */
 	bool orphan;                  /* closed while loading: the load frees */
@@ -645,6 +648,8 @@ control_cmd_set(struct control_req *q)
 	control_ack(q, CONTROL_ACK_SET, NULL, 0);
 }
 
+static void control_cmd_backup(struct control_req *q);
+
 static const struct control_cmd {
 	const char *name;
 	int min_args, max_args;        /* after the command word */
@@ -663,6 +668,7 @@ static const struct control_cmd {
 	{ "release", 1, 1, true, control_cmd_hold },
 	{ "set", 2, 30, true, control_cmd_set },
 	{ "watch", 0, 1, false, control_cmd_watch },
+	{ "backup", 1, 1, true, control_cmd_backup },
 };
 
 /*
@@ -763,7 +769,7 @@ control_run(struct relay *r, struct control_client *cl, char *line,
 		return out->len == 0 ? 1 : 0;
 	}
 	control_error(&q, "unknown command %s (status, queue, show, watch, flush, "
-	    "hold, release, delete, bounce, requeue, set, reload)", q.argv[0]);
+	    "hold, release, delete, bounce, requeue, set, reload, backup)", q.argv[0]);
 	return 0;
 }
 
@@ -814,6 +820,8 @@ control_client_free(uv_handle_t *h)
 		return;
 	if (cl->bulk != NULL)
 		cl->bulk->cl = NULL;   /* freed when its last load comes back */
+	spool_backup_detach(cl->backup);   /* it runs on and frees itself */
+	free(cl->backup_dir);
 	if (cl->msg != NULL)
 		spool_msg_free(cl->msg);   /* a read in flight then calls nobody */
 	cl->msg = NULL;
@@ -968,6 +976,140 @@ control_show_loaded(void *arg, int status, struct spool_msg *m)
 		return;
 	}
 	control_show_next(cl);
+}
+
+/* ---- backup DIR ---------------------------------------------------------- */
+
+/*
+ * The one streamed answer: "progress ..." lines while the backup runs (each
+ * its own write, so mxspoolctl shows them as they come), then the usual
+ * "ok" + summary or "error MESSAGE", and the connection closes.
+ */
+struct control_line {
+	uv_write_t w;
+	char buf[256];
+};
+
+static void
+control_line_written(uv_write_t *w, int status)
+{
+	(void)status;
+	free(w->data);
+}
+
+static void
+control_backup_progress(struct control_client *cl,
+    const struct spool_backup_progress *p)
+{
+	struct control_line *l = malloc(sizeof(*l));
+	uv_buf_t b;
+	int n;
+
+	if (l == NULL)
+		return;   /* a progress line is not worth failing the backup */
+	n = snprintf(l->buf, sizeof(l->buf), "progress segments=%" PRIu64 "/%" PRIu64
+	    " bytes=%" PRIu64 "/%" PRIu64 " messages=%" PRIu64 " elapsed_ms=%" PRIu64 "\n",
+	    p->segments_done, p->segments, p->bytes_done, p->bytes, p->messages,
+	    p->elapsed_ms);
+	l->w.data = l;
+	b = uv_buf_init(l->buf, (unsigned)n);
+	if (uv_write(&l->w, &cl->h.stream, &b, 1, control_line_written) != 0)
+		free(l);
+}
+
+static void
+control_backup_summary(struct control_client *cl,
+    const struct spool_backup_progress *p)
+{
+	struct control_buf *b = &cl->out;
+	double s = (double)p->elapsed_ms / 1000.0;
+	double rate = p->elapsed_ms ? (double)p->bytes / s : 0.0;
+
+	control_buf_printf(b, "ok\n");
+	if (cl->want_json) {
+		control_buf_printf(b, "{\"dir\": ");
+		control_buf_json_string(b, cl->backup_dir);
+		control_buf_printf(b, ", \"messages\": %" PRIu64 ", \"segments\": %" PRIu64
+		    ", \"linked\": %" PRIu64 ", \"copied\": %" PRIu64 ", \"bytes\": %" PRIu64
+		    ", \"duration_ms\": %" PRIu64 ", \"bytes_per_s\": %.0f"
+		    ", \"active_segment\": %" PRIu64 ", \"active_bytes\": %" PRIu64 "}\n",
+		    p->messages, p->segments, p->linked, p->copied, p->bytes,
+		    p->elapsed_ms, rate, p->snapshot_segno, p->snapshot_size);
+		return;
+	}
+	control_buf_printf(b, "backup %s complete\n", cl->backup_dir);
+	control_buf_printf(b, "  messages  %" PRIu64 " (queued when the backup began)\n",
+	    p->messages);
+	control_buf_printf(b, "  segments  %" PRIu64 " (%" PRIu64 " hard-linked, %" PRIu64
+	    " copied)\n", p->segments, p->linked, p->copied);
+	control_buf_printf(b, "  bytes     %" PRIu64 " (%.1f MiB)\n", p->bytes,
+	    (double)p->bytes / 1048576.0);
+	control_buf_printf(b, "  time      %.3f s (%.1f MiB/s)\n", s, rate / 1048576.0);
+}
+
+static void
+control_backup_cb(void *arg, int status, const struct spool_backup_progress *p,
+    bool done)
+{
+	struct control_client *cl = arg;
+	char q[1200];
+
+	if (cl->closing_handles) {
+		if (done)
+			cl->backup = NULL;
+		return;   /* control_client_free detaches it */
+	}
+	if (!done) {
+		control_backup_progress(cl, p);
+		return;
+	}
+	cl->backup = NULL;
+	log_event(status == 0 ? LOG_LEVEL_INFO : LOG_LEVEL_ERR, "backup",
+	    "dir=%s result=%s messages=%" PRIu64 " segments=%" PRIu64 " linked=%" PRIu64
+	    " copied=%" PRIu64 " bytes=%" PRIu64 " duration_ms=%" PRIu64 "%s%s",
+	    log_quote(q, sizeof(q), cl->backup_dir), status == 0 ? "ok" : "failed",
+	    p->messages, p->segments, p->linked, p->copied, p->bytes, p->elapsed_ms,
+	    status == 0 ? "" : " error=", status == 0 ? "" :
+	    (status < -1000 ? spool_strerror(status) : strerror(-status)));
+	if (status == 0) {
+		control_backup_summary(cl, p);
+	} else {
+		char msg[1400];
+
+		snprintf(msg, sizeof(msg), "backup to %s failed: %s (nothing in it is "
+		    "a usable spool)", cl->backup_dir, status < -1000 ?
+		    spool_strerror(status) : strerror(-status));
+		control_render_error(&cl->out, msg);
+	}
+	control_send(cl);
+}
+
+static void
+control_cmd_backup(struct control_req *q)
+{
+	struct control_client *cl = q->client;
+	const char *dir = q->argv[1];
+	int rc;
+
+	if (cl == NULL || cl->is_http) {
+		control_error(q, "backup: needs a control connection");
+		return;
+	}
+	if (dir[0] != '/') {
+		control_error(q, "backup: %s: the folder must be an absolute path", dir);
+		return;
+	}
+	cl->backup_dir = xstrdup(dir);
+	rc = spool_backup_start(q->relay->spool, dir, control_backup_cb, cl, &cl->backup);
+	if (rc != 0) {
+		control_error(q, "backup: %s", rc == -EBUSY ? "another backup is running" :
+		    rc == SPOOL_EINVAL ? "this spool backend cannot be backed up" :
+		    rc < -1000 ? spool_strerror(rc) : strerror(-rc));
+		return;
+	}
+	log_event(LOG_LEVEL_INFO, "backup", "dir=%s result=started by=mxspoolctl", dir);
+	/* A backup takes as long as the copy: no idle limit for this client. */
+	uv_timer_stop(&cl->timer);
 }
 
 /* ---- bulk: filtered queue, delete and bounce ----------------------------- */

@@ -46,6 +46,7 @@ ctl_usage(FILE *f)
 	    "  requeue [TENANT]       retry deferred mail now (no probe)\n"
 	    "  set TENANT KEY=VALUE.. change drain settings until the next reload\n"
 	    "  reload                 re-read the configuration file\n"
+	    "  backup DIR             consistent copy of the spool into DIR, online\n"
 	    "  watch [--interval S] [--count N]\n"
 	    "                         full-screen drain view, redrawn every second\n"
 	    "-c FILE finds the socket from the config's [server] control_socket;\n"
@@ -86,7 +87,7 @@ ctl_socket_from_config(const char *path, char **sock)
 	return *sock ? 0 : -1;
 }
 
-static int
+int
 ctl_connect(const char *path)
 {
 	struct sockaddr_un sun;
@@ -117,7 +118,7 @@ ctl_connect(const char *path)
 	return fd;
 }
 
-static int
+int
 ctl_write_all(int fd, const char *buf, size_t len)
 {
 	while (len > 0) {
@@ -243,6 +244,11 @@ main(int argc, char **argv)
 		} else {
 			sock = strdup(CTL_DEFAULT_SOCKET);
 		}
+	}
+	if (strcmp(argv[optind], "backup") == 0) {
+		rc = ctl_backup(sock, argc - optind, argv + optind, json);
+		free(sock);
+		return rc;
 	}
 	if (strcmp(argv[optind], "watch") == 0) {
 		rc = ctl_watch(sock, argc - optind, argv + optind);

@@ -11,6 +11,15 @@
 int ctl_request(const char *sock, const char *req, size_t len, char **resp,
     size_t *rlen);
 
+/* Connect to the control socket at PATH: the fd, or -1 (-2: permission
+ * denied), said on stderr. */
+int ctl_connect(const char *path);
+int ctl_write_all(int fd, const char *buf, size_t len);
+
+/* `mxspoolctl backup DIR [--json]`: ARGV[0] is "backup".  Progress on
+ * stderr, the summary on stdout.  Returns the exit code. */
+int ctl_backup(const char *sock, int argc, char **argv, int json);
+
 /* `mxspoolctl watch [--interval S] [--count N]`: ARGV[0] is "watch".
  * Returns the exit code. */
 int ctl_watch(const char *sock, int argc, char **argv);

@@ -889,7 +889,8 @@ maint_check(struct journal *j)
 	struct seg *s;
 	struct mjob *m;
 
-	if (j->maint_running || j->maint_stuck || j->closing || j->nsegs == 0)
+	if (j->maint_running || j->maint_stuck || j->closing || j->nsegs == 0 ||
+	    j->backup != NULL)   /* a backup holds every segment in place */
 		return;
 	/* Only the oldest segment: see DELETION at the top of this file. */
 	s = &j->segs[0];
@@ -1585,6 +1586,13 @@ close_maybe_finish(struct journal *j)
 	uv_close((uv_handle_t *)&j->window_timer, handle_closed);
 	if (j->nhandles > 1)
 		uv_close((uv_handle_t *)&j->statvfs_timer, handle_closed);
+}
+
+void
+spool__journal_poke(struct journal *j)
+{
+	maint_check(j);
+	close_maybe_finish(j);
 }
 
 static void

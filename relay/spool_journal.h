@@ -66,6 +66,8 @@ struct journal {
 	bool maint_stuck;             /* an unlink failed: stop deleting */
 
 	uint64_t nsyncs;              /* flush jobs that reached fdatasync */
+	struct spool_backup *backup;  /* running (spool_backup.c): no unlink
+	                               * and no compaction while set */
 	unsigned nreqs;               /* work requests in flight */
 	unsigned nhandles;            /* open handles */
 	bool closing, closed_handles;
@@ -85,5 +87,9 @@ void spool__seg_path(char *buf, size_t len, const char *jdir, uint64_t no);
  * thread before the loop serves anyone.  0 or a negative status / -errno.
  */
 int spool__journal_recover(struct journal *j, struct spool_recovery_stats *st);
+
+/* Loop thread: start maintenance if it is due and finish a close that was
+ * waiting, after J->backup or J->nreqs changed outside spool_journal.c. */
+void spool__journal_poke(struct journal *j);
 
 #endif
