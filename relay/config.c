@@ -126,6 +126,7 @@ enum key_kind {
 	KIND_ADDRESS,       /* char *, local@domain; empty: NULL */
 	KIND_GROUP,         /* char *, a group name; empty: NULL */
 	KIND_READONLY,      /* bool: "group" or "any" */
+	KIND_ZONES,         /* char ** + size_t count at off2: DNS zones */
 	KIND_CIPHERS,       /* char *, an OpenSSL cipher list; empty: NULL */
 };
 
@@ -161,6 +162,11 @@ static const struct key server_keys[] = {
 	{ "max_connections", KIND_UINT, S(max_connections), 0, 1, UINT32_MAX, 0, 0 },
 	{ "max_connections_per_ip", KIND_UINT, S(max_connections_per_ip), 0, 1, UINT32_MAX, 0, 0 },
 	{ "client_limit_exempt", KIND_CIDR_LIST, S(client_limit_exempt), S(nclient_limit_exempt), 0, 0, 0, 0 },
+	{ "client_message_rate", KIND_UINT, S(client_message_rate), 0, 0, 1000000, 0, 0 },
+	{ "client_recipient_rate", KIND_UINT, S(client_recipient_rate), 0, 0, 1000000, 0, 0 },
+	{ "dnsbl", KIND_ZONES, S(dnsbl), S(ndnsbl), 0, 0, 0, 0 },
+	{ "dnsbl_allow", KIND_CIDR_LIST, S(dnsbl_allow), S(ndnsbl_allow), 0, 0, 0, 0 },
+	{ "dnsbl_timeout", KIND_DURATION, S(dnsbl_timeout_ms), 0, 1, 0, 0, 0 },
 	{ "max_message_size", KIND_SIZE, S(max_message_size), 0, 1, 0, 0, 0 },
 	{ "max_recipients", KIND_UINT, S(max_recipients), 0, 1, UINT32_MAX, 0, 0 },
 	/* RFC 5321 4.5.3.1.6: a server must take text lines of 1000 octets. */
@@ -209,6 +215,7 @@ static const struct key tenant_keys[] = {
 	{ "etrn_from", KIND_CIDR_LIST, T(etrn_from), T(netrn_from), 0, 0, 0, 0 },
 	{ "queue_lifetime", KIND_DURATION, T(queue_lifetime_ms), 0, 1, 0, 0, 0 },
 	{ "delay_warning", KIND_DURATION, T(delay_warning_ms), 0, 0, 0, 0, 0 },
+	{ "dnsbl", KIND_ZONES, T(dnsbl), T(ndnsbl), 0, 0, 0, 0 },
 };
 
 #undef S
@@ -971,7 +978,7 @@ list_clear(struct loader *ld, const struct key *k, void *base)
 {
 	size_t *n = FIELD(base, k->off2, size_t);
 
-	if (k->kind == KIND_DOMAINS) {
+	if (k->kind == KIND_DOMAINS || k->kind == KIND_ZONES) {
 		char **doms = *FIELD(base, k->off, char **);
 
 		for (size_t i = 0; i < *n; i++)
@@ -979,7 +986,7 @@ list_clear(struct loader *ld, const struct key *k, void *base)
 		/* The duplicate check must forget the domains of this tenant. */
 		size_t keep = 0;
 		for (size_t i = 0; i < ld->ndoms; i++)
-			if (ld->doms[i].tenant != ld->tenant)
+			if (k->kind == KIND_ZONES || ld->doms[i].tenant != ld->tenant)
 				ld->doms[keep++] = ld->doms[i];
 		ld->ndoms = keep;
 	}
@@ -1030,31 +1037,34 @@ item_hostport(struct loader *ld, const struct key *k, void *base, const char *to
 	return 0;
 }
 
+/* A mail domain of a tenant, or a DNSBL zone (KIND_ZONES). */
 static int
 item_domain(struct loader *ld, const struct key *k, void *base, const char *tok)
 {
-	struct config_tenant *t = base;
-	size_t len = strlen(tok);
+	char ***arr = FIELD(base, k->off, char **);
+	size_t *n = FIELD(base, k->off2, size_t), len = strlen(tok);
 	const char *why = config__domain_reason(tok, len);
 	char what[160], *d;
 
 	if (why == NULL && config__all_digits_and_dots(tok, len))
 		why = "looks like an IP address";
 	if (why != NULL) {
-		snprintf(what, sizeof(what), "is not a mail domain: it %s", why);
+		snprintf(what, sizeof(what), "is not a %s: it %s",
+		    k->kind == KIND_ZONES ? "DNS zone" : "mail domain", why);
 		return fail_value(ld, k, tok, what);
 	}
 	if (tok[len - 1] == '.')
 		len--;
 	d = xstrndup(tok, len);
 	util_lower(d);
-	t->domains = array_grow(t->domains, t->ndomains, sizeof(*t->domains));
-	t->domains[t->ndomains] = d;
+	*arr = array_grow(*arr, *n, sizeof(**arr));
+	(*arr)[(*n)++] = d;
+	if (k->kind == KIND_ZONES)
+		return 0;
 	ld->doms = array_grow(ld->doms, ld->ndoms, sizeof(*ld->doms));
 	ld->doms[ld->ndoms++] = (struct domain_seen){
 		.domain = d, .tenant = ld->tenant, .line = ld->lineno,
 	};
-	t->ndomains++;
 	return 0;
 }
 
@@ -1110,7 +1120,8 @@ set_list(struct loader *ld, const struct key *k, void *base, const char *v,
 		tok[len] = '\0';
 		v += len;
 		switch (k->kind) {
-		case KIND_DOMAINS: r = item_domain(ld, k, base, tok); break;
+		case KIND_DOMAINS:
+		case KIND_ZONES: r = item_domain(ld, k, base, tok); break;
 		case KIND_CIDR_LIST: r = item_cidr(ld, k, base, tok); break;
 		default: r = item_hostport(ld, k, base, tok); break;
 		}
@@ -1127,6 +1138,7 @@ key_is_list(const struct key *k)
 	case KIND_HOSTPORT_LIST:
 	case KIND_DNS_LIST:
 	case KIND_DOMAINS:
+	case KIND_ZONES:
 	case KIND_PRIMARY:
 	case KIND_CIDR_LIST:
 		return true;
@@ -1703,6 +1715,11 @@ loader_finish(struct loader *ld)
 			t->queue_lifetime_ms = cfg->queue_lifetime_ms;
 		if (t->delay_warning_ms == UINT64_MAX)
 			t->delay_warning_ms = cfg->delay_warning_ms;
+		for (size_t j = 0; key_line(SECT_TENANT, ld->tmeta[i].lines,
+		    "dnsbl") == 0 && j < cfg->ndnsbl; j++) {
+			t->dnsbl = array_grow(t->dnsbl, t->ndnsbl, sizeof(*t->dnsbl));
+			t->dnsbl[t->ndnsbl++] = xstrdup(cfg->dnsbl[j]);
+		}
 		if (check_tenant(ld, i) != 0)
 			return -1;
 	}
@@ -1755,6 +1772,11 @@ config_defaults(const char *name)
 	cfg->nclient_limit_exempt = 2;
 	(void)config__cidr_reason("127.0.0.0/8", &cfg->client_limit_exempt[0]);
 	(void)config__cidr_reason("::1", &cfg->client_limit_exempt[1]);
+	cfg->dnsbl_allow = xcalloc(2, sizeof(*cfg->dnsbl_allow));
+	cfg->ndnsbl_allow = 2;
+	(void)config__cidr_reason("127.0.0.0/8", &cfg->dnsbl_allow[0]);
+	(void)config__cidr_reason("::1", &cfg->dnsbl_allow[1]);
+	cfg->dnsbl_timeout_ms = 5 * SEC_MS;
 	cfg->max_received = 50;
 	cfg->mx_port = 25;
 	cfg->commit_window_ms = 0;
@@ -1833,6 +1855,7 @@ tenant_free(struct config_tenant *t)
 		free(t->recipients[i]);
 	free(t->recipients);
 	free(t->etrn_from);
+	config__strv_free(t->dnsbl, t->ndnsbl);
 }
 
 void
@@ -1848,6 +1871,8 @@ config_free(struct config *cfg)
 	free(cfg->user);
 	free(cfg->postmaster);
 	free(cfg->client_limit_exempt);
+	free(cfg->dnsbl_allow);
+	config__strv_free(cfg->dnsbl, cfg->ndnsbl);
 	free(cfg->control_group);
 	free(cfg->dns_servers);
 	free(cfg->tls_cert);

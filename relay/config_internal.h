@@ -73,5 +73,7 @@ const char *config__hostport_reason(const char *s, uint16_t defport,
     struct config_hostport *out);
 /* ADDR, ADDR/PREFIX or [V6]/PREFIX with no bits set past the prefix. */
 const char *config__cidr_reason(const char *s, struct config_cidr *out);
+/* Free the N strings of V and V itself (lists of names). */
+void config__strv_free(char **v, size_t n);
 
 #endif

@@ -16,6 +16,7 @@
 #include "config.h"
 
 #include <arpa/inet.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -399,4 +400,12 @@ config_cidr_match(const struct config_cidr *c, int family, const void *addr)
 	if (family != c->family)
 		return false;
 	return prefix_equal(c->addr, a, c->prefix);
+}
+
+void
+config__strv_free(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
 }

@@ -1091,9 +1091,10 @@ dns_addrs_literal(struct dns_req *req, const char *host)
 	return true;
 }
 
-int
-dns_addrs(struct dns *dns, const char *host, dns_addrs_cb cb, void *arg,
-    struct dns_req **reqp)
+/* dns_addrs() and dns_a(): WANT6 false asks for A records only. */
+static int
+dns_lookup_addrs(struct dns *dns, const char *host, bool want6,
+    dns_addrs_cb cb, void *arg, struct dns_req **reqp)
 {
 	char canon[DNS_NAME_MAX + 1];
 	struct dns_req *req;
@@ -1120,7 +1121,9 @@ dns_addrs(struct dns *dns, const char *host, dns_addrs_cb cb, void *arg,
 		return rc;
 	}
 	memcpy(req->name, canon, strlen(canon) + 1);
-	have6 = dns_addrs_from_cache(req, 0, ns_t_aaaa);
+	/* Without AAAA, slot 0 is an empty answer from the start. */
+	req->st[0] = DNS_ENODATA;
+	have6 = !want6 || dns_addrs_from_cache(req, 0, ns_t_aaaa);
 	have4 = dns_addrs_from_cache(req, 1, ns_t_a);
 	if (have6 && have4) {
 		dns_req_complete(req);
@@ -1142,6 +1145,20 @@ done:
 	if (reqp != NULL)
 		*reqp = req;
 	return DNS_OK;
+}
+
+int
+dns_addrs(struct dns *dns, const char *host, dns_addrs_cb cb, void *arg,
+    struct dns_req **reqp)
+{
+	return dns_lookup_addrs(dns, host, true, cb, arg, reqp);
+}
+
+int
+dns_a(struct dns *dns, const char *name, dns_addrs_cb cb, void *arg,
+    struct dns_req **reqp)
+{
+	return dns_lookup_addrs(dns, name, false, cb, arg, reqp);
 }
 
 void

@@ -144,3 +144,21 @@ policy_client_limit_exempt(const struct config *cfg, const struct sockaddr *sa)
 {
 	return policy_addr_in(cfg->client_limit_exempt, cfg->nclient_limit_exempt, sa);
 }
+
+bool
+policy_client_rate_exempt(const struct config *cfg, const struct sockaddr *sa)
+{
+	if (policy_client_limit_exempt(cfg, sa))
+		return true;
+	for (size_t i = 0; i < cfg->ntenants; i++)
+		if (policy_addr_in(cfg->tenants[i].etrn_from,
+		    cfg->tenants[i].netrn_from, sa))
+			return true;
+	return false;
+}
+
+bool
+policy_dnsbl_allowed(const struct config *cfg, const struct sockaddr *sa)
+{
+	return policy_addr_in(cfg->dnsbl_allow, cfg->ndnsbl_allow, sa);
+}

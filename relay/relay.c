@@ -201,6 +201,7 @@ relay_bind_smtp(struct relay *r, char *err, size_t errlen)
 	deps.hooks.arg = r;
 	deps.hooks.on_accepted = relay_on_accepted;
 	deps.hooks.on_etrn = relay_on_etrn;
+	deps.dns = r->dns;
 	return smtp_server_new(&deps, r->cfg, r->tls_server, &r->server, err, errlen);
 }
 

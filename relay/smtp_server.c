@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "mxspool/anvil.h"
 #include "mxspool/config.h"
 #include "mxspool/log.h"
 #include "mxspool/policy.h"
@@ -111,6 +112,7 @@ smtp_on_connection(uv_stream_t *listener, int status)
 		smtp_session_reply_close(sess, "max_connections_per_ip");
 		return;
 	}
+	smtp_abuse_connect(sess);
 	smtp_session_start(sess);   /* may destroy */
 }
 
@@ -191,6 +193,9 @@ smtp_server_new(const struct smtp_server_deps *deps, const struct config *cfg,
 
 	srv->loop = deps->loop;
 	srv->hooks = deps->hooks;
+	srv->dns = deps->dns;
+	/* Without the table (no memory) nobody is rate-limited. */
+	srv->anvil = anvil_new();
 	srv->cfg = cfg;
 	srv->tls = tls;
 	*out = srv;
@@ -260,6 +265,13 @@ smtp_server_connections(const struct smtp_server *s)
 	return s->nsessions;
 }
 
+void
+smtp_server_abuse_counts(const struct smtp_server *s,
+    struct smtp_server_abuse *out)
+{
+	*out = s->abuse;
+}
+
 int
 smtp_server_local_port(const struct smtp_server *s, size_t i)
 {
@@ -298,6 +310,7 @@ smtp_server_maybe_done(struct smtp_server *srv)
 		return;
 	}
 	free(srv->listeners);
+	anvil_free(srv->anvil);
 	free(srv);
 	if (done)
 		done(arg);

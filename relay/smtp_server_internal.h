@@ -33,6 +33,9 @@
 #include "mxspool/smtp_proto.h"
 #include "mxspool/smtp_server.h"
 
+struct anvil;
+struct dnsbl_check;
+
 #define SMTP_IN_MAX      8192      /* input buffer: >= a command line, < TLS record */
 #define SMTP_OUT_FLUSH   4096      /* flush queued replies beyond this */
 #define SMTP_WQ_MAX      (256 * 1024)  /* stop reading while the peer does not read */
@@ -110,6 +113,9 @@ struct smtp_server {
 	bool inherited;               /* listeners came from systemd */
 	void (*done)(void *);
 	void *done_arg;
+	struct dns *dns;              /* DNSBL lookups; NULL: none */
+	struct anvil *anvil;          /* per-client rates; NULL: not limited */
+	struct smtp_server_abuse abuse;
 };
 
 struct smtp_session {
@@ -144,6 +150,13 @@ struct smtp_session {
 	size_t outlen;
 	char out[SMTP_OUT_FLUSH + 1024];
 	char *cipher;                 /* TLS read buffer, only with TLS */
+
+	struct dnsbl_check *dnsbl;    /* started at connect, or NULL */
+	/* A command that must wait (RCPT for a DNSBL answer) parks: input
+	 * stops, and smtp_session_wake() runs the line again. */
+	bool parked;
+	size_t parked_len;
+	char parked_line[SMTP_PROTO_LINE_MAX + 1];
 };
 
 static inline const struct config *
@@ -187,6 +200,28 @@ void smtp_session_consume(struct smtp_session *sess, size_t n);
 void smtp_session_discard_input(struct smtp_session *sess, enum smtp_verb verb);
 /* Run everything the buffered input allows.  May destroy SESS. */
 void smtp_session_process(struct smtp_session *sess);
+/* From a command handler: this command cannot be answered yet.  The
+ * dispatcher keeps its line and stops reading; smtp_session_wake() runs
+ * it again, so the handler must not have changed anything before. */
+void smtp_session_park(struct smtp_session *sess);
+/* What a parked command waited for has come: run it again and go on with
+ * the input.  Nothing if not parked.  May destroy SESS. */
+void smtp_session_wake(struct smtp_session *sess);
+
+/* ---- smtp_session_abuse.c ----------------------------------------------- */
+
+/* The client connected: start its DNSBL lookups (unless dnsbl_allow
+ * names it or no zone is configured). */
+void smtp_abuse_connect(struct smtp_session *sess);
+/* MAIL: false when the client is over client_message_rate (the 450 is
+ * queued). */
+bool smtp_abuse_mail_ok(struct smtp_session *sess);
+/* RCPT for tenant T: false when a DNSBL of T lists the client or it is
+ * over client_recipient_rate (the 450 is queued), or when the DNSBL
+ * answer is not in yet (the command is parked). */
+bool smtp_abuse_rcpt_ok(struct smtp_session *sess, const struct config_tenant *t);
+/* The session closes: its lookups stop. */
+void smtp_abuse_close(struct smtp_session *sess);
 
 /* ---- smtp_session_cmd.c ------------------------------------------------- */
 

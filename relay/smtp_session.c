@@ -222,6 +222,7 @@ smtp_session_close(struct smtp_session *sess, const char *reason)
 	 * own and its callback sees sess->closing. */
 	if (sess->tx && sess->state != SMTP_STATE_COMMIT)
 		smtp_tx_free(sess);
+	smtp_abuse_close(sess);
 	uv_close((uv_handle_t *)&sess->timer, smtp_on_handle_closed);
 	uv_close((uv_handle_t *)&sess->tcp, smtp_on_handle_closed);
 }
@@ -384,7 +385,35 @@ smtp_session_next_command(struct smtp_session *sess)
 	smtp_session_consume(sess, consumed);
 	if (!smtp_cmd_dispatch(sess, cmdline, line_len))
 		return SMTP_NEXT_STOP;   /* may destroy */
+	if (sess->parked) {
+		memcpy(sess->parked_line, cmdline, line_len + 1);
+		sess->parked_len = line_len;
+		return SMTP_NEXT_WAIT;
+	}
 	return SMTP_NEXT_GO;
+}
+
+void
+smtp_session_park(struct smtp_session *sess)
+{
+	sess->parked = true;
+}
+
+void
+smtp_session_wake(struct smtp_session *sess)
+{
+	char line[SMTP_PROTO_LINE_MAX + 1];
+	size_t len = sess->parked_len;
+
+	if (!sess->parked || sess->closing)
+		return;
+	sess->parked = false;
+	memcpy(line, sess->parked_line, len + 1);
+	if (!smtp_cmd_dispatch(sess, line, len))
+		return;   /* may destroy */
+	/* Parked again (the line is still in parked_line): wait on. */
+	if (!sess->parked)
+		smtp_session_process(sess);   /* may destroy */
 }
 
 /*
@@ -397,7 +426,7 @@ smtp_session_process(struct smtp_session *sess)
 	enum smtp_next next;
 	int rc;
 
-	while (!sess->closing && sess->state != SMTP_STATE_QUIT &&
+	while (!sess->closing && !sess->parked && sess->state != SMTP_STATE_QUIT &&
 	    sess->state != SMTP_STATE_COMMIT && sess->state != SMTP_STATE_TLS) {
 		if (sess->tls && (rc = smtp_tls_pull(sess)) != 0) {
 			/* close_notify is an orderly end like a FIN. */
@@ -437,7 +466,7 @@ smtp_session_process(struct smtp_session *sess)
 	smtp_session_flush(sess);
 	if (sess->closing)
 		return;
-	if (sess->state == SMTP_STATE_COMMIT || sess->pending > 0)
+	if (sess->state == SMTP_STATE_COMMIT || sess->pending > 0 || sess->parked)
 		smtp_pause(sess);
 	else if (sess->state != SMTP_STATE_QUIT &&
 	    uv_stream_get_write_queue_size((uv_stream_t *)&sess->tcp) <= SMTP_WQ_MAX)

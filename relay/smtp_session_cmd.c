@@ -117,6 +117,8 @@ smtp_cmd_mail(struct smtp_session *sess, const struct smtp_cmd *cmd)
 		smtp_session_count_error(sess);
 		return;
 	}
+	if (!smtp_abuse_mail_ok(sess))
+		return;
 	if (m.params.has_size && m.params.size > smtp_session_cfg(sess)->max_message_size) {
 		smtp_session_reply(sess, "552 5.3.4 Message size exceeds fixed limit");
 		return;
@@ -223,6 +225,8 @@ smtp_cmd_rcpt(struct smtp_session *sess, const struct smtp_cmd *cmd)
 			smtp_session_count_error(sess);
 		return;
 	}
+	if (!smtp_abuse_rcpt_ok(sess, t))
+		return;   /* 450 queued, or parked until the DNSBL answers */
 	if (rc_.to.postmaster)
 		smtp_cmd_rewrite_postmaster(sess, &rc_);
 	if (tx->tenant[0] == '\0' && smtp_cmd_refuse_for_primary(sess, t))

@@ -65,6 +65,8 @@ struct config_tenant {
 	/* The tenant's own, or [server]'s when the tenant does not set it. */
 	uint64_t queue_lifetime_ms;
 	uint64_t delay_warning_ms;    /* 0 = off */
+	char **dnsbl;                 /* the tenant's own, or [server]'s (copied) */
+	size_t ndnsbl;
 };
 
 struct config {
@@ -83,6 +85,16 @@ struct config {
 	unsigned max_connections_per_ip;
 	struct config_cidr *client_limit_exempt;  /* not held to _per_ip */
 	size_t nclient_limit_exempt;
+	/* Intake abuse limits (anvil.h, dnsbl.h): per client IP and minute,
+	 * 0 = off; DNSBL zones (lower case), clients never looked up, and
+	 * how long RCPT may wait for the answers. */
+	unsigned client_message_rate;
+	unsigned client_recipient_rate;
+	char **dnsbl;
+	size_t ndnsbl;
+	struct config_cidr *dnsbl_allow;
+	size_t ndnsbl_allow;
+	uint64_t dnsbl_timeout_ms;
 	uint64_t max_message_size;
 	unsigned max_recipients;
 	unsigned max_line_length;     /* text lines in DATA, RFC 5321 4.5.3.1.6 */

@@ -112,6 +112,16 @@ int dns_addrs(struct dns *dns, const char *host, dns_addrs_cb cb, void *arg,
     struct dns_req **reqp);
 
 /*
+ * Look up the A records of NAME only (no AAAA): what a DNSBL query
+ * (RFC 5782: 2.0.0.127.zone) asks.  The answer is cached like any other;
+ * the callback is dns_addrs_cb with the A addresses only.  An address
+ * literal answers itself, as in dns_addrs().  Same return convention as
+ * dns_mx().
+ */
+int dns_a(struct dns *dns, const char *name, dns_addrs_cb cb, void *arg,
+    struct dns_req **reqp);
+
+/*
  * The callback of REQ will not run.  Call only before it ran; the handle is
  * invalid afterwards.  Safe from inside any dns callback.
  */

@@ -63,5 +63,12 @@ enum policy_etrn policy_check_etrn(const struct config *cfg, const char *node,
  * $mynetworks)? */
 bool policy_client_limit_exempt(const struct config *cfg,
     const struct sockaddr *sa);
+/* Is the client at SA exempt from client_message_rate and
+ * client_recipient_rate: in client_limit_exempt or in the etrn_from of
+ * some tenant (the partner's own hosts)? */
+bool policy_client_rate_exempt(const struct config *cfg,
+    const struct sockaddr *sa);
+/* Is the client at SA in dnsbl_allow (never looked up in a DNSBL)? */
+bool policy_dnsbl_allowed(const struct config *cfg, const struct sockaddr *sa);
 
 #endif

@@ -11,6 +11,7 @@
 #include <uv.h>
 
 struct config;
+struct dns;
 struct smtp_server;
 struct spool;
 struct tls_ctx;
@@ -29,6 +30,7 @@ struct smtp_server_hooks {
 struct smtp_server_deps {
 	uv_loop_t *loop;
 	struct smtp_server_hooks hooks;
+	struct dns *dns;              /* the relay's resolver, for DNSBL; or NULL */
 };
 
 /*
@@ -50,6 +52,14 @@ void smtp_server_close(struct smtp_server *s, unsigned grace_ms,
     void (*done)(void *arg), void *arg);
 /* Sessions open or still closing. */
 unsigned smtp_server_connections(const struct smtp_server *s);
+/* Intake refusals since start: RCPTs deferred because a DNSBL lists the
+ * client, and MAILs or RCPTs over the client's rate (450 4.7.1 each). */
+struct smtp_server_abuse {
+	uint64_t dnsbl_deferred;
+	uint64_t rate_refused;
+};
+void smtp_server_abuse_counts(const struct smtp_server *s,
+    struct smtp_server_abuse *out);
 /* The local port listener I is bound to (config `listen` order, or the
  * order of the inherited sockets): what `listen = 127.0.0.1:0` picked.
  * -1 if there is no listener I. */
