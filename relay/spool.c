@@ -14,10 +14,18 @@
  *              are documented at the top of relay/spool_journal.c
  *   "ram"      relay/spool_ram.c: memory only, for unit tests of callers
  *
- * Index changes made by state records (mark, defer, delete, hold) are
- * applied here as soon as the backend has accepted the record, before it is
- * durable, exactly as the journal always did: the callback then says whether
- * the record was stored.  Commits enter the index only once stored.
+ * A state record that changes what the queue holds (RCPT marks, DEFER,
+ * DELETE) reaches the index only once the backend says it is stored (for
+ * the journal: after the fdatasync covering it returned 0), just before the
+ * caller's callback.  Otherwise a crash, or a failed fsync, could undo a
+ * change that had already let a segment be unlinked or had been reported to
+ * an operator.  While a DELETE is in flight the message is claimed, so the
+ * drain cannot start a delivery of mail that is being deleted; a failed
+ * DELETE releases it again.  A failed DEFER still backs off in memory (it
+ * only delays a retry, and not applying it would hammer a primary that just
+ * answered 4xx).  Tenant records (HOLD, CAPS) and WARNED change the index
+ * at once: losing one costs a duplicate notice or a late hold, never mail.
+ * Commits enter the index only once stored.
  *
  * Threading: loop thread only.  Library layer: returns statuses, never logs.
  */
@@ -533,10 +541,88 @@ spool_state_slot(struct spool *sp, spool_qid qid, uint32_t *slot)
 	return *slot == SPOOL_INDEX_NONE ? SPOOL_ENOENT : 0;
 }
 
+/* A state change waiting for its record to be stored. */
+struct spool_sreq {
+	struct spool *sp;
+	uint8_t type;
+	spool_qid qid;
+	uint32_t rcpt;
+	uint8_t state;
+	bool claimed;                 /* DELETE claimed the entry itself */
+	int64_t next_ms;
+	spool_done_cb cb;
+	void *arg;
+};
+
+/* The record is stored (STATUS 0) or not: apply the change, then tell the
+ * caller.  The entry is looked up again, since it may have moved or gone
+ * (delivered, deleted twice) while the record was being written. */
+static void
+spool_state_done(void *arg, int status)
+{
+	struct spool_sreq *r = arg;
+	struct spool_index *ix = r->sp->ix;
+	uint32_t slot = spool_index_lookup(ix, r->qid);
+	const struct spool_index_ent *e = spool_index_at(ix, slot);
+
+	if (e != NULL) {
+		switch (r->type) {
+		case SPOOL_REC_RCPT:
+			if (status == 0 && r->rcpt < spool_ent_nrcpt(e))
+				(void)spool_index_mark_rcpt(ix, slot, r->rcpt,
+				    (enum spool_rcpt_state)r->state);
+			break;
+		case SPOOL_REC_DEFER:
+			spool_index_defer(ix, slot, r->next_ms);
+			break;
+		case SPOOL_REC_DELETE:
+			if (status == 0)
+				spool_index_remove(ix, slot);
+			else if (r->claimed)
+				spool_index_release(ix, r->qid);
+			break;
+		}
+	}
+	if (r->cb != NULL)
+		r->cb(r->arg, status);
+	free(r);
+}
+
+/* Append a state record for QID whose index change spool_state_done makes;
+ * R is consumed. */
+static int
+spool_state_append(struct spool *sp, struct spool_sreq *r, const uint8_t *body,
+    size_t len)
+{
+	int rc = sp->ops->append_state(sp->be, r->type, r->qid, body, len,
+	    spool_state_done, r);
+
+	if (rc != 0)
+		free(r);
+	return rc;
+}
+
+static struct spool_sreq *
+spool_sreq_new(struct spool *sp, uint8_t type, spool_qid qid, spool_done_cb cb,
+    void *arg)
+{
+	struct spool_sreq *r = calloc(1, sizeof(*r));
+
+	if (r == NULL)
+		return NULL;
+	r->sp = sp;
+	r->type = type;
+	r->qid = qid;
+	r->cb = cb;
+	r->arg = arg;
+	return r;
+}
+
 int
 spool_mark_rcpt(struct spool *sp, spool_qid qid, size_t rcpt,
     enum spool_rcpt_state state, spool_done_cb cb, void *arg)
 {
+	struct spool_sreq *r;
 	uint32_t slot;
 	uint8_t b[SPOOL_RCPT_BODY_LEN];
 	int rc;
@@ -546,46 +632,50 @@ spool_mark_rcpt(struct spool *sp, spool_qid qid, size_t rcpt,
 	if (rcpt >= spool_ent_nrcpt(spool_index_at(sp->ix, slot)) ||
 	    state > SPOOL_RCPT_BOUNCED)
 		return SPOOL_EINVAL;
+	if ((r = spool_sreq_new(sp, SPOOL_REC_RCPT, qid, cb, arg)) == NULL)
+		return SPOOL_ENOMEM;
+	r->rcpt = (uint32_t)rcpt;
+	r->state = (uint8_t)state;
 	spool_rcpt_body_encode(b, (uint32_t)rcpt, state);
-	if ((rc = sp->ops->append_state(sp->be, SPOOL_REC_RCPT, qid, b, sizeof(b),
-	    cb, arg)) != 0)
-		return rc;
-	(void)spool_index_mark_rcpt(sp->ix, slot, (uint32_t)rcpt, state);
-	return 0;
+	return spool_state_append(sp, r, b, sizeof(b));
 }
 
 int
 spool_defer(struct spool *sp, spool_qid qid, int64_t next_attempt_ms,
     spool_done_cb cb, void *arg)
 {
+	struct spool_sreq *r;
 	uint32_t slot;
 	uint8_t b[SPOOL_DEFER_BODY_LEN];
 	int rc;
 
 	if ((rc = spool_state_slot(sp, qid, &slot)) != 0)
 		return rc;
+	if ((r = spool_sreq_new(sp, SPOOL_REC_DEFER, qid, cb, arg)) == NULL)
+		return SPOOL_ENOMEM;
+	r->next_ms = next_attempt_ms;
 	spool_defer_body_encode(b, next_attempt_ms,
 	    spool_index_at(sp->ix, slot)->attempts + 1u);
-	if ((rc = sp->ops->append_state(sp->be, SPOOL_REC_DEFER, qid, b, sizeof(b),
-	    cb, arg)) != 0)
-		return rc;
-	spool_index_defer(sp->ix, slot, next_attempt_ms);
-	return 0;
+	return spool_state_append(sp, r, b, sizeof(b));
 }
 
 int
 spool_delete(struct spool *sp, spool_qid qid, spool_done_cb cb, void *arg)
 {
+	struct spool_sreq *r;
 	uint32_t slot;
+	bool claimed;
 	int rc;
 
 	if ((rc = spool_state_slot(sp, qid, &slot)) != 0)
 		return rc;
-	if ((rc = sp->ops->append_state(sp->be, SPOOL_REC_DELETE, qid, NULL, 0,
-	    cb, arg)) != 0)
-		return rc;
-	spool_index_remove(sp->ix, slot);
-	return 0;
+	if ((r = spool_sreq_new(sp, SPOOL_REC_DELETE, qid, cb, arg)) == NULL)
+		return SPOOL_ENOMEM;
+	/* Nobody may start delivering it while the record is written. */
+	claimed = r->claimed = spool_index_claim(sp->ix, slot);
+	if ((rc = spool_state_append(sp, r, NULL, 0)) != 0 && claimed)
+		spool_index_release(sp->ix, qid);
+	return rc;
 }
 
 int

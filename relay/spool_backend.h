@@ -19,8 +19,9 @@
  *     the loop thread.
  *   - A commit ends with spool__tx_committed() (which inserts the message
  *     into the index) and then the caller's callback.  A state record's
- *     index change is made by the wrapper before the backend sees it; the
- *     backend only reports whether it was stored.
+ *     index change is made by the wrapper in the record's callback, once
+ *     the backend reports it stored; the backend only reports whether it
+ *     was, and must run those callbacks in the order of the records.
  *   - A load ends with spool__load_finish(); a read with spool__read_done().
  *   - close finishes what is in flight, closes every handle, then calls
  *     FINISH(ARG) once; after that the backend state is freed.

@@ -990,6 +990,18 @@ spool_index_release(struct spool_index *ix, spool_qid qid)
 	ent_queue(ix, idx);
 }
 
+bool
+spool_index_claim(struct spool_index *ix, uint32_t slot)
+{
+	struct spool_index_ent *e = &ix->ents[slot];
+
+	if (spool_ent_flags(e) & SPOOL_ENT_CLAIMED)
+		return false;
+	ent_unqueue(ix, slot);
+	ent_set(e, SPOOL_ENT_CLAIMED);
+	return true;
+}
+
 int
 spool_index_retry_now(struct spool_index *ix, const char *tenant)
 {

@@ -188,6 +188,9 @@ uint32_t spool_index_fifo_len(const struct spool_index *ix, const char *name);
 int spool_index_claim_next(struct spool_index *ix, const char *tenant,
     int64_t now_ms, spool_qid *out);
 void spool_index_release(struct spool_index *ix, spool_qid qid);
+/* Claim the entry at SLOT if nobody has: true when this call claimed it
+ * (the caller releases it), false when it was claimed already. */
+bool spool_index_claim(struct spool_index *ix, uint32_t slot);
 int spool_index_retry_now(struct spool_index *ix, const char *tenant);
 int64_t spool_index_next_due_ms(const struct spool_index *ix,
     const char *tenant);

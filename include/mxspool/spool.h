@@ -181,8 +181,13 @@ void spool_msg_free(struct spool_msg *m);
 /*
  * State records.  They are journaled and group-committed like messages; CB
  * (may be NULL) gets the commit status.  Losing one in a crash may cause a
- * duplicate delivery, never a loss.  When every recipient of a message is
- * delivered or bounced the message is gone from the index.
+ * duplicate delivery, never a loss.  mark_rcpt, defer and delete change the
+ * queue only once their record is stored, just before CB runs (a failed
+ * record changes nothing, except that a failed defer still backs off in
+ * memory); until then spool_find and the figures show the old state.  A
+ * message being deleted is claimed meanwhile, so spool_claim_next skips it.
+ * When every recipient of a message is delivered or bounced the message is
+ * gone from the index.
  */
 int spool_mark_rcpt(struct spool *sp, spool_qid qid, size_t rcpt,
     enum spool_rcpt_state state, spool_done_cb cb, void *arg);
@@ -301,9 +306,8 @@ bool spool_get_caps(struct spool *sp, const char *tenant,
  * defer, delete, set_held) called after this one reports STATUS (e.g.
  * SPOOL_EIO, what a failed fsync gives: the 451 path) in its callback
  * instead of 0.  One shot; 0 cancels.  As with a failed journal write, a
- * failed commit stores nothing (the message never enters the queue), while a
- * failed state record's change to the queue has already been made, exactly
- * as the journal does: the caller only learns it may not be durable.
+ * failed commit stores nothing (the message never enters the queue), and a
+ * failed mark_rcpt or delete leaves the queue as it was.
  *
  * spool_ram_set_free_bytes: the free space admission sees is BYTES now;
  * messages stored afterwards use it up and removed ones give it back (the

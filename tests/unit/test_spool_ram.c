@@ -359,12 +359,14 @@ test_mark_delete_stats(void **state)
 	    NULL), 0);
 	assert_int_equal(spool_mark_rcpt(c.sp, q1, 2, SPOOL_RCPT_DELIVERED,
 	    on_done, &w), 0);
-	assert_int_equal(spool_find(c.sp, q1, &(struct spool_item){ 0 }), SPOOL_ENOENT);
+	/* The last mark takes the message out once it is stored. */
+	assert_int_equal(spool_find(c.sp, q1, &(struct spool_item){ 0 }), 0);
 	assert_int_equal(settle(&c, &w), 0);
+	assert_int_equal(spool_find(c.sp, q1, &(struct spool_item){ 0 }), SPOOL_ENOENT);
 	spool_msg_free(r.m);
 	assert_int_equal(spool_delete(c.sp, q2, on_done, &w), 0);
-	assert_int_equal(spool_delete(c.sp, q2, on_done, &w), SPOOL_ENOENT);
 	assert_int_equal(settle(&c, &w), 0);
+	assert_int_equal(spool_delete(c.sp, q2, on_done, &w), SPOOL_ENOENT);
 	spool_foreach(c.sp, NULL, count_cb, &n);
 	assert_int_equal(n, 0);
 	assert_int_equal(spool_total_messages(c.sp), 0);
@@ -505,6 +507,52 @@ test_ram_fail_next(void **state)
 	assert_int_equal(spool_ram_fail_next(c.sp, 0), 0);   /* cancelled */
 	assert_int_equal(spool_delete(c.sp, q, on_done, &w), 0);
 	assert_int_equal(settle(&c, &w), 0);
+	ctx_end(&c);
+}
+
+static void
+test_state_durable_before_index(void **state)
+{
+	/* A delete or recipient mark changes the queue only once its record is
+	 * stored: while a DELETE is in flight the message stays listed but
+	 * cannot be claimed, and a failed DELETE or mark (the fsync error
+	 * path) leaves the message queued, claimable and unchanged. */
+	struct ctx c;
+	struct wait w = { 0 };
+	struct spool_item it;
+	spool_qid q, got;
+
+	ctx_open(&c, state);
+	assert_int_equal(append(&c, "t", 2, 10, &q), 0);
+	assert_int_equal(spool_delete(c.sp, q, on_done, &w), 0);
+	assert_int_equal(spool_find(c.sp, q, &it), 0);
+	assert_int_equal(spool_claim_next(c.sp, "t", fake_now, &got), SPOOL_ENOENT);
+	assert_int_equal(settle(&c, &w), 0);
+	assert_int_equal(spool_find(c.sp, q, &it), SPOOL_ENOENT);
+
+	assert_int_equal(append(&c, "t", 2, 10, &q), 0);
+	assert_int_equal(spool_ram_fail_next(c.sp, SPOOL_EIO), 0);
+	assert_int_equal(spool_delete(c.sp, q, on_done, &w), 0);
+	assert_int_equal(settle(&c, &w), SPOOL_EIO);
+	assert_int_equal(spool_find(c.sp, q, &it), 0);
+	assert_false(it.claimed);
+	assert_int_equal(spool_total_messages(c.sp), 1);
+
+	assert_int_equal(spool_claim_next(c.sp, "t", fake_now, &got), 0);
+	assert_int_equal(got, q);
+	assert_int_equal(spool_mark_rcpt(c.sp, q, 0, SPOOL_RCPT_DELIVERED,
+	    on_done, &w), 0);
+	assert_int_equal(settle(&c, &w), 0);
+	assert_int_equal(spool_ram_fail_next(c.sp, SPOOL_EIO), 0);
+	assert_int_equal(spool_mark_rcpt(c.sp, q, 1, SPOOL_RCPT_DELIVERED,
+	    on_done, &w), 0);
+	assert_int_equal(settle(&c, &w), SPOOL_EIO);
+	/* The second recipient is still to be delivered. */
+	assert_int_equal(spool_find(c.sp, q, &it), 0);
+	assert_int_equal(spool_mark_rcpt(c.sp, q, 1, SPOOL_RCPT_DELIVERED,
+	    on_done, &w), 0);
+	assert_int_equal(settle(&c, &w), 0);
+	assert_int_equal(spool_find(c.sp, q, &it), SPOOL_ENOENT);
 	ctx_end(&c);
 }
 
@@ -661,6 +709,7 @@ main(void)
 		cmocka_unit_test(test_backend_names),
 		cmocka_unit_test_prestate(test_ram_fail_next, "ram"),
 		cmocka_unit_test_prestate(test_ram_free_bytes, "ram"),
+		cmocka_unit_test_prestate(test_state_durable_before_index, "ram"),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
