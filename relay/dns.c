@@ -35,7 +35,7 @@
  * Positive answers live for the smallest TTL in the answer section, capped
  * at DNS_CACHE_MAX_TTL_S; NXDOMAIN and NODATA for DNS_CACHE_NEG_TTL_S;
  * temporary failures are not kept.  c-ares 1.18's ares_parse_mx_reply()
- * does not return TTLs, so dns_answer_min_ttl() walks the answer section
+ * does not return TTLs, so dns__answer_min_ttl() walks the answer section
  * with ares_expand_name() just far enough to read them.
  *
  * Nothing here logs; errors are enum dns_status values.
@@ -51,6 +51,8 @@
 #include <string.h>
 
 #include <ares.h>
+
+#include "dns_internal.h"
 
 #define DNS_TIMEOUT_MS 1500           /* first try; c-ares doubles it */
 #define DNS_TRIES 3                   /* per server: 1.5 + 3 + 6 s worst */
@@ -430,8 +432,8 @@ dns_map_ares(int status)
  * the packet is too short to walk).  Only names, fixed fields and RDLENGTH
  * are read; record data is skipped.
  */
-static uint32_t
-dns_answer_min_ttl(const unsigned char *abuf, int alen)
+uint32_t
+dns__answer_min_ttl(const unsigned char *abuf, int alen)
 {
 	const unsigned char *p, *end = abuf + alen;
 	unsigned qd, an;
@@ -482,8 +484,8 @@ dns_answer_min_ttl(const unsigned char *abuf, int alen)
  * Parse an MX answer into *out (one block, sorted) and *n; returns DNS_OK,
  * DNS_ENULLMX, DNS_ENODATA, DNS_ETEMP or DNS_ENOMEM.
  */
-static int
-dns_parse_mx(const unsigned char *abuf, int alen, struct dns_mx **out,
+int
+dns__parse_mx(const unsigned char *abuf, int alen, struct dns_mx **out,
     size_t *n)
 {
 	struct ares_mx_reply *head = NULL, *r;
@@ -533,8 +535,8 @@ done:
 }
 
 /* Parse an A (qtype ns_t_a) or AAAA answer into sockaddrs with port 0. */
-static int
-dns_parse_addrs(int qtype, const unsigned char *abuf, int alen,
+int
+dns__parse_addrs(int qtype, const unsigned char *abuf, int alen,
     struct sockaddr_storage **out, size_t *n)
 {
 	struct ares_addrttl a4[DNS_MAX_ADDRS];
@@ -745,9 +747,9 @@ dns_on_answer(void *arg, int status, int timeouts, unsigned char *abuf,
 		size_t n = 0;
 
 		if (rc == DNS_OK && abuf != NULL) {
-			rc = dns_parse_mx(abuf, alen, &mx, &n);
+			rc = dns__parse_mx(abuf, alen, &mx, &n);
 			if (rc == DNS_OK || rc == DNS_ENULLMX)
-				ttl = dns_answer_min_ttl(abuf, alen);
+				ttl = dns__answer_min_ttl(abuf, alen);
 			else if (rc == DNS_ENODATA)
 				ttl = DNS_CACHE_NEG_TTL_S;
 			else
@@ -764,9 +766,9 @@ dns_on_answer(void *arg, int status, int timeouts, unsigned char *abuf,
 		size_t n = 0;
 
 		if (rc == DNS_OK && abuf != NULL) {
-			rc = dns_parse_addrs(q->qtype, abuf, alen, &v, &n);
+			rc = dns__parse_addrs(q->qtype, abuf, alen, &v, &n);
 			if (rc == DNS_OK)
-				ttl = dns_answer_min_ttl(abuf, alen);
+				ttl = dns__answer_min_ttl(abuf, alen);
 			else if (rc == DNS_ENODATA)
 				ttl = DNS_CACHE_NEG_TTL_S;
 			else
