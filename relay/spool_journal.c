@@ -84,7 +84,13 @@
  * is "corrupt in the middle": its bytes are copied to corrupt/ and counted.
  * A bad record with nothing valid after it is a torn tail (a crash during
  * an append): the segment is truncated there.  Nothing acknowledged can be
- * in a torn tail, because the fdatasync covering it did not return.
+ * in a torn tail, because the fdatasync covering it did not return.  After
+ * a bad record the scan resumes at the next byte that starts a valid record
+ * (never at the end its possibly damaged length claims).  A damaged segment
+ * header does not condemn the segment: the number comes from the file name,
+ * the header is set aside and rewritten, and the records are scanned; only a
+ * header of another format version, or a file with no valid record, is
+ * moved to corrupt/ whole.
  *
  * DELETION.  A segment may be unlinked only when nothing live is in it AND it
  * is the oldest segment left: a DELETE or RCPT record in segment S can refer

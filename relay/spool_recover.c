@@ -317,13 +317,15 @@ recover_bad(struct journal *j, struct rwin *w, uint64_t no, uint64_t off,
     uint64_t whole, uint64_t *size, uint64_t *next,
     struct spool_recovery_stats *st)
 {
-	uint64_t end = 0;
+	uint64_t end;
 
-	if (whole > 0 && off + whole < *size &&
-	    rec_valid_at(w, off + whole, *size, &end))
-		end = off + whole;
-	else
-		end = find_next_valid(w->fd, off + 1, *size);
+	/*
+	 * Resynchronise from the next byte, never from OFF + WHOLE: a damaged
+	 * length that happens to end on a later record boundary would
+	 * otherwise swallow the intact records in between.  Every record has
+	 * its own magic and CRC, so the forward search finds the first one.
+	 */
+	end = find_next_valid(w->fd, off + 1, *size);
 	if (end != 0) {
 		set_aside(j, w->fd, no, off, end);
 		st->corrupt_records++;
@@ -365,6 +367,39 @@ recover_not_seg(struct journal *j, const char *path, uint64_t no, uint64_t size,
 	return rename(path, dst) != 0 ? -errno : 0;
 }
 
+/*
+ * The header of segment NO (a file of SIZE >= 32 bytes) does not verify.
+ * A header of another format version with a good CRC is a foreign file:
+ * *SCAN is false and the caller moves it aside.  Any other damage (magic,
+ * CRC, reserved bytes, the number) is a damaged header on our own segment:
+ * the segment number is in the file name and every record carries its own
+ * magic and CRC, so when a valid record follows, the 32 header bytes are set
+ * aside, a fresh header is written (so the next open finds it whole) and
+ * *SCAN is true.  A file with no valid record at all is not scanned.
+ */
+static int
+recover_bad_header(struct journal *j, int fd, uint64_t no, const uint8_t *p,
+    uint64_t size, bool *scan, struct spool_recovery_stats *st)
+{
+	uint8_t hdr[SPOOL_SEG_HDR_LEN];
+
+	*scan = false;
+	if (memcmp(p, SPOOL_SEG_MAGIC, 8) == 0 &&
+	    spool_get32(p + 28) == spool_crc32c(0, p, 28) &&
+	    spool_get32(p + 8) != SPOOL_SEG_VERSION)
+		return 0;
+	if (find_next_valid(fd, SPOOL_SEG_HDR_LEN, size) == 0)
+		return 0;
+	set_aside(j, fd, no, 0, SPOOL_SEG_HDR_LEN);
+	st->corrupt_records++;
+	spool_seg_hdr_encode(hdr, no);
+	if (pwrite(fd, hdr, sizeof(hdr), 0) != (ssize_t)sizeof(hdr) ||
+	    fsync(fd) != 0)
+		return SPOOL_EIO;
+	*scan = true;
+	return 0;
+}
+
 /* Recover one segment: verify, replay, set aside, cut the torn tail. */
 static int
 recover_seg(struct journal *j, uint64_t no, struct rwin *w,
@@ -388,7 +423,16 @@ recover_seg(struct journal *j, uint64_t no, struct rwin *w,
 	w->base = 0;
 	w->len = 0;
 	p = size < SPOOL_SEG_HDR_LEN ? NULL : rwin_get(w, 0, SPOOL_SEG_HDR_LEN);
-	if (p == NULL || spool_seg_hdr_decode(p, &segno) != 0 || segno != no) {
+	if (p != NULL && (spool_seg_hdr_decode(p, &segno) != 0 || segno != no)) {
+		bool scan;
+
+		if ((rc = recover_bad_header(j, fd, no, p, size, &scan, st)) != 0)
+			goto done;
+		w->len = 0;          /* the window holds the old header */
+		if (!scan)
+			p = NULL;
+	}
+	if (p == NULL) {
 		rc = recover_not_seg(j, path, no, size, st);
 		goto done;
 	}
