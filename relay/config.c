@@ -80,6 +80,7 @@ struct config_domain_ref {
 #define DEF_METRICS_PORT 9325
 #define DEF_DNS_PORT 53
 #define DEF_SMTP_PORT 25
+#define DEF_REDIS_PORT 6379
 
 static bool
 str_ieq(const char *a, const char *b)
@@ -100,7 +101,7 @@ array_grow(void *arr, size_t n, size_t elsize)
 
 /* ---- the key tables ---- */
 
-enum section_kind { SECT_NONE, SECT_SERVER, SECT_TLS, SECT_TENANT };
+enum section_kind { SECT_NONE, SECT_SERVER, SECT_TLS, SECT_TENANT, SECT_FLEET };
 
 enum key_kind {
 	KIND_UINT,          /* unsigned, range min..max */
@@ -128,6 +129,7 @@ enum key_kind {
 	KIND_READONLY,      /* bool: "group" or "any" */
 	KIND_ZONES,         /* char ** + size_t count at off2: DNS zones */
 	KIND_CIPHERS,       /* char *, an OpenSSL cipher list; empty: NULL */
+	KIND_SECRET,        /* char *, any text; empty: NULL */
 };
 
 /*
@@ -197,6 +199,14 @@ static const struct key tls_keys[] = {
 	{ "ciphersuites", KIND_CIPHERS, S(tls_ciphersuites), 0, 0, 0, 0, 0 },
 };
 
+/* [fleet]: the shared drain budget in Redis (fleet.c).  All three wait for
+ * a restart (relay_note_restart_keys): the connection is made once. */
+static const struct key fleet_keys[] = {
+	{ "redis", KIND_HOSTPORT, S(fleet_redis), S(has_fleet), 0, 0, DEF_REDIS_PORT, 0 },
+	{ "node", KIND_HOSTNAME, S(fleet_node), 0, 0, 0, 0, 0 },
+	{ "redis_password", KIND_SECRET, S(fleet_password), 0, 0, 0, 0, 0 },
+};
+
 static const struct key tenant_keys[] = {
 	{ "domains", KIND_DOMAINS, T(domains), T(ndomains), 0, 0, 0, 0 },
 	{ "primary", KIND_PRIMARY, T(primaries), T(nprimaries), 0, 0, DEF_SMTP_PORT, 0 },
@@ -224,6 +234,7 @@ static const struct key tenant_keys[] = {
 #define NSERVER (sizeof(server_keys) / sizeof(server_keys[0]))
 #define NTLS (sizeof(tls_keys) / sizeof(tls_keys[0]))
 #define NTENANT (sizeof(tenant_keys) / sizeof(tenant_keys[0]))
+#define NFLEET (sizeof(fleet_keys) / sizeof(fleet_keys[0]))
 
 static const struct key *
 section_keys(enum section_kind sect, size_t *n)
@@ -232,6 +243,7 @@ section_keys(enum section_kind sect, size_t *n)
 	case SECT_SERVER: *n = NSERVER; return server_keys;
 	case SECT_TLS: *n = NTLS; return tls_keys;
 	case SECT_TENANT: *n = NTENANT; return tenant_keys;
+	case SECT_FLEET: *n = NFLEET; return fleet_keys;
 	default: *n = 0; return NULL;
 	}
 }
@@ -754,6 +766,7 @@ key_set_value(const struct key *k, void *base, const char *v, char *msg,
 	case KIND_GROUP: return set_group(k, base, v, msg, len);
 	case KIND_READONLY: return set_readonly(k, base, v, msg, len);
 	case KIND_CIPHERS: return set_ciphers(k, base, v, msg, len);
+	case KIND_SECRET: set_string(base, k, v); return 0;
 	default:
 		snprintf(msg, len, "%s: internal error", k->name);
 		return -1;
@@ -872,9 +885,10 @@ struct loader {
 
 	enum section_kind sect;
 	size_t tenant;                /* current tenant when sect == SECT_TENANT */
-	unsigned server_line, tls_line;
+	unsigned server_line, tls_line, fleet_line;
 	unsigned server_lines[NSERVER];
 	unsigned tls_lines[NTLS];
+	unsigned fleet_lines[NFLEET];
 	struct tenant_meta *tmeta;
 	struct domain_seen *doms;
 	size_t ndoms;
@@ -928,6 +942,7 @@ section_lines(struct loader *ld)
 	switch (ld->sect) {
 	case SECT_SERVER: return ld->server_lines;
 	case SECT_TLS: return ld->tls_lines;
+	case SECT_FLEET: return ld->fleet_lines;
 	case SECT_TENANT: return ld->tmeta[ld->tenant].lines;
 	default: return NULL;
 	}
@@ -947,6 +962,7 @@ section_label(struct loader *ld, char *buf, size_t len)
 	switch (ld->sect) {
 	case SECT_SERVER: return "[server]";
 	case SECT_TLS: return "[tls]";
+	case SECT_FLEET: return "[fleet]";
 	case SECT_TENANT:
 		snprintf(buf, len, "[tenant:%s]", ld->cfg->tenants[ld->tenant].name);
 		return buf;
@@ -1287,6 +1303,9 @@ enter_section(struct loader *ld, const char *name, unsigned line)
 	} else if (strcmp(name, "tls") == 0) {
 		seen = &ld->tls_line;
 		kind = SECT_TLS;
+	} else if (strcmp(name, "fleet") == 0) {
+		seen = &ld->fleet_line;
+		kind = SECT_FLEET;
 	} else if (strncmp(name, "tenant:", 7) == 0) {
 		return enter_tenant(ld, name + 7, line);
 	}
@@ -1299,11 +1318,13 @@ enter_section(struct loader *ld, const char *name, unsigned line)
 			hint = "; did you mean [server]?";
 		else if (str_ieq(name, "tls"))
 			hint = "; did you mean [tls]?";
+		else if (str_ieq(name, "fleet"))
+			hint = "; did you mean [fleet]?";
 		else if (util_strncasecmp(name, "tenant", 6) == 0)
 			hint = "; a tenant section is written [tenant:NAME], e.g. [tenant:example]";
 		snprintf(label, sizeof(label), "[%s]", name);
 		return loader_fail(ld, line,
-		    "unknown section %s%s (allowed: [server], [tls], [tenant:NAME])",
+		    "unknown section %s%s (allowed: [server], [tls], [fleet], [tenant:NAME])",
 		    quote(q, sizeof(q), label), hint);
 	}
 	if (*seen != 0)
@@ -1684,6 +1705,35 @@ check_tenant(struct loader *ld, size_t i)
 	return 0;
 }
 
+/* [fleet]: hiredis 0.14 resolves a host name with a blocking
+ * getaddrinfo(), which must not run on the loop: an address is required.
+ * The node name defaults to the machine's name (gethostname), not to
+ * [server] hostname, which equal-preference MX hosts may share. */
+static int
+check_fleet(struct loader *ld)
+{
+	struct config *cfg = ld->cfg;
+	unsigned char bin[16];
+	char host[CONFIG_HOST_MAX + 1];
+
+	if (!cfg->has_fleet)
+		return 0;
+	if (inet_pton(AF_INET, cfg->fleet_redis.host, bin) != 1 &&
+	    inet_pton(AF_INET6, cfg->fleet_redis.host, bin) != 1)
+		return loader_fail(ld,
+		    key_line(SECT_FLEET, ld->fleet_lines, "redis"),
+		    "redis: %s is not an IP address: write the Redis server's "
+		    "address, e.g. redis = 10.0.0.5:6379 (names are not resolved, "
+		    "hiredis would block the loop doing it)", cfg->fleet_redis.host);
+	if (cfg->fleet_node == NULL) {
+		if (gethostname(host, sizeof(host)) != 0 || host[0] == '\0')
+			snprintf(host, sizeof(host), "localhost");
+		host[sizeof(host) - 1] = '\0';
+		cfg->fleet_node = xstrdup(host);
+	}
+	return 0;
+}
+
 static int
 loader_finish(struct loader *ld)
 {
@@ -1704,6 +1754,8 @@ loader_finish(struct loader *ld)
 		    "%s is set but %s is not: inbound STARTTLS needs both cert "
 		    "and key (or neither)",
 		    cfg->tls_cert ? "cert" : "key", cfg->tls_cert ? "key" : "cert");
+	if (check_fleet(ld) != 0)
+		return -1;
 	if (cfg->ntenants == 0)
 		return loader_fail(ld, 0,
 		    "no [tenant:NAME] section: without a tenant the relay accepts "
@@ -1880,6 +1932,8 @@ config_free(struct config *cfg)
 	free(cfg->tls_ca_file);
 	free(cfg->tls_ciphers);
 	free(cfg->tls_ciphersuites);
+	free(cfg->fleet_node);
+	free(cfg->fleet_password);
 	for (size_t i = 0; i < cfg->ntenants; i++)
 		tenant_free(&cfg->tenants[i]);
 	free(cfg->tenants);

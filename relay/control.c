@@ -34,6 +34,8 @@
 #include "mxspool/config.h"
 #include "mxspool/control.h"
 #include "mxspool/drain.h"
+#include "mxspool/fleet.h"
+#include "mxspool/fleet_render.h"
 #include "mxspool/log.h"
 #include "mxspool/metrics.h"
 #include "mxspool/relay.h"
@@ -234,6 +236,7 @@ control_fill_status(struct relay *r, struct control_status *st)
 	st->connections = r->server ? smtp_server_connections(r->server) : 0;
 	st->spool_bytes = r->spool ? spool_total_bytes(r->spool) : 0;
 	st->journal_syncs = r->spool ? spool_flush_count(r->spool) : 0;
+	st->fleet_state = r->fleet ? fleet_state(r->fleet) : NULL;
 	st->ntenants = cfg->ntenants;
 	st->tenants = xcalloc(cfg->ntenants ? cfg->ntenants : 1, sizeof(*st->tenants));
 	for (size_t i = 0; i < cfg->ntenants; i++)
@@ -372,11 +375,38 @@ control_tenant_arg(struct control_req *q, int i)
 	return t;
 }
 
+/* `status --fleet`: every live node of the fleet and the sums. */
+static void
+control_cmd_status_fleet(struct control_req *q)
+{
+	struct fleet_view v;
+
+	if (q->relay->fleet == NULL) {
+		control_error(q, "no fleet: [fleet] redis is not set");
+		return;
+	}
+	if (fleet_view_get(q->relay->fleet, &v) != 0) {
+		control_error(q, "out of memory");
+		return;
+	}
+	fleet_render_status(&v, q->json, q->out);
+	fleet_view_free(&v);
+}
+
 static void
 control_cmd_status(struct control_req *q)
 {
 	struct control_status st;
 
+	if (q->argc == 2) {
+		if (strcmp(q->argv[1], "--fleet") != 0) {
+			control_error(q, "status: unknown option %s (status [--fleet])",
+			    q->argv[1]);
+			return;
+		}
+		control_cmd_status_fleet(q);
+		return;
+	}
 	control_fill_status(q->relay, &st);
 	control_render_status(&st, q->json, q->out);
 	free(st.tenants);
@@ -656,7 +686,7 @@ static const struct control_cmd {
 	bool changes;                  /* changes state: never for everybody */
 	void (*run)(struct control_req *);
 } control_cmds[] = {
-	{ "status", 0, 0, false, control_cmd_status },
+	{ "status", 0, 1, false, control_cmd_status },
 	{ "reload", 0, 0, true, control_cmd_reload },
 	{ "queue", 0, 16, false, control_cmd_queue },
 	{ "show", 1, 2, false, control_cmd_show },
@@ -784,6 +814,18 @@ control_execute(struct relay *r, const char *line, struct control_buf *out)
 
 /* ---- metrics ----------------------------------------------------------- */
 
+/* The fleet's families, after the node's own (fleet_render.c). */
+static void
+control_metrics_fleet(struct relay *r, struct control_buf *b)
+{
+	struct fleet_view v;
+
+	if (r->fleet == NULL || fleet_view_get(r->fleet, &v) != 0)
+		return;
+	fleet_render_metrics(&v, b);
+	fleet_view_free(&v);
+}
+
 void
 control_metrics(struct relay *r, struct control_buf *b)
 {
@@ -792,6 +834,7 @@ control_metrics(struct relay *r, struct control_buf *b)
 	control_fill_status(r, &st);
 	metrics_render(&st, b);
 	free(st.tenants);
+	control_metrics_fleet(r, b);
 }
 
 /* ---- connections ------------------------------------------------------- */

@@ -80,6 +80,7 @@ struct control_status {
 	unsigned connections;
 	uint64_t spool_bytes;
 	uint64_t journal_syncs;       /* spool_flush_count */
+	const char *fleet_state;      /* "ok" | "degraded"; NULL: no fleet */
 	size_t ntenants;
 	struct control_tenant_row *tenants;
 };

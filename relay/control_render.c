@@ -472,6 +472,8 @@ control_render_status(const struct control_status *st, bool json,
 	if (json) {
 		control_buf_printf(b, "{");
 		control_json_fields(b, status_fields, NFIELDS(status_fields), st);
+		if (st->fleet_state != NULL)
+			control_buf_printf(b, ", \"fleet_state\": \"%s\"", st->fleet_state);
 		control_buf_printf(b, ", ");
 		control_json_array(b, "tenants", status_tenant_fields, nt, st->tenants,
 		    st->ntenants, sizeof(st->tenants[0]));
@@ -482,6 +484,9 @@ control_render_status(const struct control_status *st, bool json,
 	    " bytes\naccepted %" PRIu64 ", delivered %" PRIu64 ", bounced %" PRIu64 "\n\n",
 	    st->version, (long long)st->uptime_s, st->connections, st->spool_bytes,
 	    st->accepted_total, st->delivered_total, st->bounced_total);
+	if (st->fleet_state != NULL)
+		control_buf_printf(b, "fleet %s (status --fleet shows every node)\n\n",
+		    st->fleet_state);
 	control_text_table(b, status_tenant_fields, nt, st->tenants, st->ntenants,
 	    sizeof(st->tenants[0]));
 }

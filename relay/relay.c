@@ -22,6 +22,7 @@
 #include "mxspool/config.h"
 #include "mxspool/dns.h"
 #include "mxspool/drain.h"
+#include "mxspool/fleet.h"
 #include "mxspool/log.h"
 #include "mxspool/relay.h"
 #include "mxspool/smtp_server.h"
@@ -143,6 +144,96 @@ relay_str_changed(const char *a, const char *b)
 	return (a == NULL) != (b == NULL) || (a != NULL && strcmp(a, b) != 0);
 }
 
+/* ---- the fleet: the drain's shared budget in Redis (fleet.h) ------------ */
+
+static int64_t
+relay_gate_take(void *arg, const char *tenant, const struct drain_gate_ask *a)
+{
+	struct relay *r = arg;
+	struct fleet_ask fa = { a->rate, a->limit, a->burst, a->bandwidth,
+	    a->concurrency, a->size, a->new_conn };
+
+	return fleet_take(r->fleet, tenant, &fa);
+}
+
+static void
+relay_gate_done(void *arg, const char *tenant, bool failed)
+{
+	struct relay *r = arg;
+
+	fleet_conn_done(r->fleet, tenant, failed);
+}
+
+static void
+relay_fleet_wake(void *arg, const char *tenant)
+{
+	struct relay *r = arg;
+
+	if (r->drain)
+		drain_kick(r->drain, tenant);
+}
+
+/* What this node publishes about each tenant. */
+static size_t
+relay_fleet_figures(void *arg, struct fleet_figures *out, size_t max)
+{
+	struct relay *r = arg;
+	int64_t now = util_now_ms();
+	size_t n = 0;
+
+	for (size_t i = 0; i < r->cfg->ntenants && n < max; i++) {
+		const char *name = r->cfg->tenants[i].name;
+		struct fleet_figures *f = &out[n++];
+		struct spool_tenant_stats ss;
+		struct drain_status ds;
+
+		memset(f, 0, sizeof(*f));
+		snprintf(f->tenant, sizeof(f->tenant), "%s", name);
+		snprintf(f->primary_state, sizeof(f->primary_state), "unknown");
+		if (r->spool) {
+			memset(&ss, 0, sizeof(ss));
+			ss.oldest_arrival_ms = -1;
+			spool_tenant_stats(r->spool, name, &ss);
+			f->queued_messages = ss.messages;
+			f->queued_bytes = ss.bytes;
+			if (ss.oldest_arrival_ms >= 0 && ss.oldest_arrival_ms < now)
+				f->oldest_age_s = (now - ss.oldest_arrival_ms) / 1000;
+			f->held = spool_is_held(r->spool, name);
+		}
+		memset(&ds, 0, sizeof(ds));
+		if (r->drain && drain_status(r->drain, name, &ds) == 0) {
+			snprintf(f->primary_state, sizeof(f->primary_state), "%s",
+			    ds.primary_state);
+			f->drain_rate = ds.drain_rate;
+			f->drain_rate_limit = ds.drain_rate_limit;
+		}
+	}
+	return n;
+}
+
+static int
+relay_fleet_start(struct relay *r, char *err, size_t errlen)
+{
+	struct fleet_deps fd;
+
+	if (!r->cfg->has_fleet)
+		return 0;
+	memset(&fd, 0, sizeof(fd));
+	fd.loop = r->loop;
+	fd.arg = r;
+	fd.wake = relay_fleet_wake;
+	fd.figures = relay_fleet_figures;
+	r->gate = calloc(1, sizeof(*r->gate));
+	if (r->gate == NULL || fleet_new(&fd, r->cfg, &r->fleet) != 0) {
+		snprintf(err, errlen, "cannot start the fleet (out of memory)");
+		return -1;
+	}
+	r->gate->arg = r;
+	r->gate->take = relay_gate_take;
+	r->gate->done = relay_gate_done;
+	return 0;
+}
+
 int
 relay_init(struct relay *r, uv_loop_t *loop, struct config *cfg, char *err,
     size_t errlen)
@@ -166,7 +257,7 @@ relay_init(struct relay *r, uv_loop_t *loop, struct config *cfg, char *err,
 	if (relay_tls_server_new(cfg, &r->tls_server, err, errlen) != 0)
 		return -1;
 	r->tls_client = relay_tls_client_new(cfg);
-	return 0;
+	return relay_fleet_start(r, err, errlen);
 }
 
 /* ---- hooks: what the SMTP server tells the rest of the relay ------------ */
@@ -227,6 +318,7 @@ relay_start(struct relay *r, char *err, size_t errlen)
 	deps.spool = r->spool;
 	deps.dns = r->dns;
 	deps.stats = r->stats;
+	deps.gate = r->fleet ? r->gate : NULL;
 	if (drain_new(&deps, r->cfg, r->tls_client, &r->drain) != 0) {
 		snprintf(err, errlen, "cannot start the drain scheduler");
 		return EX_SOFTWARE;
@@ -261,7 +353,7 @@ static void
 relay_note_restart_keys(struct relay *r, const struct config *old,
     const struct config *new)
 {
-	const char *keys[8];
+	const char *keys[12];
 	size_t n = 0, off = 0;
 
 	if (relay_hostports_differ(old->listen, old->nlisten, new->listen, new->nlisten))
@@ -280,6 +372,14 @@ relay_note_restart_keys(struct relay *r, const struct config *old,
 		keys[n++] = "metrics_listen";
 	if (old->commit_window_ms != new->commit_window_ms)
 		keys[n++] = "commit_window";
+	if (old->has_fleet != new->has_fleet || (old->has_fleet &&
+	    relay_hostports_differ(&old->fleet_redis, 1, &new->fleet_redis, 1)))
+		keys[n++] = "redis";
+	if (old->has_fleet && new->has_fleet &&
+	    strcmp(old->fleet_node, new->fleet_node) != 0)
+		keys[n++] = "node";
+	if (relay_str_changed(old->fleet_password, new->fleet_password))
+		keys[n++] = "redis_password";
 	/* Keys changed by an earlier reload and still waiting stay listed:
 	 * the running daemon still uses the values it started with. */
 	r->restart_keys[0] = '\0';
@@ -376,8 +476,50 @@ relay_on_dns_freed(void *arg)
 		done(darg);
 }
 
+static void relay_close_dns(struct relay *r, void (*done)(void *arg),
+    void *arg);
+
+struct relay_close_fleet {
+	struct relay *r;
+	void (*done)(void *arg);
+	void *arg;
+};
+
+static void
+relay_on_fleet_closed(void *arg)
+{
+	struct relay_close_fleet *c = arg;
+	struct relay *r = c->r;
+	void (*done)(void *) = c->done;
+	void *darg = c->arg;
+
+	free(c);
+	relay_close_dns(r, done, darg);
+}
+
+/* The fleet first (the drain, closed already, gave back its leases), then
+ * the resolver. */
 void
 relay_close(struct relay *r, void (*done)(void *arg), void *arg)
+{
+	struct relay_close_fleet *c;
+	struct fleet *f = r->fleet;
+
+	r->fleet = NULL;
+	if (f == NULL || (c = malloc(sizeof(*c))) == NULL) {
+		/* No fleet, or no memory to wait: fleet_close still closes. */
+		fleet_close(f, NULL, NULL);
+		relay_close_dns(r, done, arg);
+		return;
+	}
+	c->r = r;
+	c->done = done;
+	c->arg = arg;
+	fleet_close(f, relay_on_fleet_closed, c);
+}
+
+static void
+relay_close_dns(struct relay *r, void (*done)(void *arg), void *arg)
 {
 	struct relay_close *c;
 
@@ -402,6 +544,8 @@ relay_free(struct relay *r)
 	tls_ctx_free(r->tls_server);
 	tls_ctx_free(r->tls_client);
 	r->tls_server = r->tls_client = NULL;
+	free(r->gate);
+	r->gate = NULL;
 	stats_free(r->stats);
 	r->stats = NULL;
 	config_free(r->cfg);

@@ -119,6 +119,13 @@ struct config {
 	char *tls_ciphersuites;       /* inbound TLS 1.3 suites, NULL: default */
 	enum config_tls_outbound tls_outbound;
 
+	/* [fleet]: several relays share each tenant's drain budget through
+	 * one Redis (fleet.h).  has_fleet false: no fleet (the default). */
+	bool has_fleet;
+	struct config_hostport fleet_redis;   /* an IP address and port */
+	char *fleet_node;             /* this relay's name in the fleet */
+	char *fleet_password;         /* AUTH, or NULL */
+
 	struct config_tenant *tenants;
 	size_t ntenants;
 

@@ -26,6 +26,7 @@
 struct control;
 struct dns;
 struct drain;
+struct fleet;
 struct smtp_server;
 struct spool;
 struct stats;
@@ -47,6 +48,8 @@ struct relay {
 	struct smtp_server *server;
 	struct control *control;
 	struct drain *drain;
+	struct fleet *fleet;          /* [fleet] redis set: the shared budget */
+	struct drain_gate *gate;      /* the drain's hook into it */
 	int64_t started_ms;           /* wall clock */
 	bool stopping;
 };
