@@ -1400,11 +1400,39 @@ journal_msg_destroy(struct spool_msg *base)
 
 /* ---- open and close ---------------------------------------------------- */
 
+/* fsync the directory that holds PATH (PATH itself is not touched). */
+static int
+fsync_parent(const char *path)
+{
+	char buf[4096];
+	size_t n = strlen(path);
+
+	if (n >= sizeof(buf))
+		return SPOOL_EINVAL;
+	memcpy(buf, path, n + 1);
+	while (n > 1 && buf[n - 1] == '/')
+		buf[--n] = '\0';
+	while (n > 0 && buf[n - 1] != '/')
+		n--;
+	if (n == 0)
+		return fsync_dir(".");
+	buf[n > 1 ? n - 1 : 1] = '\0';
+	return fsync_dir(buf);
+}
+
+/*
+ * mkdir -p, and every directory this call creates is made durable: its
+ * entry lives in the parent, which is fsync'd right after the mkdir.  On a
+ * file system that does not order metadata, a new spool tree could
+ * otherwise vanish in a power cut together with the first segments written
+ * into it, although those were fdatasync'd and acknowledged.
+ */
 static int
 mkdir_p(const char *path)
 {
 	char buf[4096];
 	size_t n = strlen(path);
+	int rc;
 
 	if (n == 0 || n >= sizeof(buf))
 		return SPOOL_EINVAL;
@@ -1413,7 +1441,10 @@ mkdir_p(const char *path)
 		if (buf[i] != '/' && buf[i] != '\0')
 			continue;
 		buf[i] = '\0';
-		if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+		if (mkdir(buf, 0700) == 0) {
+			if ((rc = fsync_parent(buf)) != 0)
+				return rc;
+		} else if (errno != EEXIST)
 			return -errno;
 		buf[i] = i == n ? '\0' : '/';
 	}
@@ -1454,6 +1485,11 @@ journal_prepare(struct journal *j, struct spool_recovery_stats *stats)
 
 	if ((rc = mkdir_p(j->jdir)) != 0 || (rc = mkdir_p(j->tdir)) != 0 ||
 	    (rc = mkdir_p(j->cdir)) != 0)
+		return rc;
+	/* A previous start may have died between a mkdir and the fsync of
+	 * its parent: make the tree durable now, before anything is written
+	 * into it (two fsyncs per open). */
+	if ((rc = fsync_dir(j->dir)) != 0 || (rc = fsync_parent(j->dir)) != 0)
 		return rc;
 	if ((rc = spool__journal_recover(j, stats)) != 0)
 		return rc;
