@@ -130,11 +130,13 @@ smtp_abuse_rcpt_ok(struct smtp_session *sess, const struct config_tenant *t)
 	char code[DNSBL_CODE_MAX], reply[400];
 	const char *zone;
 
-	if (dnsbl_check_pending(sess->dnsbl, t->dnsbl, t->ndnsbl)) {
+	/* One zone that lists the client is enough; the others are waited
+	 * for only while none does. */
+	zone = dnsbl_check_listed(sess->dnsbl, t->dnsbl, t->ndnsbl, code);
+	if (zone == NULL && dnsbl_check_pending(sess->dnsbl, t->dnsbl, t->ndnsbl)) {
 		smtp_session_park(sess);
 		return false;
 	}
-	zone = dnsbl_check_listed(sess->dnsbl, t->dnsbl, t->ndnsbl, code);
 	if (zone != NULL) {
 		sess->srv->abuse.dnsbl_deferred++;
 		log_event(LOG_LEVEL_INFO, "dnsbl", "session=%" PRIu64 " client=%s "

@@ -1068,6 +1068,11 @@ test_example_file_is_defaults(void **state)
 	SAME(mx_port);
 	SAME(has_bounce_relay);
 	SAME(commit_window_ms);
+	SAME(client_message_rate);
+	SAME(client_recipient_rate);
+	SAME(ndnsbl);
+	SAME(ndnsbl_allow);
+	SAME(dnsbl_timeout_ms);
 	assert_null(ex->tls_cert);
 	assert_null(ex->tls_key);
 	assert_null(ex->tls_ca_file);
@@ -1430,6 +1435,48 @@ test_client_limit_exempt(void **state)
 	expect_fail(SERVER "client_limit_exempt = 300.1.1.1\n" TENANT, 3, "client_limit_exempt");
 }
 
+/* DNSBL and per-client rates (issue 11): defaults, a tenant takes
+ * [server]'s zones wherever [server] stands unless it sets its own (empty:
+ * none), zones are names, rates 0..1000000. */
+static void
+test_abuse_keys(void **state)
+{
+	struct config *cfg;
+
+	(void)state;
+	cfg = load_ok(SERVER TENANT);
+	assert_int_equal(cfg->ndnsbl, 0);
+	assert_int_equal(cfg->tenants[0].ndnsbl, 0);
+	assert_int_equal(cfg->ndnsbl_allow, 2);
+	assert_int_equal(cfg->dnsbl_timeout_ms, 5000);
+	assert_int_equal(cfg->client_message_rate, 0);
+	assert_int_equal(cfg->client_recipient_rate, 0);
+	config_free(cfg);
+	cfg = load_ok(TENANT "[tenant:b]\ndomains = b.example\ndnsbl = Own.Example.\n"
+	    "[tenant:c]\ndomains = c.example\ndnsbl =\n"
+	    SERVER "dnsbl = zen.example, bl.example\ndnsbl_allow =\n"
+	    "dnsbl_timeout = 1500ms\nclient_message_rate = 30\n"
+	    "client_recipient_rate = 1000000\n");
+	assert_int_equal(cfg->ndnsbl, 2);
+	assert_int_equal(cfg->tenants[0].ndnsbl, 2);
+	assert_string_equal(cfg->tenants[0].dnsbl[1], "bl.example");
+	assert_int_equal(cfg->tenants[1].ndnsbl, 1);
+	assert_string_equal(cfg->tenants[1].dnsbl[0], "own.example");
+	assert_int_equal(cfg->tenants[2].ndnsbl, 0);
+	assert_int_equal(cfg->ndnsbl_allow, 0);
+	assert_int_equal(cfg->dnsbl_timeout_ms, 1500);
+	assert_int_equal(cfg->client_message_rate, 30);
+	assert_int_equal(cfg->client_recipient_rate, 1000000);
+	config_free(cfg);
+	expect_fail(SERVER "dnsbl = zen..example\n" TENANT, 3, "is not a DNS zone");
+	expect_fail(SERVER "dnsbl = 192.0.2.1\n" TENANT, 3, "dnsbl");
+	expect_fail(SERVER TENANT "dnsbl = a b_\n", 5, "dnsbl");
+	expect_fail(SERVER "client_message_rate = 1000001\n" TENANT, 3,
+	    "client_message_rate");
+	expect_fail(SERVER "dnsbl_timeout = 0\n" TENANT, 3, "dnsbl_timeout");
+	expect_fail(SERVER "dnsbl_allow = 10.0.0.0/33\n" TENANT, 3, "dnsbl_allow");
+}
+
 int
 main(void)
 {
@@ -1466,6 +1513,7 @@ main(void)
 		cmocka_unit_test(test_max_received_and_postmaster),
 		cmocka_unit_test(test_control_access_keys),
 		cmocka_unit_test(test_client_limit_exempt),
+		cmocka_unit_test(test_abuse_keys),
 		cmocka_unit_test(test_tls_cipher_keys),
 	};
 

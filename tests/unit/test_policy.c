@@ -254,6 +254,31 @@ test_etrn(void **state)
 	    POLICY_ETRN_DENIED);
 }
 
+/* Rates: client_limit_exempt (loopback by default) and every tenant's
+ * etrn_from are exempt; DNSBL: dnsbl_allow (loopback by default). */
+static void
+test_rate_exempt_and_dnsbl_allow(void **state)
+{
+	struct fixture *f = *state;
+	struct sockaddr_storage ss;
+
+	sin4(&ss, "127.0.0.9");
+	assert_true(policy_client_rate_exempt(f->cfg, (struct sockaddr *)&ss));
+	assert_true(policy_dnsbl_allowed(f->cfg, (struct sockaddr *)&ss));
+	sin4(&ss, "10.1.7.7");   /* tenant one's etrn_from */
+	assert_true(policy_client_rate_exempt(f->cfg, (struct sockaddr *)&ss));
+	assert_false(policy_dnsbl_allowed(f->cfg, (struct sockaddr *)&ss));
+	sin6(&ss, "::ffff:10.1.7.7");
+	assert_true(policy_client_rate_exempt(f->cfg, (struct sockaddr *)&ss));
+	sin4(&ss, "192.0.2.1");
+	assert_false(policy_client_rate_exempt(f->cfg, (struct sockaddr *)&ss));
+	assert_false(policy_dnsbl_allowed(f->cfg, (struct sockaddr *)&ss));
+	sin6(&ss, "::1");
+	assert_true(policy_dnsbl_allowed(f->cfg, (struct sockaddr *)&ss));
+	sin6(&ss, "2001:db8::1");
+	assert_false(policy_client_rate_exempt(f->cfg, (struct sockaddr *)&ss));
+}
+
 int
 main(void)
 {
@@ -265,6 +290,7 @@ main(void)
 		cmocka_unit_test(test_rcpt_postmaster),
 		cmocka_unit_test(test_replies),
 		cmocka_unit_test(test_etrn),
+		cmocka_unit_test(test_rate_exempt_and_dnsbl_allow),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
