@@ -127,6 +127,7 @@ enum key_kind {
 	KIND_ADDRESS,       /* char *, local@domain; empty: NULL */
 	KIND_GROUP,         /* char *, a group name; empty: NULL */
 	KIND_READONLY,      /* bool: "group" or "any" */
+	KIND_UNKNOWN_RCPT,  /* bool: "accept" (true) or "tempfail" */
 	KIND_ZONES,         /* char ** + size_t count at off2: DNS zones */
 	KIND_CIPHERS,       /* char *, an OpenSSL cipher list; empty: NULL */
 	KIND_SECRET,        /* char *, any text; empty: NULL */
@@ -210,7 +211,17 @@ static const struct key fleet_keys[] = {
 static const struct key tenant_keys[] = {
 	{ "domains", KIND_DOMAINS, T(domains), T(ndomains), 0, 0, 0, 0 },
 	{ "primary", KIND_PRIMARY, T(primaries), T(nprimaries), 0, 0, DEF_SMTP_PORT, 0 },
-	{ "recipients", KIND_RECIPIENTS, T(recipients_file), 0, 0, 0, 0, 0 },
+	{ "recipients", KIND_RECIPIENTS, T(recipients_file), T(recipients_learn), 0, 0, 0, 0 },
+	/* recipients = learn (verify.c): how unknown addresses are verified at
+	 * the primary and how long the answers are kept.  All take effect at
+	 * a reload (the verifier re-reads them; the cache is kept). */
+	{ "unknown_recipient", KIND_UNKNOWN_RCPT, T(unknown_recipient_accept), 0, 0, 0, 0, 0 },
+	{ "verify_timeout", KIND_DURATION, T(verify_timeout_ms), 0, 100, 0, 0, 0 },
+	{ "verify_valid_ttl", KIND_DURATION, T(verify_valid_ttl_ms), 0, 1, 0, 0, 0 },
+	{ "verify_invalid_ttl", KIND_DURATION, T(verify_invalid_ttl_ms), 0, 1, 0, 0, 0 },
+	{ "verify_cache_size", KIND_U64, T(verify_cache_size), 0, 1, 10000000, 0, 0 },
+	{ "verify_concurrency", KIND_UINT, T(verify_concurrency), 0, 1, 100, 0, 0 },
+	{ "verify_rate", KIND_RATE, T(verify_rate), 0, 0, 0, 0, 0 },
 	{ "quota", KIND_SIZE, T(quota), 0, 1, 0, 0, 0 },
 	{ "quota_messages", KIND_U64, T(quota_messages), 0, 1, UINT64_MAX, 0, 0 },
 	{ "drain_rate", KIND_RATE, T(drain_rate), 0, 0, 0, 0, KEY_RUNTIME },
@@ -735,9 +746,41 @@ set_recipients(const struct key *k, void *base, const char *v, char *msg,
 		    "file with one address or @domain per line");
 		return -1;
 	}
-	if (str_ieq(v, "any"))
+	/* learn and learn+FILE: the file (if any) is read like a plain FILE
+	 * and always wins; what it lacks is verified (policy.c, verify.c). */
+	*FIELD(base, k->off2, bool) = false;
+	if (str_ieq(v, "learn")) {
+		*FIELD(base, k->off2, bool) = true;
 		v = "";
+	} else if (util_strncasecmp(v, "learn+", 6) == 0) {
+		if (v[6] == '\0') {
+			snprintf(msg, len, "recipients: learn+ needs the path of a "
+			    "file after the +, e.g. learn+/etc/mxspool/users");
+			return -1;
+		}
+		*FIELD(base, k->off2, bool) = true;
+		v += 6;
+	} else if (str_ieq(v, "any")) {
+		v = "";
+	}
 	set_string(base, k, v);
+	return 0;
+}
+
+static int
+set_unknown_rcpt(const struct key *k, void *base, const char *v, char *msg,
+    size_t len)
+{
+	bool *field = FIELD(base, k->off, bool);
+
+	if (str_ieq(v, "accept"))
+		*field = true;
+	else if (str_ieq(v, "tempfail"))
+		*field = false;
+	else
+		return value_msg(msg, len, k, v, "must be tempfail (450 4.1.1 for "
+		    "an address not yet learned while the primary is down) or "
+		    "accept (250)");
 	return 0;
 }
 
@@ -765,6 +808,7 @@ key_set_value(const struct key *k, void *base, const char *v, char *msg,
 	case KIND_ADDRESS: return set_address(k, base, v, msg, len);
 	case KIND_GROUP: return set_group(k, base, v, msg, len);
 	case KIND_READONLY: return set_readonly(k, base, v, msg, len);
+	case KIND_UNKNOWN_RCPT: return set_unknown_rcpt(k, base, v, msg, len);
 	case KIND_CIPHERS: return set_ciphers(k, base, v, msg, len);
 	case KIND_SECRET: set_string(base, k, v); return 0;
 	default:
@@ -1244,6 +1288,12 @@ tenant_defaults(struct config_tenant *t)
 	t->messages_per_connection = 100;
 	t->probe_interval_ms = 30 * SEC_MS;
 	t->probe_up_after = 2;
+	t->verify_timeout_ms = 5 * SEC_MS;
+	t->verify_valid_ttl_ms = 31 * DAY_MS;
+	t->verify_invalid_ttl_ms = 3 * HOUR_MS;
+	t->verify_cache_size = 100000;
+	t->verify_concurrency = 2;
+	t->verify_rate = 5;
 	t->etrn_from = xcalloc(1, sizeof(*t->etrn_from));
 	t->netrn_from = 1;
 	(void)config__cidr_reason("127.0.0.1", &t->etrn_from[0]);

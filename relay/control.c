@@ -45,6 +45,7 @@
 #include "mxspool/spool_backup.h"
 #include "mxspool/stats.h"
 #include "mxspool/util.h"
+#include "mxspool/verify.h"
 
 #include "control_internal.h"
 #include "control_proto.h"
@@ -167,6 +168,7 @@ control_fill_metrics_only(struct relay *r, const struct config_tenant *t,
 		row->quota_used = (double)row->queued_messages / (double)t->quota_messages;
 	row->probes_ok = stats_tenant(r->stats, t->name, STAT_PROBE_OK);
 	row->probes_failed = stats_tenant(r->stats, t->name, STAT_PROBE_FAIL);
+	row->recipients_cached = verify_cached(r->verify, t->name);
 	for (int h = 0; h < STAT_HIST__COUNT; h++) {
 		const struct stats_hist *sh = stats_hist_tenant(r->stats, t->name, h);
 
@@ -678,6 +680,86 @@ control_cmd_set(struct control_req *q)
 	control_ack(q, CONTROL_ACK_SET, NULL, 0);
 }
 
+/* One cache entry into the listing (rcache_walk's callback). */
+static int
+control_rcache_row_add(void *arg, const struct rcache_entry *e)
+{
+	struct control_rcache *rc = arg;
+	struct control_rcache_row *row;
+	int64_t now = util_now_ms();
+
+	if (rc->nrows >= CONTROL_QUEUE_LIST_MAX) {
+		rc->truncated = true;
+		return 1;
+	}
+	if (rc->nrows == rc->cap) {
+		size_t cap = rc->cap ? 2 * rc->cap : 64;
+		struct control_rcache_row *p = realloc(rc->rows, cap * sizeof(*p));
+
+		if (p == NULL) {
+			rc->truncated = true;
+			return 1;
+		}
+		rc->rows = p;
+		rc->cap = cap;
+	}
+	row = &rc->rows[rc->nrows++];
+	snprintf(row->address, sizeof(row->address), "%s", e->addr);
+	row->state = e->state == RCACHE_VALID ? "valid" : "invalid";
+	row->learned_age_s = e->learned_ms < now ? (now - e->learned_ms) / 1000 : 0;
+	row->expires_in_s = e->expires_ms > now ? (e->expires_ms - now) / 1000 : 0;
+	return 0;
+}
+
+/* `recipients TENANT`: the learned cache, newest first.  Not read-only:
+ * it lists the partner's real users (control_cmds). */
+static void
+control_cmd_recipients(struct control_req *q)
+{
+	struct control_rcache rc;
+	const struct config_tenant *t = control_tenant_arg(q, 1);
+
+	if (t == NULL)
+		return;
+	memset(&rc, 0, sizeof(rc));
+	rc.tenant = t->name;
+	if (verify_walk(q->relay->verify, t->name, control_rcache_row_add, &rc) < 0) {
+		control_error(q, "tenant %s does not learn recipients (recipients = "
+		    "learn or learn+FILE)", t->name);
+		return;
+	}
+	control_render_recipients(&rc, q->json, q->out);
+	free(rc.rows);
+}
+
+/* `forget TENANT ADDRESS`: the next RCPT for it is verified again. */
+static void
+control_cmd_forget(struct control_req *q)
+{
+	const struct config_tenant *t = control_tenant_arg(q, 1);
+	struct control_ack a = { CONTROL_ACK_FORGET, NULL, 0, NULL, false };
+	int rc;
+
+	if (t == NULL)
+		return;
+	rc = verify_forget(q->relay->verify, t->name, q->argv[2]);
+	if (rc < 0) {
+		control_error(q, "tenant %s does not learn recipients (recipients = "
+		    "learn or learn+FILE)", t->name);
+		return;
+	}
+	if (rc > 0) {
+		control_error(q, "%s is not in the recipient cache of tenant %s",
+		    q->argv[2], t->name);
+		return;
+	}
+	log_event(LOG_LEVEL_INFO, "forget", "tenant=%s rcpt=<%s> by=mxspoolctl",
+	    t->name, q->argv[2]);
+	a.tenant = t->name;
+	a.restart_keys = q->argv[2];
+	control_render_ack(&a, q->json, q->out);
+}
+
 static void control_cmd_backup(struct control_req *q);
 
 static const struct control_cmd {
@@ -699,6 +781,8 @@ static const struct control_cmd {
 	{ "set", 2, 30, true, control_cmd_set },
 	{ "watch", 0, 1, false, control_cmd_watch },
 	{ "backup", 1, 1, true, control_cmd_backup },
+	{ "recipients", 1, 1, true, control_cmd_recipients },
+	{ "forget", 2, 2, true, control_cmd_forget },
 };
 
 /*

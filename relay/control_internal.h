@@ -68,6 +68,8 @@ struct control_tenant_row {
 	uint64_t quota_bytes, quota_messages;
 	double quota_used;
 	uint64_t probes_ok, probes_failed;
+	/* recipients = learn: entries in the tenant's cache (0 otherwise). */
+	uint64_t recipients_cached;
 	struct stats_hist hist[STAT_HIST__COUNT];
 };
 
@@ -196,6 +198,25 @@ void control_render_queue(const struct control_queue *q, bool json,
 void control_render_message(const struct control_message *m, bool json,
     struct control_buf *out);
 
+/* ---- recipients: one tenant's learned cache ----------------------------- */
+
+struct control_rcache_row {
+	char address[256];            /* RCACHE_ADDR_MAX + 1 */
+	const char *state;            /* "valid" | "invalid" */
+	int64_t learned_age_s;        /* since the answer was learned */
+	int64_t expires_in_s;
+};
+
+struct control_rcache {
+	const char *tenant;
+	size_t nrows, cap;
+	struct control_rcache_row *rows;
+	bool truncated;               /* CONTROL_QUEUE_LIST_MAX rows shown */
+};
+
+void control_render_recipients(const struct control_rcache *rc, bool json,
+    struct control_buf *out);
+
 /* The acknowledgement of a command that changed something. */
 enum control_ack_kind {
 	CONTROL_ACK_RELOAD,
@@ -209,6 +230,7 @@ enum control_ack_kind {
 	CONTROL_ACK_DELETE_N,
 	CONTROL_ACK_BOUNCE_N,
 	CONTROL_ACK_REQUEUE,
+	CONTROL_ACK_FORGET,           /* TENANT: ADDRESS in restart_keys' place */
 };
 struct control_ack {
 	enum control_ack_kind kind;

@@ -159,6 +159,7 @@ static const struct control_field status_tenant_fields[] = {
 	{ "queue_lifetime_s", "LIFETIME_S", 10, CONTROL_K_I64, T(queue_lifetime_s), 0 },
 	{ "delay_warning_s", "WARN_S", 8, CONTROL_K_I64, T(delay_warning_s), 0 },
 	{ "primary_caps", "CAPS", 0, CONTROL_K_CAPS, T(primary_caps), 0 },
+	{ "recipients_cached", NULL, 0, CONTROL_K_U64, T(recipients_cached), 0 },
 };
 #undef T
 
@@ -203,6 +204,16 @@ static const struct control_field rcpt_fields[] = {
 	{ "notify", NULL, 0, CONTROL_K_NOTIFY, R(notify), 0 },
 };
 #undef R
+
+/* mxspoolctl recipients TENANT: the address is a char[] like a queue id. */
+#define C(m) ROW(control_rcache_row, m)
+static const struct control_field rcache_fields[] = {
+	{ "address", "ADDRESS", -40, CONTROL_K_QID, C(address), 0 },
+	{ "state", "STATE", -8, CONTROL_K_STR, C(state), 0 },
+	{ "learned_age_s", "AGE_S", 10, CONTROL_K_I64, C(learned_age_s), 0 },
+	{ "expires_in_s", "EXPIRES_S", 10, CONTROL_K_I64, C(expires_in_s), 0 },
+};
+#undef C
 
 /* NOTIFY names in the order RFC 3461 lists them. */
 static const struct {
@@ -524,6 +535,32 @@ control_render_queue(const struct control_queue *q, bool json,
 }
 
 void
+control_render_recipients(const struct control_rcache *rc, bool json,
+    struct control_buf *b)
+{
+	const size_t nf = NFIELDS(rcache_fields);
+
+	control_buf_printf(b, "ok\n");
+	if (json) {
+		control_buf_printf(b, "{\"tenant\": ");
+		control_buf_json_string(b, rc->tenant);
+		control_buf_printf(b, ", ");
+		control_json_array(b, "recipients", rcache_fields, nf, rc->rows,
+		    rc->nrows, sizeof(rc->rows[0]));
+		control_buf_printf(b, ", \"count\": %zu, \"truncated\": %s}\n",
+		    rc->nrows, rc->truncated ? "true" : "false");
+		return;
+	}
+	control_text_table(b, rcache_fields, nf, rc->rows, rc->nrows,
+	    sizeof(rc->rows[0]));
+	if (rc->truncated)
+		control_buf_printf(b, "... (listing stopped after %d addresses)\n",
+		    CONTROL_QUEUE_LIST_MAX);
+	control_buf_printf(b, "-- %zu address%s learned by tenant %s\n", rc->nrows,
+	    rc->nrows == 1 ? "" : "es", rc->tenant);
+}
+
+void
 control_render_message(const struct control_message *m, bool json,
     struct control_buf *b)
 {
@@ -652,6 +689,18 @@ control_render_ack(const struct control_ack *a, bool json, struct control_buf *b
 	case CONTROL_ACK_BOUNCE_N:
 	case CONTROL_ACK_REQUEUE:
 		control_render_ack_bulk(a, json, b);
+		break;
+	case CONTROL_ACK_FORGET:
+		if (!json) {
+			control_buf_printf(b, "%s forgotten by tenant %s\n",
+			    a->restart_keys, a->tenant);
+			break;
+		}
+		control_buf_printf(b, "{\"tenant\": ");
+		control_buf_json_string(b, a->tenant);
+		control_buf_printf(b, ", \"forgotten\": ");
+		control_buf_json_string(b, a->restart_keys);
+		control_buf_printf(b, "}\n");
 		break;
 	case CONTROL_ACK_HOLD:
 	case CONTROL_ACK_RELEASE: {

@@ -68,6 +68,9 @@ static const struct metrics_def metrics_tenant[] = {
 	{ "mxspool_quota_used_ratio", "gauge",
 	  "Share of the tenant's quota in use, the fuller of bytes and messages (0 without a quota).",
 	  METRICS_DOUBLE, T(quota_used) },
+	{ "mxspool_recipients_cached", "gauge",
+	  "Recipients in the tenant's learned cache (recipients = learn; 0 otherwise).",
+	  METRICS_U64, T(recipients_cached) },
 };
 #undef T
 

@@ -66,6 +66,16 @@ policy_check_rcpt(const struct config *cfg, const struct smtp_path *to,
 	t = config_tenant_for_domain(cfg, to->domain, strlen(to->domain));
 	if (t == NULL)
 		return POLICY_RELAY_DENIED;
+	if (t->recipients_learn) {
+		/* learn+FILE: the FILE wins; what it lacks is learned. */
+		bool listed = t->recipients_file != NULL &&
+		    config_tenant_accepts(t, to->addr);
+
+		if (tx_tenant[0] != '\0' && strcmp(tx_tenant, t->name) != 0)
+			return POLICY_OTHER_TENANT;
+		*tenant = t;
+		return listed ? POLICY_OK : POLICY_LEARN;
+	}
 	if (!config_tenant_accepts(t, to->addr))
 		return POLICY_UNKNOWN_USER;
 	if (tx_tenant[0] != '\0' && strcmp(tx_tenant, t->name) != 0)
@@ -91,6 +101,12 @@ policy_reply(enum policy_verdict v, const char *addr, char *buf, size_t len)
 	case POLICY_POSTMASTER:
 		return snprintf(buf, len, "550 5.1.1 <postmaster>: no postmaster "
 		    "address configured");
+	case POLICY_UNVERIFIED:
+		return snprintf(buf, len, "450 4.1.1 <%s>: Recipient address "
+		    "rejected: unverified address: the primary cannot be asked "
+		    "now; try again later", addr);
+	case POLICY_LEARN:
+		break;   /* not a reply: the verifier answers */
 	}
 	return snprintf(buf, len, "451 4.3.0 Error: internal error");
 }

@@ -30,6 +30,7 @@
 #include "mxspool/stats.h"
 #include "mxspool/tls.h"
 #include "mxspool/util.h"
+#include "mxspool/verify.h"
 
 /*
  * The protocol is one datagram to the unix socket named in NOTIFY_SOCKET
@@ -282,6 +283,37 @@ relay_on_etrn(void *arg, const char *tenant)
 		(void)drain_flush(r->drain, tenant);
 }
 
+/* recipients = learn: the SMTP server asks the verifier. */
+static enum verify_answer
+relay_learn_rcpt(void *arg, const char *tenant, const char *addr,
+    verify_cb cb, void *cb_arg)
+{
+	struct relay *r = arg;
+
+	if (r->verify == NULL)
+		return VERIFY_TEMPFAIL;
+	return verify_rcpt(r->verify, tenant, addr, cb, cb_arg);
+}
+
+/* Every recipient the primary accepted is a valid one. */
+static void
+relay_on_delivered(void *arg, const char *tenant, const char *rcpt)
+{
+	struct relay *r = arg;
+
+	verify_learn(r->verify, tenant, rcpt);
+}
+
+/* The verifier's view of the primary: the drain's. */
+static bool
+relay_verify_primary(void *arg, const char *tenant, struct verify_primary *out)
+{
+	struct relay *r = arg;
+
+	return r->drain != NULL && drain_primary_target(r->drain, tenant,
+	    &out->addr, out->host, sizeof(out->host), &out->rate_limit);
+}
+
 int
 relay_bind_smtp(struct relay *r, char *err, size_t errlen)
 {
@@ -292,6 +324,7 @@ relay_bind_smtp(struct relay *r, char *err, size_t errlen)
 	deps.hooks.arg = r;
 	deps.hooks.on_accepted = relay_on_accepted;
 	deps.hooks.on_etrn = relay_on_etrn;
+	deps.hooks.learn_rcpt = relay_learn_rcpt;
 	deps.dns = r->dns;
 	return smtp_server_new(&deps, r->cfg, r->tls_server, &r->server, err, errlen);
 }
@@ -307,6 +340,24 @@ relay_apply_quotas(struct relay *r)
 	}
 }
 
+/* The caches live in the spool: SPOOL_DIR/recipients/TENANT. */
+static int
+relay_verify_start(struct relay *r)
+{
+	struct verify_deps vd;
+	char dir[4096];
+	int n = snprintf(dir, sizeof(dir), "%s/recipients", r->cfg->spool_dir);
+
+	if (n < 0 || (size_t)n >= sizeof(dir))
+		return -1;
+	memset(&vd, 0, sizeof(vd));
+	vd.loop = r->loop;
+	vd.dir = dir;
+	vd.primary = relay_verify_primary;
+	vd.arg = r;
+	return verify_new(&vd, r->cfg, r->tls_client, &r->verify);
+}
+
 int
 relay_start(struct relay *r, char *err, size_t errlen)
 {
@@ -319,8 +370,14 @@ relay_start(struct relay *r, char *err, size_t errlen)
 	deps.dns = r->dns;
 	deps.stats = r->stats;
 	deps.gate = r->fleet ? r->gate : NULL;
+	deps.on_delivered = relay_on_delivered;
+	deps.hook_arg = r;
 	if (drain_new(&deps, r->cfg, r->tls_client, &r->drain) != 0) {
 		snprintf(err, errlen, "cannot start the drain scheduler");
+		return EX_SOFTWARE;
+	}
+	if (relay_verify_start(r) != 0) {
+		snprintf(err, errlen, "cannot start the recipient verifier");
 		return EX_SOFTWARE;
 	}
 	if (smtp_server_start(r->server, r->spool) != 0) {
@@ -441,6 +498,8 @@ relay_reload(struct relay *r, char *err, size_t errlen)
 	r->tls_server = tls;
 	if (r->drain)
 		drain_apply_config(r->drain, cfg, client);
+	if (r->verify)
+		verify_apply_config(r->verify, cfg, client);
 	if (new_client) {
 		tls_ctx_free(r->tls_client);
 		r->tls_client = client;
@@ -499,11 +558,40 @@ relay_on_fleet_closed(void *arg)
 
 /* The fleet first (the drain, closed already, gave back its leases), then
  * the resolver. */
+static void
+relay_on_verify_closed(void *arg)
+{
+	struct relay_close_fleet *c = arg;
+	struct relay *r = c->r;
+	void (*done)(void *) = c->done;
+	void *darg = c->arg;
+
+	free(c);
+	relay_close(r, done, darg);
+}
+
 void
 relay_close(struct relay *r, void (*done)(void *arg), void *arg)
 {
 	struct relay_close_fleet *c;
 	struct fleet *f = r->fleet;
+
+	/* The verifier first (the server that asked it is closed): its
+	 * caches are written before the rest goes. */
+	if (r->verify != NULL) {
+		struct verify *v = r->verify;
+
+		r->verify = NULL;
+		if ((c = malloc(sizeof(*c))) == NULL) {
+			verify_close(v, NULL, NULL);
+		} else {
+			c->r = r;
+			c->done = done;
+			c->arg = arg;
+			verify_close(v, relay_on_verify_closed, c);
+			return;
+		}
+	}
 
 	r->fleet = NULL;
 	if (f == NULL || (c = malloc(sizeof(*c))) == NULL) {

@@ -53,6 +53,12 @@ enum smtp_state {
 	SMTP_STATE_QUIT,          /* closing after the last reply */
 };
 
+/* recipients = learn: an RCPT waiting for the verifier (verify.h). */
+struct smtp_rcpt_wait {
+	struct smtp_rcpt rcpt;        /* as parsed */
+	char tenant[CONFIG_TENANT_NAME_MAX + 1];
+};
+
 struct smtp_tx_rcpt {
 	char *addr;
 	char *orcpt;
@@ -138,6 +144,9 @@ struct smtp_session {
 	unsigned errors;
 	unsigned messages;
 	struct smtp_tx *tx;
+	/* The RCPT waiting for the verifier (it holds one of sess->pending),
+	 * or NULL. */
+	struct smtp_rcpt_wait *rcpt_wait;
 
 	struct smtp_line_reader lines;
 	struct smtp_data_decoder data;

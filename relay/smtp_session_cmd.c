@@ -193,6 +193,15 @@ smtp_cmd_rewrite_postmaster(const struct smtp_session *sess, struct smtp_rcpt *r
 	snprintf(r->to.addr, sizeof(r->to.addr), "%s", addr);
 }
 
+static void smtp_cmd_rcpt_learn(struct smtp_session *sess,
+    const struct smtp_rcpt *rc_, const struct config_tenant *t);
+static void smtp_cmd_rcpt_verified(void *arg, enum verify_answer a);
+static void smtp_cmd_rcpt_answer(struct smtp_session *sess,
+    const struct smtp_rcpt *rc_, const struct config_tenant *t,
+    enum verify_answer a);
+static void smtp_cmd_rcpt_add(struct smtp_session *sess,
+    const struct smtp_rcpt *rc_, const struct config_tenant *t);
+
 static void
 smtp_cmd_rcpt(struct smtp_session *sess, const struct smtp_cmd *cmd)
 {
@@ -217,7 +226,7 @@ smtp_cmd_rcpt(struct smtp_session *sess, const struct smtp_cmd *cmd)
 		return;
 	}
 	v = policy_check_rcpt(cfg, &rc_.to, tx->tenant, &t);
-	if (v != POLICY_OK) {
+	if (v != POLICY_OK && v != POLICY_LEARN) {
 		policy_reply(v, rc_.to.addr, reply, sizeof(reply));
 		smtp_tx_log_reject(sess, "rcpt", reply);
 		smtp_session_reply(sess, "%s", reply);
@@ -247,6 +256,99 @@ smtp_cmd_rcpt(struct smtp_session *sess, const struct smtp_cmd *cmd)
 			return;
 		}
 	}
+	if (v == POLICY_LEARN) {
+		smtp_cmd_rcpt_learn(sess, &rc_, t);
+		return;   /* may wait for the verifier */
+	}
+	smtp_cmd_rcpt_add(sess, &rc_, t);
+}
+
+/*
+ * recipients = learn: ask the verifier (through the server's hook; none:
+ * the down path's tempfail).  An answer now is given now; otherwise the
+ * parsed RCPT waits in sess->rcpt_wait, holding one sess->pending so that
+ * the input loop stops (as for a journal commit) and the session outlives
+ * the answer.  Asynchronous processing continues in smtp_cmd_rcpt_verified().
+ */
+static void
+smtp_cmd_rcpt_learn(struct smtp_session *sess, const struct smtp_rcpt *rc_,
+    const struct config_tenant *t)
+{
+	const struct smtp_server_hooks *hooks = &sess->srv->hooks;
+	struct smtp_rcpt_wait *w = malloc(sizeof(*w));
+	enum verify_answer a;
+
+	if (w == NULL) {
+		smtp_session_reply(sess, "451 4.3.0 Error: out of memory");
+		return;
+	}
+	w->rcpt = *rc_;
+	snprintf(w->tenant, sizeof(w->tenant), "%s", t->name);
+	a = hooks->learn_rcpt == NULL ? VERIFY_TEMPFAIL :
+	    hooks->learn_rcpt(hooks->arg, t->name, rc_->to.addr,
+	    smtp_cmd_rcpt_verified, sess);
+	if (a != VERIFY_PENDING) {
+		free(w);
+		smtp_cmd_rcpt_answer(sess, rc_, t, a);
+		return;
+	}
+	sess->rcpt_wait = w;
+	sess->pending++;   /* until smtp_cmd_rcpt_verified() */
+}
+
+/* The verifier's answer for the RCPT in sess->rcpt_wait. */
+static void
+smtp_cmd_rcpt_verified(void *arg, enum verify_answer a)
+{
+	struct smtp_session *sess = arg;
+	struct smtp_rcpt_wait *w = sess->rcpt_wait;
+	const struct config_tenant *t;
+
+	sess->rcpt_wait = NULL;
+	sess->pending--;   /* from smtp_cmd_rcpt_learn() */
+	if (sess->closing) {
+		free(w);
+		smtp_session_free(sess);
+		return;
+	}
+	/* A reload may have come in between: the tenant by name, again. */
+	t = config_tenant_by_name(smtp_session_cfg(sess), w->tenant);
+	if (t == NULL || sess->tx == NULL)
+		smtp_session_reply(sess, "451 4.3.0 <%s>: Error: configuration "
+		    "changed, try again", w->rcpt.to.addr);
+	else
+		smtp_cmd_rcpt_answer(sess, &w->rcpt, t, a);
+	free(w);
+	smtp_session_process(sess);   /* may destroy */
+}
+
+/* Act on the verifier's answer A for RC_. */
+static void
+smtp_cmd_rcpt_answer(struct smtp_session *sess, const struct smtp_rcpt *rc_,
+    const struct config_tenant *t, enum verify_answer a)
+{
+	char reply[600];
+
+	if (a == VERIFY_ACCEPT) {
+		smtp_cmd_rcpt_add(sess, rc_, t);
+		return;
+	}
+	policy_reply(a == VERIFY_REJECT ? POLICY_UNKNOWN_USER : POLICY_UNVERIFIED,
+	    rc_->to.addr, reply, sizeof(reply));
+	smtp_tx_log_reject(sess, "rcpt", reply);
+	smtp_session_reply(sess, "%s", reply);
+	/* A 550 counts toward max_errors, as for the recipients FILE; a 450
+	 * is not the client's fault. */
+	if (a == VERIFY_REJECT)
+		smtp_session_count_error(sess);   /* may destroy */
+}
+
+/* Add the accepted recipient RC_ of tenant T to the transaction: 250. */
+static void
+smtp_cmd_rcpt_add(struct smtp_session *sess, const struct smtp_rcpt *rc_,
+    const struct config_tenant *t)
+{
+	struct smtp_tx *tx = sess->tx;
 	struct smtp_tx_rcpt *nr = realloc(tx->rcpt, (tx->nrcpt + 1) * sizeof(*nr));
 
 	if (nr == NULL) {
@@ -255,10 +357,10 @@ smtp_cmd_rcpt(struct smtp_session *sess, const struct smtp_cmd *cmd)
 	}
 	tx->rcpt = nr;
 	nr = &tx->rcpt[tx->nrcpt];
-	nr->addr = strdup(rc_.to.addr);
-	nr->orcpt = rc_.params.has_orcpt ? strdup(rc_.params.orcpt) : NULL;
-	nr->notify = rc_.params.notify;
-	if (nr->addr == NULL || (rc_.params.has_orcpt && nr->orcpt == NULL)) {
+	nr->addr = strdup(rc_->to.addr);
+	nr->orcpt = rc_->params.has_orcpt ? strdup(rc_->params.orcpt) : NULL;
+	nr->notify = rc_->params.notify;
+	if (nr->addr == NULL || (rc_->params.has_orcpt && nr->orcpt == NULL)) {
 		free(nr->addr);
 		free(nr->orcpt);
 		smtp_session_reply(sess, "451 4.3.0 Error: out of memory");

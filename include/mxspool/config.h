@@ -46,9 +46,18 @@ struct config_tenant {
 	bool primary_mx;              /* primary = mx */
 	struct config_hostport *primaries;
 	size_t nprimaries;
-	char *recipients_file;        /* NULL: recipients = any */
+	char *recipients_file;        /* NULL: recipients = any (or learn) */
 	char **recipients;            /* sorted, lower case: "user@dom" or "@dom" */
 	size_t nrecipients;
+	/* recipients = learn | learn+FILE: what the FILE (if any) lacks is
+	 * verified at the primary and cached (verify.h). */
+	bool recipients_learn;
+	bool unknown_recipient_accept;  /* unknown_recipient = accept */
+	uint64_t verify_timeout_ms;
+	uint64_t verify_valid_ttl_ms, verify_invalid_ttl_ms;
+	uint64_t verify_cache_size;   /* entries */
+	unsigned verify_concurrency;  /* probe sessions at once */
+	double verify_rate;           /* RCPT probes per second, at most */
 	uint64_t quota;
 	uint64_t quota_messages;
 	double drain_rate;            /* messages per second, the ceiling */

@@ -22,6 +22,12 @@ enum policy_verdict {
 	POLICY_UNKNOWN_USER,          /* 550 5.1.1 not in the recipients list */
 	POLICY_OTHER_TENANT,          /* 452 4.5.3 next transaction, please */
 	POLICY_POSTMASTER,            /* 550 5.1.1 bare <postmaster>, nowhere to send it */
+	/* recipients = learn: not in the tenant's FILE (or there is none);
+	 * *TENANT is set and the verifier decides (verify.h).  Not a reply. */
+	POLICY_LEARN,
+	/* The verifier's "not known" while the primary cannot be asked, with
+	 * unknown_recipient = tempfail: 450 4.1.1, a real sender retries. */
+	POLICY_UNVERIFIED,
 };
 
 /*
@@ -39,6 +45,9 @@ int policy_postmaster_addr(const struct config *cfg, char *buf, size_t len);
  * accepted in this transaction ("" if none): one message, one tenant, so
  * that quotas and drains stay per tenant.  On POLICY_OK, *TENANT is the
  * tenant that will spool the message (valid until the config is freed).
+ * For a tenant with recipients = learn, an address its FILE lists is
+ * POLICY_OK (the FILE always wins) and any other is POLICY_LEARN, with
+ * *TENANT set, once the other checks passed.
  */
 enum policy_verdict policy_check_rcpt(const struct config *cfg,
     const struct smtp_path *to, const char *tx_tenant,

@@ -31,6 +31,7 @@ struct smtp_server;
 struct spool;
 struct stats;
 struct tls_ctx;
+struct verify;
 
 struct relay {
 	uv_loop_t *loop;
@@ -48,6 +49,7 @@ struct relay {
 	struct smtp_server *server;
 	struct control *control;
 	struct drain *drain;
+	struct verify *verify;        /* recipients = learn (verify.h) */
 	struct fleet *fleet;          /* [fleet] redis set: the shared budget */
 	struct drain_gate *gate;      /* the drain's hook into it */
 	int64_t started_ms;           /* wall clock */

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <uv.h>
 
+#include "mxspool/verify.h"
+
 struct config;
 struct dns;
 struct smtp_server;
@@ -25,6 +27,12 @@ struct smtp_server_hooks {
 	void (*on_accepted)(void *arg, const char *tenant, double latency_s);
 	/* An allowed ETRN asked to start TENANT's queue. */
 	void (*on_etrn)(void *arg, const char *tenant);
+	/* recipients = learn: the answer for ADDR, a recipient of TENANT
+	 * that its FILE lacks, as verify_rcpt() gives it (VERIFY_PENDING:
+	 * CB runs later, exactly once, never inside this call).  NULL: every
+	 * such RCPT is answered 450 4.1.1. */
+	enum verify_answer (*learn_rcpt)(void *arg, const char *tenant,
+	    const char *addr, verify_cb cb, void *cb_arg);
 };
 
 struct smtp_server_deps {

@@ -170,7 +170,9 @@ TENANT_KEYS = {"name": str, "domains": list, "primary_state": str, "held": bool,
                "delivered_total": int, "bounced_total": int, "eta_s": "int|null",
                # second round (DESIGN "Contract additions"): the long outage
                "queue_lifetime_s": int, "delay_warning_s": int,
-               "primary_caps": "dict|null"}
+               "primary_caps": "dict|null",
+               # issue 11: recipients = learn
+               "recipients_cached": int}
 
 
 def check_type(where, key, value, kind):

@@ -207,6 +207,7 @@ make_status(struct control_status *st, struct control_tenant_row rows[2])
 		.queue_lifetime_s = 432000, .delay_warning_s = 14400,
 		.primary_caps = { .known = true, .size = 1000, .pipelining = true,
 		    .eightbitmime = true, .dsn = true, .age_s = 7 },
+		.recipients_cached = 3,
 	};
 	rows[1] = (struct control_tenant_row){
 		.name = "other", .domains = demo_domains + 1, .ndomains = 1,
@@ -284,7 +285,7 @@ test_status_json_keys(void **state)
 	static const char *const tenant[] = { "name", "domains", "primary_state",
 		"held", "queued_messages", "queued_bytes", "oldest_age_s", "drain_rate",
 		"drain_rate_limit", "in_flight", "delivered_total", "bounced_total", "eta_s",
-		"queue_lifetime_s", "delay_warning_s", "primary_caps" };
+		"queue_lifetime_s", "delay_warning_s", "primary_caps", "recipients_cached" };
 	struct control_status *st = FIXTURE_STATUS(state);
 	struct json_check j;
 	char *s;
@@ -305,12 +306,12 @@ test_status_json_keys(void **state)
 	    "\"queue_lifetime_s\": 432000, \"delay_warning_s\": 14400, \"primary_caps\": "
 	    "{\"size\": 1000, \"pipelining\": true, \"8bitmime\": true, \"smtputf8\": false, "
 	    "\"dsn\": true, \"chunking\": false, \"starttls\": false, \"rcptmax\": null, "
-	    "\"mailmax\": null, \"age_s\": 7}}, "
+	    "\"mailmax\": null, \"age_s\": 7}, \"recipients_cached\": 3}, "
 	    "{\"name\": \"other\", \"domains\": [\"two.example\"], \"primary_state\": \"down\", "
 	    "\"held\": true, \"queued_messages\": 0, \"queued_bytes\": 0, \"oldest_age_s\": 0, "
 	    "\"drain_rate\": 0.000, \"drain_rate_limit\": 0.000, \"in_flight\": 0, "
 	    "\"delivered_total\": 1, \"bounced_total\": 0, \"eta_s\": null, "
-	    "\"queue_lifetime_s\": 3600, \"delay_warning_s\": 0, \"primary_caps\": null}]}\n");
+	    "\"queue_lifetime_s\": 3600, \"delay_warning_s\": 0, \"primary_caps\": null, \"recipients_cached\": 0}]}\n");
 	free(s);
 }
 
@@ -494,8 +495,8 @@ test_metrics_no_tenants(void **state)
 
 	st->ntenants = 0;
 	m = render_metrics(st);
-	/* 15 per tenant, 4 relay, the probe counter, 3 histograms */
-	assert_int_equal(count_lines(m, "# HELP "), 23);
+	/* 16 per tenant, 4 relay, the probe counter, 3 histograms */
+	assert_int_equal(count_lines(m, "# HELP "), 24);
 	assert_int_equal(count_lines(m, "mxspool_queue_messages"), 0);
 	free(m);
 }
