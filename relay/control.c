@@ -34,6 +34,7 @@
 #include "mxspool/config.h"
 #include "mxspool/control.h"
 #include "mxspool/drain.h"
+#include "mxspool/handover.h"
 #include "mxspool/fleet.h"
 #include "mxspool/fleet_render.h"
 #include "mxspool/log.h"
@@ -1642,6 +1643,19 @@ control_bind_metrics(struct control *c, char *err, size_t errlen)
 	struct sockaddr_storage ss;
 	int rc;
 
+	if (c->relay->handover != NULL && c->relay->handover->metrics >= 0) {
+		/* SIGUSR2: the previous process's listener, still bound. */
+		uv_tcp_init(c->relay->loop, &c->http);
+		c->http.data = c;
+		c->has_http = true;
+		c->open_handles++;
+		if ((rc = uv_tcp_open(&c->http, c->relay->handover->metrics)) != 0 ||
+		    (rc = uv_listen((uv_stream_t *)&c->http, 64, control_on_connection)) != 0) {
+			snprintf(err, errlen, "metrics_listen (handed over): %s", uv_strerror(rc));
+			return -1;
+		}
+		return 0;
+	}
 	if (uv_ip4_addr(hp->host, hp->port, (struct sockaddr_in *)&ss) != 0 &&
 	    uv_ip6_addr(hp->host, hp->port, (struct sockaddr_in6 *)&ss) != 0) {
 		snprintf(err, errlen, "metrics_listen %s: not an IP address", hp->host);
@@ -1695,6 +1709,57 @@ control_set_access(struct control *c, const char *path, char *err,
 	return 0;
 }
 
+/* SIGUSR2: listen on the sockets the previous process handed over (its
+ * control socket keeps its path, mode and group). */
+static int
+control_adopt(struct control *c, struct control **out, char *err, size_t errlen)
+{
+	struct relay *r = c->relay;
+	int rc;
+
+	uv_pipe_init(r->loop, &c->pipe, 0);
+	c->pipe.data = c;
+	c->open_handles = 1;
+	if ((rc = uv_pipe_open(&c->pipe, r->handover->control)) != 0 ||
+	    (rc = uv_listen((uv_stream_t *)&c->pipe, 64, control_on_connection)) != 0) {
+		snprintf(err, errlen, "control_socket (handed over): %s", uv_strerror(rc));
+		return -1;
+	}
+	if (r->cfg->control_group != NULL) {
+		struct group gr, *res = NULL;
+		char buf[4096];
+
+		/* The file kept its group; the checks need its number. */
+		if (getgrnam_r(r->cfg->control_group, &gr, buf, sizeof(buf), &res) != 0 ||
+		    res == NULL) {
+			snprintf(err, errlen, "control_group %s: no such group",
+			    r->cfg->control_group);
+			return -1;
+		}
+		c->gid = gr.gr_gid;
+		c->has_group = true;
+	}
+	if (r->cfg->has_metrics && control_bind_metrics(c, err, errlen) != 0)
+		return -1;
+	log_event(LOG_LEVEL_INFO, "listen", "control=%s handed_over=yes", r->cfg->control_socket);
+	*out = c;
+	return 0;
+}
+
+int
+control_listen_fds(const struct control *c, int *control_fd, int *metrics_fd)
+{
+	uv_os_fd_t fd;
+
+	*control_fd = *metrics_fd = -1;
+	if (uv_fileno((const uv_handle_t *)&c->pipe, &fd) != 0)
+		return -1;
+	*control_fd = fd;
+	if (c->has_http && uv_fileno((const uv_handle_t *)&c->http, &fd) == 0)
+		*metrics_fd = fd;
+	return 0;
+}
+
 int
 control_new(struct relay *r, struct control **out, char *err, size_t errlen)
 {
@@ -1717,6 +1782,8 @@ control_new(struct relay *r, struct control **out, char *err, size_t errlen)
 		}
 	}
 	free(dir);
+	if (r->handover != NULL && r->handover->control >= 0)
+		return control_adopt(c, out, err, errlen);
 	/* A stale socket from a crash would make bind fail; the spool lock,
 	 * taken before this, proves no other daemon is using it. */
 	if (unlink(path) != 0 && errno != ENOENT) {
@@ -1759,7 +1826,15 @@ control_close(struct control *c, void (*done)(void *arg), void *arg)
 	c->closing = true;
 	c->done = done;
 	c->done_arg = arg;
-	(void)unlink(c->relay->cfg->control_socket);
+	/* After a handover the path is the new process's socket as well:
+	 * neither we nor libuv (which unlinks the path of a pipe it bound
+	 * when the handle closes) may remove it. */
+	if (!c->relay->handing_over) {
+		(void)unlink(c->relay->cfg->control_socket);
+	} else if (c->pipe.pipe_fname != NULL) {
+		free((char *)c->pipe.pipe_fname);
+		c->pipe.pipe_fname = NULL;
+	}
 	/* A client is unlinked in its close callback, not here. */
 	LIST_FOREACH(cl, &c->clients, entry)
 		control_client_close(cl);

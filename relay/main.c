@@ -7,6 +7,24 @@
  * -> accept -> READY=1.  Stop (SIGTERM/SIGINT): STOPPING=1 -> stop accepting
  * -> sessions and deliveries finish within a grace period -> the spool
  * flushes its last commits -> every handle closed -> exit 0.
+ *
+ * SIGUSR2 (upgrade without refusing a connection): start the binary again
+ * (the path we were started from, so an upgraded file is picked up) with
+ * the listeners, the control socket and the locked spool descriptor
+ * inherited (handover.h).  Until the new process says "ready" this one
+ * serves as before; a new binary that is missing, crashes or fails its
+ * config is logged and changes nothing.  Then this one stops accepting (the
+ * kernel queues new connections on the shared sockets, nobody refuses
+ * them), lets its sessions and deliveries finish, closes its journal and
+ * says "go"; the new one recovers the spool, accepts, tells systemd its
+ * pid (MAINPID) and says "serving", and this one exits 0.  If the new one
+ * dies after "go" (its recovery failed), this process hands over to its
+ * own, still-running binary (/proc/self/exe) the same way, so a failed
+ * upgrade leaves the old version serving.  One journal writer at a time,
+ * one lock throughout: the lock's descriptor is shared, never released.
+ *
+ * --standby (hot spare on shared storage): wait for the spool lock, then
+ * start as usual; see mxspoold(8).
  */
 #include "config.h"
 
@@ -23,12 +41,15 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <sysexits.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mxspool/config.h"
 #include "mxspool/control.h"
 #include "mxspool/drain.h"
+#include "mxspool/handover.h"
 #include "mxspool/log.h"
 #include "mxspool/relay.h"
 #include "mxspool/smtp_server.h"
@@ -36,24 +57,63 @@
 #include "mxspool/util.h"
 
 #define MAIN_GRACE_MS 10000     /* sessions and deliveries finishing on stop */
+#define MAIN_HO_IDLE_MS 1000    /* handover: idle sessions told 421 after */
+#define MAIN_HO_READY_MS 60000  /* handover: the new process must be ready */
+#define MAIN_STANDBY_POLL_MS 50 /* --standby: lock retry period */
+
+/* The old side of a SIGUSR2 handover. */
+enum main_ho_state {
+	MAIN_HO_IDLE,
+	MAIN_HO_STARTING,             /* spawned: waiting for "ready" */
+	MAIN_HO_STOPPING,             /* ready: our services are closing */
+	MAIN_HO_GO_SENT,              /* journal closed: waiting for "serving" */
+	MAIN_HO_DONE,                 /* the new process serves: we exit */
+};
+
+struct main_handover {
+	enum main_ho_state state;
+	pid_t pid;
+	uv_pipe_t *chan;              /* per child (a closing one may linger) */
+	uv_timer_t timer;             /* MAIN_HO_READY_MS */
+	char line[64];
+	size_t len;
+	struct handover_fds fds;      /* our duplicates, passed to each child */
+	bool have_fds;
+	bool fallback;                /* the child runs our own binary */
+	bool child_gone;              /* it died while we were stopping */
+	bool term_after;              /* SIGTERM came meanwhile: pass it on */
+	int64_t t0;
+};
 
 struct main_state {
 	struct relay relay;
-	uv_signal_t sig_term, sig_int, sig_hup;
+	uv_signal_t sig_term, sig_int, sig_hup, sig_usr2;
 	int lock_fd;
 	unsigned pending_close;       /* modules still closing on the way out */
+	bool standby;                 /* --standby: wait for the lock */
+	char exe[4096];               /* what SIGUSR2 runs */
+	char **argv;
+	struct main_handover ho;
+	struct handover_fds inherited;  /* the new side's sockets */
+	int inherited_chan;           /* the new side's channel, or -1 */
+	int exit_code;
 };
 
 static void
 main_usage(FILE *f)
 {
 	fprintf(f,
-	    "usage: mxspoold -c FILE [-t] [-d]\n"
+	    "usage: mxspoold -c FILE [-t] [-d] [--standby]\n"
 	    "       mxspoold --version\n"
-	    "  -c FILE   configuration file (INI, see mxspool.ini(5))\n"
-	    "  -t        check the configuration and exit (0 valid, 78 invalid)\n"
-	    "  -d        debug logging\n");
+	    "  -c FILE    configuration file (INI, see mxspool.ini(5))\n"
+	    "  -t         check the configuration and exit (0 valid, 78 invalid)\n"
+	    "  -d         debug logging\n"
+	    "  --standby  wait until the spool lock is free, then take over\n"
+	    "SIGHUP reloads the configuration; SIGUSR2 re-executes the binary\n"
+	    "without refusing a connection (upgrades).\n");
 }
+
+static void main_ho_chan_close(struct main_handover *ho);
 
 static void
 main_closed(void *arg)
@@ -64,14 +124,26 @@ main_closed(void *arg)
 		uv_close((uv_handle_t *)&m->sig_term, NULL);
 		uv_close((uv_handle_t *)&m->sig_int, NULL);
 		uv_close((uv_handle_t *)&m->sig_hup, NULL);
+		uv_close((uv_handle_t *)&m->sig_usr2, NULL);
+		uv_close((uv_handle_t *)&m->ho.timer, NULL);
+		if (m->ho.chan != NULL)
+			main_ho_chan_close(&m->ho);
 	}
 }
+
+static void main_ho_go(struct main_state *m);
 
 static void
 main_spool_closed(void *arg)
 {
 	struct main_state *m = arg;
 
+	m->relay.spool = NULL;
+	if (m->ho.state == MAIN_HO_STOPPING) {
+		/* Our journal is shut: the new process may recover it. */
+		main_ho_go(m);
+		return;
+	}
 	/* The resolver goes last: nothing is left to ask it anything. */
 	relay_close(&m->relay, main_closed, m);
 }
@@ -116,6 +188,281 @@ main_stop(struct main_state *m)
 	smtp_server_close(r->server, MAIN_GRACE_MS, main_server_closed, m);
 }
 
+/* ---- SIGUSR2: the old side of a handover ---------------------------------- */
+
+static void
+main_ho_close_fds(struct main_handover *ho)
+{
+	if (!ho->have_fds)
+		return;
+	for (size_t i = 0; i < ho->fds.nsmtp; i++)
+		(void)close(ho->fds.smtp[i]);
+	(void)close(ho->fds.lock);
+	if (ho->fds.control >= 0)
+		(void)close(ho->fds.control);
+	if (ho->fds.metrics >= 0)
+		(void)close(ho->fds.metrics);
+	ho->have_fds = false;
+}
+
+/* Our own copies of every socket to pass (close-on-exec), so that a second
+ * child can be given them after our listeners are closed. */
+static int
+main_ho_dup_fds(struct main_state *m)
+{
+	struct main_handover *ho = &m->ho;
+	int fds[HANDOVER_MAX_SMTP], ctl = -1, met = -1;
+	size_t n = smtp_server_listen_fds(m->relay.server, fds, HANDOVER_MAX_SMTP);
+
+	memset(&ho->fds, 0, sizeof(ho->fds));
+	ho->fds.control = ho->fds.metrics = -1;
+	ho->fds.lock = fcntl(m->lock_fd, F_DUPFD_CLOEXEC, 3);
+	if (ho->fds.lock < 0)
+		return -errno;
+	ho->have_fds = true;
+	for (size_t i = 0; i < n; i++) {
+		if ((ho->fds.smtp[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3)) < 0)
+			return -errno;
+		ho->fds.nsmtp++;
+	}
+	if (control_listen_fds(m->relay.control, &ctl, &met) != 0)
+		return -EBADF;
+	if (ctl >= 0 && (ho->fds.control = fcntl(ctl, F_DUPFD_CLOEXEC, 3)) < 0)
+		return -errno;
+	if (met >= 0 && (ho->fds.metrics = fcntl(met, F_DUPFD_CLOEXEC, 3)) < 0)
+		return -errno;
+	return 0;
+}
+
+/* The child is no good: make sure it is gone and reaped. */
+static void
+main_ho_kill_child(struct main_handover *ho)
+{
+	int st;
+
+	if (ho->pid <= 0)
+		return;
+	if (waitpid(ho->pid, &st, WNOHANG) == 0) {
+		(void)kill(ho->pid, SIGKILL);
+		(void)waitpid(ho->pid, &st, 0);   /* SIGKILL: at once */
+	}
+	ho->pid = 0;
+}
+
+static void
+main_ho_chan_freed(uv_handle_t *h)
+{
+	free(h);
+}
+
+static void
+main_ho_chan_close(struct main_handover *ho)
+{
+	if (ho->chan != NULL) {
+		uv_close((uv_handle_t *)ho->chan, main_ho_chan_freed);
+		ho->chan = NULL;
+	}
+	(void)uv_timer_stop(&ho->timer);
+}
+
+static int main_ho_spawn(struct main_state *m, const char *exe);
+
+/*
+ * The child failed.  Before "ready" nothing of ours was touched: go on
+ * serving.  After that our services are closed (or closing): hand over to
+ * our own binary instead; if even that fails, nobody can serve the spool
+ * from this process and it exits with an error (systemd restarts it).
+ */
+static void
+main_ho_failed(struct main_state *m, const char *why)
+{
+	struct main_handover *ho = &m->ho;
+	enum main_ho_state was = ho->state;
+
+	log_event(LOG_LEVEL_ERR, "reexec", "result=failed stage=%s pid=%ld error=\"%s\"%s",
+	    was == MAIN_HO_STARTING ? "start" : "takeover", (long)ho->pid, why,
+	    was == MAIN_HO_STARTING ? " note=\"this process keeps serving\"" : "");
+	main_ho_chan_close(ho);
+	main_ho_kill_child(ho);
+	if (was == MAIN_HO_STARTING) {
+		main_ho_close_fds(ho);
+		ho->state = MAIN_HO_IDLE;
+		return;
+	}
+	if (was == MAIN_HO_STOPPING) {
+		ho->child_gone = true;    /* main_ho_go hands over once we are shut */
+		return;
+	}
+	if (!ho->fallback && main_ho_spawn(m, "/proc/self/exe") == 0) {
+		ho->fallback = true;
+		ho->state = MAIN_HO_GO_SENT;   /* services closed: go at "ready" */
+		return;
+	}
+	log_event(LOG_LEVEL_ERR, "reexec", "result=failed note=\"no process serves the spool; exiting\"");
+	ho->state = MAIN_HO_DONE;
+	m->exit_code = EX_SOFTWARE;
+	relay_close(&m->relay, main_closed, m);
+}
+
+/* Our journal is closed ("go"), or a fallback child became ready. */
+static void
+main_ho_go(struct main_state *m)
+{
+	struct main_handover *ho = &m->ho;
+	uv_os_fd_t fd;
+
+	ho->state = MAIN_HO_GO_SENT;
+	if (ho->child_gone) {
+		ho->child_gone = false;
+		main_ho_failed(m, "the new process died while this one stopped");
+		return;
+	}
+	if (ho->chan == NULL || uv_fileno((uv_handle_t *)ho->chan, &fd) != 0 ||
+	    handover_send(fd, "go") != 0) {
+		main_ho_failed(m, "cannot tell the new process to go");
+		return;
+	}
+	log_event(LOG_LEVEL_INFO, "reexec", "stage=go pid=%ld", (long)ho->pid);
+}
+
+static void
+main_ho_stop_services(struct main_state *m)
+{
+	struct relay *r = &m->relay;
+
+	m->ho.state = MAIN_HO_STOPPING;
+	r->handing_over = true;
+	r->stopping = true;
+	log_event(LOG_LEVEL_INFO, "reexec", "stage=ready pid=%ld note=\"this process "
+	    "stops accepting; the new one takes the sockets\"", (long)m->ho.pid);
+	m->pending_close = 2;
+	control_close(r->control, main_closed, m);
+	smtp_server_close_handover(r->server, MAIN_HO_IDLE_MS, MAIN_GRACE_MS,
+	    main_server_closed, m);
+}
+
+static void
+main_ho_line(struct main_state *m, const char *line)
+{
+	struct main_handover *ho = &m->ho;
+
+	if (strcmp(line, "ready") == 0)
+		(void)uv_timer_stop(&ho->timer);
+	if (strcmp(line, "ready") == 0 && ho->state == MAIN_HO_STARTING) {
+		main_ho_stop_services(m);
+	} else if (strcmp(line, "ready") == 0 && ho->state == MAIN_HO_GO_SENT &&
+	    ho->fallback) {
+		main_ho_go(m);
+	} else if (strcmp(line, "serving") == 0 && ho->state == MAIN_HO_GO_SENT) {
+		log_event(LOG_LEVEL_INFO, "reexec", "result=ok pid=%ld binary=%s "
+		    "duration_ms=%lld", (long)ho->pid, ho->fallback ? "/proc/self/exe" : m->exe,
+		    (long long)(util_mono_ms() - ho->t0));
+		ho->state = MAIN_HO_DONE;
+		if (ho->term_after)
+			(void)kill(ho->pid, SIGTERM);
+		main_ho_chan_close(ho);
+		main_ho_close_fds(ho);
+		relay_close(&m->relay, main_closed, m);
+	} else {
+		main_ho_failed(m, "unexpected word from the new process");
+	}
+}
+
+static void
+main_ho_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+	struct main_state *m = h->data;
+
+	(void)hint;
+	*buf = uv_buf_init(m->ho.line + m->ho.len,
+	    (unsigned)(sizeof(m->ho.line) - 1 - m->ho.len));
+}
+
+static void
+main_ho_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	struct main_state *m = s->data;
+	struct main_handover *ho = &m->ho;
+	char *nl;
+
+	(void)buf;
+	if (n < 0) {
+		main_ho_failed(m, n == UV_EOF ? "the new process exited" : uv_strerror((int)n));
+		return;
+	}
+	ho->len += (size_t)n;
+	ho->line[ho->len] = '\0';
+	while (ho->chan != NULL && (nl = strchr(ho->line, '\n')) != NULL) {
+		*nl = '\0';
+		main_ho_line(m, ho->line);
+		ho->len -= (size_t)(nl + 1 - ho->line);
+		memmove(ho->line, nl + 1, ho->len + 1);
+	}
+	if (ho->chan != NULL && ho->len == sizeof(ho->line) - 1)
+		main_ho_failed(m, "line too long");
+}
+
+static void
+main_ho_timeout(uv_timer_t *t)
+{
+	main_ho_failed(t->data, "not ready in time");
+}
+
+/* Start EXE with our sockets; 0 or -errno (logged). */
+static int
+main_ho_spawn(struct main_state *m, const char *exe)
+{
+	struct main_handover *ho = &m->ho;
+	int chan, rc;
+
+	rc = handover_spawn(exe, m->argv, &ho->fds, &ho->pid, &chan);
+	if (rc != 0) {
+		log_event(LOG_LEVEL_ERR, "reexec", "result=failed stage=exec binary=%s "
+		    "error=\"%s\" note=\"this process keeps serving\"", exe, strerror(-rc));
+		return rc;
+	}
+	ho->chan = xcalloc(1, sizeof(*ho->chan));
+	uv_pipe_init(m->relay.loop, ho->chan, 0);
+	ho->chan->data = m;
+	ho->len = 0;
+	if ((rc = uv_pipe_open(ho->chan, chan)) != 0 ||
+	    (rc = uv_read_start((uv_stream_t *)ho->chan, main_ho_alloc, main_ho_read)) != 0) {
+		main_ho_chan_close(ho);
+		main_ho_kill_child(ho);
+		return rc;
+	}
+	uv_timer_start(&ho->timer, main_ho_timeout, MAIN_HO_READY_MS, 0);
+	log_event(LOG_LEVEL_INFO, "reexec", "stage=spawned pid=%ld binary=%s",
+	    (long)ho->pid, exe);
+	return 0;
+}
+
+static void
+main_reexec(struct main_state *m)
+{
+	struct main_handover *ho = &m->ho;
+	int rc;
+
+	if (m->relay.stopping || ho->state != MAIN_HO_IDLE) {
+		log_event(LOG_LEVEL_WARN, "reexec", "result=ignored note=\"%s\"",
+		    ho->state != MAIN_HO_IDLE ? "a handover is in progress" : "stopping");
+		return;
+	}
+	ho->t0 = util_mono_ms();
+	ho->fallback = ho->child_gone = ho->term_after = false;
+	if ((rc = main_ho_dup_fds(m)) != 0) {
+		log_event(LOG_LEVEL_ERR, "reexec", "result=failed stage=sockets error=\"%s\"",
+		    strerror(-rc));
+		main_ho_close_fds(ho);
+		return;
+	}
+	if (main_ho_spawn(m, m->exe) != 0) {
+		main_ho_close_fds(ho);
+		return;
+	}
+	ho->state = MAIN_HO_STARTING;
+}
+
 static void
 main_on_signal(uv_signal_t *h, int signum)
 {
@@ -127,18 +474,92 @@ main_on_signal(uv_signal_t *h, int signum)
 		(void)relay_reload(&m->relay, err, sizeof(err));
 		return;
 	}
+	if (signum == SIGUSR2) {
+		log_event(LOG_LEVEL_INFO, "signal", "signal=USR2 action=reexec binary=%s", m->exe);
+		main_reexec(m);
+		return;
+	}
+	if (m->ho.state == MAIN_HO_STARTING) {
+		/* Asked to stop before the new process took anything: it goes. */
+		main_ho_failed(m, "stop requested");
+	} else if (m->ho.state != MAIN_HO_IDLE) {
+		/* The new process is taking over: it gets the stop when it serves. */
+		m->ho.term_after = true;
+		return;
+	}
 	main_stop(m);
+}
+
+/* "PID HOST" of the lock's holder, as it wrote it, for messages. */
+static void
+main_lock_holder(int fd, char *buf, size_t len)
+{
+	ssize_t n = pread(fd, buf, len - 1, 0);
+
+	buf[n > 0 ? n : 0] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	if (buf[0] == '\0')
+		snprintf(buf, len, "unknown");
+}
+
+/* Say who holds the lock now: "PID HOST". */
+static int
+main_lock_write(int fd)
+{
+	char buf[320], host[256];
+	int n;
+
+	if (gethostname(host, sizeof(host)) != 0)
+		snprintf(host, sizeof(host), "unknown");
+	host[sizeof(host) - 1] = '\0';
+	n = snprintf(buf, sizeof(buf), "%ld %s\n", (long)getpid(), host);
+	if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n)
+		return -1;
+	return 0;
+}
+
+/*
+ * --standby: poll the lock until its holder lets go (it exits, or dies:
+ * the kernel, or the NFS server once the holder's lease expires, drops a
+ * dead process's lock).  Polling rather than a blocking flock keeps the
+ * wait correct on NFS, where a blocked lock request may not be woken.
+ */
+static int
+main_lock_wait(int fd, const char *dir)
+{
+	struct timespec ts = { 0, MAIN_STANDBY_POLL_MS * 1000000L };
+	char holder[320];
+	int64_t t0 = util_mono_ms();
+
+	main_lock_holder(fd, holder, sizeof(holder));
+	log_event(LOG_LEVEL_INFO, "standby", "spool=%s holder=\"%s\" note=\"waiting "
+	    "for the spool lock\"", dir, holder);
+	relay_notify("STATUS=standby: waiting for the spool lock");
+	while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		if (errno != EWOULDBLOCK && errno != EINTR) {
+			fprintf(stderr, "mxspoold: lock %s: %s\n", dir, strerror(errno));
+			return EX_IOERR;
+		}
+		(void)nanosleep(&ts, NULL);
+	}
+	log_event(LOG_LEVEL_INFO, "standby", "spool=%s result=acquired waited_ms=%lld "
+	    "previous=\"%s\"", dir, (long long)(util_mono_ms() - t0), holder);
+	return 0;
 }
 
 /*
  * One daemon per spool: an flock on spool_dir/lock, held for the life of the
- * process (it survives the privilege drop because the fd stays open).
+ * process (it survives the privilege drop because the fd stays open, and a
+ * SIGUSR2 re-exec because the new process inherits the descriptor).  On
+ * shared storage the lock is shared too (NFS locks, a cluster file system):
+ * a spool whose lock another live host holds is refused, or waited for
+ * with --standby.
  */
 static int
-main_lock_spool(const char *dir, int *fdp)
+main_lock_spool(const char *dir, bool standby, int *fdp)
 {
-	char path[4096], buf[32];
-	int fd, n;
+	char path[4096], holder[320];
+	int fd, rc;
 
 	if (util_mkdir_p(dir, 0750) != 0) {
 		fprintf(stderr, "mxspoold: cannot create spool_dir %s: %s\n", dir, strerror(errno));
@@ -151,17 +572,21 @@ main_lock_spool(const char *dir, int *fdp)
 		return EX_CANTCREAT;
 	}
 	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-		n = (int)pread(fd, buf, sizeof(buf) - 1, 0);
-		buf[n > 0 ? n : 0] = '\0';
-		buf[strcspn(buf, "\n")] = '\0';
-		fprintf(stderr, "mxspoold: spool %s is locked by another mxspoold "
-		    "(pid %s, lock file %s): refusing to start\n", dir,
-		    buf[0] ? buf : "unknown", path);
-		close(fd);
-		return EX_TEMPFAIL;
+		if (standby && errno == EWOULDBLOCK) {
+			rc = main_lock_wait(fd, dir);
+		} else {
+			main_lock_holder(fd, holder, sizeof(holder));
+			fprintf(stderr, "mxspoold: spool %s is locked by another mxspoold "
+			    "(pid and host: %s; lock file %s): refusing to start "
+			    "(--standby waits for it)\n", dir, holder, path);
+			rc = EX_TEMPFAIL;
+		}
+		if (rc != 0) {
+			close(fd);
+			return rc;
+		}
 	}
-	n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
-	if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n) {
+	if (main_lock_write(fd) != 0) {
 		fprintf(stderr, "mxspoold: cannot write %s: %s\n", path, strerror(errno));
 		close(fd);
 		return EX_IOERR;
@@ -212,16 +637,60 @@ main_drop_privileges(const struct config *cfg)
 static int
 main_signals(struct main_state *m)
 {
-	uv_signal_t *sigs[] = { &m->sig_term, &m->sig_int, &m->sig_hup };
-	int nums[] = { SIGTERM, SIGINT, SIGHUP };
+	uv_signal_t *sigs[] = { &m->sig_term, &m->sig_int, &m->sig_hup, &m->sig_usr2 };
+	int nums[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR2 };
 
 	signal(SIGPIPE, SIG_IGN);
-	for (size_t i = 0; i < 3; i++) {
+	if (uv_timer_init(m->relay.loop, &m->ho.timer) != 0)
+		return -1;
+	m->ho.timer.data = m;
+	for (size_t i = 0; i < 4; i++) {
 		if (uv_signal_init(m->relay.loop, sigs[i]) != 0 ||
 		    uv_signal_start(sigs[i], main_on_signal, nums[i]) != 0)
 			return -1;
 		sigs[i]->data = m;
 	}
+	return 0;
+}
+
+/* Lock (or the lock handed over), sockets, privileges. */
+static int
+main_prepare(struct main_state *m)
+{
+	struct relay *r = &m->relay;
+	char err[1024];
+	int rc;
+
+	if (m->inherited_chan >= 0) {
+		m->lock_fd = m->inherited.lock;   /* held by the old process too */
+		r->handover = &m->inherited;
+	} else if ((rc = main_lock_spool(r->cfg->spool_dir, m->standby, &m->lock_fd)) != 0) {
+		return rc;
+	}
+	if (relay_bind_smtp(r, err, sizeof(err)) != 0) {
+		fprintf(stderr, "mxspoold: %s\n", err);
+		return EX_UNAVAILABLE;
+	}
+	if (control_new(r, &r->control, err, sizeof(err)) != 0) {
+		fprintf(stderr, "mxspoold: %s\n", err);
+		return EX_UNAVAILABLE;
+	}
+	return main_drop_privileges(r->cfg);
+}
+
+/* The new side of a handover: ready, then wait until the old process has
+ * closed its journal; from then on the lock's one writer is us. */
+static int
+main_takeover(struct main_state *m)
+{
+	if (handover_send(m->inherited_chan, "ready") != 0 ||
+	    handover_wait_go(m->inherited_chan) != 0) {
+		fprintf(stderr, "mxspoold: handover: the old process did not say go\n");
+		return EX_PROTOCOL;
+	}
+	if (main_lock_write(m->lock_fd) != 0)
+		log_event(LOG_LEVEL_WARN, "reexec", "error=\"cannot write the lock file\"");
+	log_event(LOG_LEVEL_INFO, "reexec", "stage=takeover pid=%ld", (long)getpid());
 	return 0;
 }
 
@@ -231,20 +700,12 @@ main_run(struct main_state *m)
 	struct relay *r = &m->relay;
 	struct spool_options so;
 	struct spool_recovery_stats rs;
-	char err[1024];
+	char err[1024], note[64];
 	int rc;
 
-	if ((rc = main_lock_spool(r->cfg->spool_dir, &m->lock_fd)) != 0)
+	if ((rc = main_prepare(m)) != 0)
 		return rc;
-	if (relay_bind_smtp(r, err, sizeof(err)) != 0) {
-		fprintf(stderr, "mxspoold: %s\n", err);
-		return EX_UNAVAILABLE;
-	}
-	if (control_new(r, &r->control, err, sizeof(err)) != 0) {
-		fprintf(stderr, "mxspoold: %s\n", err);
-		return EX_UNAVAILABLE;
-	}
-	if ((rc = main_drop_privileges(r->cfg)) != 0)
+	if (m->inherited_chan >= 0 && (rc = main_takeover(m)) != 0)
 		return rc;
 
 	memset(&so, 0, sizeof(so));
@@ -270,9 +731,17 @@ main_run(struct main_state *m)
 		fprintf(stderr, "mxspoold: %s\n", err);
 		return rc;
 	}
-	log_event(LOG_LEVEL_INFO, "ready", "version=%s hostname=%s tenants=%zu listen=%zu",
-	    PACKAGE_VERSION, r->cfg->hostname, r->cfg->ntenants, r->cfg->nlisten);
-	relay_notify("READY=1");
+	log_event(LOG_LEVEL_INFO, "ready", "version=%s hostname=%s tenants=%zu listen=%zu "
+	    "pid=%ld%s", PACKAGE_VERSION, r->cfg->hostname, r->cfg->ntenants,
+	    r->cfg->nlisten, (long)getpid(), m->inherited_chan >= 0 ? " handed_over=yes" : "");
+	/* After a re-exec systemd must follow the new pid (NotifyAccess=all). */
+	snprintf(note, sizeof(note), "MAINPID=%ld\nREADY=1", (long)getpid());
+	relay_notify(m->inherited_chan >= 0 ? note : "READY=1");
+	if (m->inherited_chan >= 0) {
+		(void)handover_send(m->inherited_chan, "serving");
+		(void)close(m->inherited_chan);
+		m->inherited_chan = -1;
+	}
 
 	uv_run(r->loop, UV_RUN_DEFAULT);
 
@@ -282,9 +751,29 @@ main_run(struct main_state *m)
 		uv_print_all_handles(r->loop, stderr);
 		return EX_SOFTWARE;
 	}
-	log_event(LOG_LEVEL_INFO, "stop", "result=ok uptime_s=%lld",
-	    (long long)((util_now_ms() - r->started_ms) / 1000));
-	return 0;
+	log_event(LOG_LEVEL_INFO, "stop", "result=%s uptime_s=%lld%s",
+	    m->exit_code == 0 ? "ok" : "failed",
+	    (long long)((util_now_ms() - r->started_ms) / 1000),
+	    m->ho.state == MAIN_HO_DONE ? " reason=handover" : "");
+	return m->exit_code;
+}
+
+/* What SIGUSR2 runs: the file we were started from, by name, so that an
+ * upgrade that replaced it is picked up ("(deleted)" is the old inode). */
+static void
+main_find_exe(struct main_state *m)
+{
+	ssize_t n = readlink("/proc/self/exe", m->exe, sizeof(m->exe) - 1);
+	const char *del = " (deleted)";
+	size_t dl = strlen(del);
+
+	if (n <= 0) {
+		snprintf(m->exe, sizeof(m->exe), "%s", m->argv[0]);
+		return;
+	}
+	m->exe[n] = '\0';
+	if ((size_t)n > dl && strcmp(m->exe + n - dl, del) == 0)
+		m->exe[n - dl] = '\0';
 }
 
 int
@@ -293,19 +782,21 @@ main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
+		{ "standby", no_argument, NULL, 'S' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct main_state m;
 	struct config *cfg = NULL;
 	const char *path = NULL;
 	char err[1024];
-	int check = 0, debug = 0, ch, rc;
+	int check = 0, debug = 0, standby = 0, ch, rc;
 
 	while ((ch = getopt_long(argc, argv, "c:tdh", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'c': path = optarg; break;
 		case 't': check = 1; break;
 		case 'd': debug = 1; break;
+		case 'S': standby = 1; break;
 		case 'V': printf("mxspoold %s\n", PACKAGE_VERSION); return 0;
 		case 'h': main_usage(stdout); return 0;
 		default: main_usage(stderr); return EX_USAGE;
@@ -319,6 +810,14 @@ main(int argc, char **argv)
 
 	memset(&m, 0, sizeof(m));
 	m.lock_fd = -1;
+	m.inherited_chan = -1;
+	m.standby = standby;
+	m.argv = argv;
+	main_find_exe(&m);
+	if (!check && handover_inherited(&m.inherited, &m.inherited_chan) < 0) {
+		fprintf(stderr, "mxspoold: MXSPOOL_HANDOVER is malformed\n");
+		return EX_USAGE;
+	}
 	if (config_load(path, &cfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "%s\n", err);
 		return EX_CONFIG;
@@ -327,8 +826,9 @@ main(int argc, char **argv)
 		config_free(cfg);
 		return 0;
 	}
-	log_event(LOG_LEVEL_INFO, "start", "version=%s config=%s pid=%ld",
-	    PACKAGE_VERSION, path, (long)getpid());
+	log_event(LOG_LEVEL_INFO, "start", "version=%s config=%s pid=%ld%s",
+	    PACKAGE_VERSION, path, (long)getpid(),
+	    m.inherited_chan >= 0 ? " mode=handover" : standby ? " mode=standby" : "");
 	if (relay_init(&m.relay, uv_default_loop(), cfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "mxspoold: %s\n", err);
 		relay_free(&m.relay);

@@ -329,16 +329,10 @@ smtp_on_grace(uv_timer_t *t)
 	}
 }
 
-void
-smtp_server_close(struct smtp_server *srv, unsigned grace_ms,
-    void (*done)(void *arg), void *arg)
+/* Idle sessions get 421 (busy ones go on). */
+static void
+smtp_server_tell_idle(struct smtp_server *srv)
 {
-	srv->closing = true;
-	srv->done = done;
-	srv->done_arg = arg;
-	for (size_t i = 0; i < srv->nlisteners; i++)
-		uv_close((uv_handle_t *)&srv->listeners[i], smtp_on_listener_closed);
-	/* Idle sessions are told at once; busy ones get the grace period. */
 	for (struct smtp_session *s = srv->sessions, *next; s; s = next) {
 		next = s->next;
 		if (s->closing)
@@ -350,6 +344,64 @@ smtp_server_close(struct smtp_server *srv, unsigned grace_ms,
 			smtp_session_reply_close(s, "shutdown");
 		}
 	}
+}
+
+static void
+smtp_server_stop_listening(struct smtp_server *srv, void (*done)(void *arg),
+    void *arg)
+{
+	srv->closing = true;
+	srv->done = done;
+	srv->done_arg = arg;
+	for (size_t i = 0; i < srv->nlisteners; i++)
+		uv_close((uv_handle_t *)&srv->listeners[i], smtp_on_listener_closed);
+}
+
+/* Handover: the idle delay is over; the rest of the grace follows. */
+static void
+smtp_on_handover_idle(uv_timer_t *t)
+{
+	struct smtp_server *srv = t->data;
+
+	smtp_server_tell_idle(srv);
+	uv_timer_start(&srv->grace, smtp_on_grace, srv->handover_grace_ms, 0);
+}
+
+void
+smtp_server_close_handover(struct smtp_server *srv, unsigned idle_ms,
+    unsigned grace_ms, void (*done)(void *arg), void *arg)
+{
+	smtp_server_stop_listening(srv, done, arg);
+	srv->handover_grace_ms = grace_ms > idle_ms ? grace_ms - idle_ms : 0;
+	uv_timer_init(srv->loop, &srv->grace);
+	srv->grace.data = srv;
+	srv->grace_open = true;
+	uv_timer_start(&srv->grace, smtp_on_handover_idle, idle_ms, 0);
+	uv_unref((uv_handle_t *)&srv->grace);
+	smtp_server_maybe_done(srv);
+}
+
+size_t
+smtp_server_listen_fds(const struct smtp_server *s, int *fds, size_t max)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < s->nlisteners && n < max; i++) {
+		uv_os_fd_t fd;
+
+		if (uv_fileno((const uv_handle_t *)&s->listeners[i], &fd) == 0)
+			fds[n++] = fd;
+	}
+	return n;
+}
+
+void
+smtp_server_close(struct smtp_server *srv, unsigned grace_ms,
+    void (*done)(void *arg), void *arg)
+{
+	smtp_server_stop_listening(srv, done, arg);
+	/* Idle sessions are told at once; busy ones get the grace period. */
+	smtp_server_tell_idle(srv);
 	uv_timer_init(srv->loop, &srv->grace);
 	srv->grace.data = srv;
 	srv->grace_open = true;

@@ -115,6 +115,7 @@ struct smtp_server {
 	unsigned nclosing;            /* of nsessions: closed, memory not yet freed */
 	bool closing;
 	uv_timer_t grace;
+	unsigned handover_grace_ms;   /* SIGUSR2: grace left after the idle delay */
 	bool grace_open;
 	bool inherited;               /* listeners came from systemd */
 	void (*done)(void *);

@@ -24,6 +24,9 @@ struct control;
 /* Bind the control socket (mode 0660) and the metrics listener, if any. */
 int control_new(struct relay *r, struct control **out, char *err,
     size_t errlen);
+/* The listening descriptors (SIGUSR2 hands them over): 0, or -1. */
+int control_listen_fds(const struct control *c, int *control_fd,
+    int *metrics_fd);
 /* Close both listeners and any client connection; DONE runs when closed. */
 void control_close(struct control *c, void (*done)(void *arg), void *arg);
 

@@ -26,6 +26,7 @@
 struct control;
 struct dns;
 struct drain;
+struct handover_fds;
 struct fleet;
 struct smtp_server;
 struct spool;
@@ -53,6 +54,9 @@ struct relay {
 	struct fleet *fleet;          /* [fleet] redis set: the shared budget */
 	struct drain_gate *gate;      /* the drain's hook into it */
 	int64_t started_ms;           /* wall clock */
+	const struct handover_fds *handover;  /* SIGUSR2: the sockets the old
+	                               * process passed us, or NULL */
+	bool handing_over;            /* SIGUSR2: a new process takes over */
 	bool stopping;
 };
 

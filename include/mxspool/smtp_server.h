@@ -58,6 +58,14 @@ int smtp_server_start(struct smtp_server *s, struct spool *spool);
  * are closed after at most GRACE_MS; DONE runs when every handle is closed. */
 void smtp_server_close(struct smtp_server *s, unsigned grace_ms,
     void (*done)(void *arg), void *arg);
+/* SIGUSR2: stop accepting (the new process accepts on the same sockets)
+ * without telling anyone; sessions idle after IDLE_MS get 421, busy ones
+ * have GRACE_MS, as for smtp_server_close. */
+void smtp_server_close_handover(struct smtp_server *s, unsigned idle_ms,
+    unsigned grace_ms, void (*done)(void *arg), void *arg);
+/* The listening descriptors, up to MAX, in order; how many. */
+size_t smtp_server_listen_fds(const struct smtp_server *s, int *fds,
+    size_t max);
 /* Sessions open or still closing. */
 unsigned smtp_server_connections(const struct smtp_server *s);
 /* Intake refusals since start: RCPTs deferred because a DNSBL lists the

@@ -213,3 +213,238 @@ def test_backup_text_summary_and_errors(daemon_factory, tmp_path):
     assert "failed" in r.stderr
     # The daemon keeps serving after a failed backup.
     send(d.smtp_port, "u@example.test", 1)
+
+
+# ---------------------------------------------------------------- SIGUSR2
+
+
+def start_exe(d, exe, args=()):
+    """Start D's daemon from the binary EXE (a copy the test may remove)."""
+    d._close_log()
+    d._logf = open(d.log_path, "ab")
+    d.returncode = None
+    d.killed = False
+    d.proc = mxtest.subprocess.Popen(
+        [exe, "-c", d.config_path] + list(args), stdin=mxtest.subprocess.DEVNULL,
+        stdout=d._logf, stderr=d._logf, env=d._env(), cwd=d.workdir)
+    return d.wait_ready()
+
+
+def ready_pid(d, after):
+    """The pid of the process that logged a handed-over ready after AFTER."""
+    lines = d.log_lines("ready", after=after, handed_over="yes")
+    return int(lines[-1]["pid"]) if lines else None
+
+
+class Prober(threading.Thread):
+    """One SMTP connection every 10 ms, one message each, until stopped:
+    every 250's queue id, and every failure (refused, reset, 4xx/5xx)."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port = port
+        self.acked, self.failures = [], []
+        self.connections = 0
+        self.halt = threading.Event()
+
+    def one(self, i):
+        s = smtplib.SMTP("127.0.0.1", self.port, timeout=scaled(30))
+        try:
+            s.ehlo("probe.test")
+            s.mail("probe@client.test")
+            code, msg = s.rcpt("u@example.test")
+            if code != 250:
+                self.failures.append("RCPT %d %s" % (code, msg))
+                return
+            code, msg = s.data(("Subject: probe %d\r\n\r\nprobe %d\r\n" % (i, i)).encode())
+            if code != 250:
+                self.failures.append("DATA %d %s" % (code, msg))
+                return
+            self.acked.append(msg.decode().rsplit(" ", 1)[1])
+        finally:
+            try:
+                s.quit()
+            except smtplib.SMTPException:
+                pass
+
+    def run(self):
+        i = 0
+        while not self.halt.is_set():
+            self.connections += 1
+            try:
+                self.one(i)
+            except (OSError, smtplib.SMTPException) as e:
+                self.failures.append(repr(e))
+            i += 1
+            time.sleep(0.01)
+
+
+def test_usr2_restart_refuses_nothing(daemon_factory):
+    """Through a SIGUSR2 re-exec, a client connecting every 10 ms sees no
+    refused or reset connection and no error, and every message it got a
+    250 for is in the spool of the new process."""
+    d = daemon_factory()
+    old = d.pid
+    probe = Prober(d.smtp_port)
+    probe.start()
+    new = None
+    try:
+        wait_until(lambda: len(probe.acked) >= 20 or probe.failures, scaled(20),
+                   what="probe running")
+        mark = d.mark()
+        d.signal(signal.SIGUSR2)
+        wait_until(lambda: ready_pid(d, mark), scaled(20), what="the new process ready")
+        new = ready_pid(d, mark)
+        assert d.wait_exit(scaled(20)) == 0, d.log_tail()
+        n = len(probe.acked)
+        wait_until(lambda: len(probe.acked) >= n + 20 or probe.failures, scaled(20),
+                   what="probe served by the new process")
+    finally:
+        probe.halt.set()
+        probe.join(scaled(30))
+    try:
+        assert not probe.failures, probe.failures[:5]
+        assert new != old and pid_alive(new)
+        d.wait_log("reexec", result="ok", after=mark, timeout=scaled(5))
+        with open(os.path.join(d.spool_dir, "lock")) as f:
+            assert f.read().split()[0] == str(new)
+        ids = queued_ids(d)
+        missing = [q for q in probe.acked if q not in ids]
+        assert not missing, "acknowledged, then lost: %s" % missing[:5]
+        assert probe.connections >= 40
+        # The new process answers the control socket and takes a reload.
+        assert d.ctl("status").returncode == 0
+        # A second re-exec from the new process works the same way.
+        mark2 = d.mark()
+        os.kill(new, signal.SIGUSR2)
+        wait_until(lambda: ready_pid(d, mark2), scaled(20), what="third process")
+        third = ready_pid(d, mark2)
+        wait_until(lambda: not pid_alive(new), scaled(20), what="second process gone")
+        reap(new)
+        new = third
+        assert set(probe.acked) <= queued_ids(d)
+    finally:
+        stop_pid(new)
+
+
+def test_usr2_with_missing_or_broken_binary_keeps_serving(daemon_factory, tmp_path):
+    """A re-exec whose binary is missing, or exits before it is ready,
+    leaves the old process serving, unchanged."""
+    exe = os.path.join(str(tmp_path), "mxspoold-copy")
+    shutil.copy(mxtest.binary("mxspoold"), exe)
+    d = daemon_factory(start=False)
+    start_exe(d, exe)
+    before = send(d.smtp_port, "u@example.test", 2)
+    os.unlink(exe)
+    mark = d.mark()
+    d.signal(signal.SIGUSR2)
+    d.wait_log("reexec", result="failed", stage="exec", after=mark, timeout=scaled(10))
+    assert d.running
+    after = send(d.smtp_port, "u@example.test", 2)
+    with open(exe, "w") as f:
+        f.write("#!/bin/sh\necho broken build >&2\nexit 3\n")
+    os.chmod(exe, 0o755)
+    mark = d.mark()
+    d.signal(signal.SIGUSR2)
+    d.wait_log("reexec", result="failed", stage="start", after=mark, timeout=scaled(10))
+    assert d.running
+    assert set(before + after + send(d.smtp_port, "u@example.test", 1)) <= queued_ids(d)
+    assert d.ctl("status").returncode == 0
+
+
+FAILING_TAKEOVER = r"""#!/usr/bin/python3
+# Says ready, is told go, then dies as a binary whose recovery fails would.
+import os, sys
+v = dict(kv.split("=") for kv in os.environ["MXSPOOL_HANDOVER"].split())
+chan = int(v["chan"])
+os.write(chan, b"ready\n")
+os.read(chan, 16)
+sys.exit(74)
+"""
+
+
+def test_usr2_failed_takeover_falls_back_to_the_old_binary(daemon_factory, tmp_path):
+    """A new binary that dies after the old process closed its journal (a
+    failed recovery) is replaced by the old binary, which serves again with
+    every message."""
+    exe = os.path.join(str(tmp_path), "mxspoold-copy")
+    shutil.copy(mxtest.binary("mxspoold"), exe)
+    d = daemon_factory(start=False)
+    start_exe(d, exe)
+    before = send(d.smtp_port, "u@example.test", 3)
+    os.unlink(exe)
+    with open(exe, "w") as f:
+        f.write(FAILING_TAKEOVER)
+    os.chmod(exe, 0o755)
+    mark = d.mark()
+    d.signal(signal.SIGUSR2)
+    d.wait_log("reexec", result="failed", stage="takeover", after=mark, timeout=scaled(20))
+    wait_until(lambda: ready_pid(d, mark), scaled(20), what="the old binary again")
+    new = ready_pid(d, mark)
+    try:
+        d.wait_log("reexec", result="ok", binary="/proc/self/exe", after=mark,
+                   timeout=scaled(10))
+        assert set(before) <= queued_ids(d)
+        assert set(send(d.smtp_port, "u@example.test", 1)) <= queued_ids(d)
+    finally:
+        stop_pid(new)
+
+
+# ---------------------------------------------------------------- standby
+
+
+def test_standby_takes_over_after_kill9(daemon_factory, primary_factory, tmp_path):
+    """A standby on the same spool waits while the active daemon holds the
+    lock, takes over within 10 s of its kill -9, and delivers everything."""
+    n = 300
+    p = primary_factory()
+    tenants = {"demo": {"domains": ["example.test"], "primary": p.hostport,
+                        "probe_interval": "1s", "probe_up_after": 1, "drain_ramp": "0s",
+                        "drain_rate": 500, "drain_initial_rate": 500}}
+    a = daemon_factory(tenants=tenants)
+    assert a.ctl("hold", "demo").returncode == 0
+    b = mxtest.Daemon(os.path.join(str(tmp_path), "standby"), tenants=tenants,
+                      args=["--standby"])
+    b.server.update(a.server)
+    b.smtp_port, b.control_socket = a.smtp_port, a.control_socket
+    b.write_config()
+    try:
+        b.start(wait=False)
+        b.wait_log("standby", timeout=scaled(10))
+        time.sleep(0.3)
+        assert b.running and b.log_lines("ready") == []
+        sent = []
+        for _ in range(n // 50):
+            sent += send(a.smtp_port, "u@example.test", 50)
+        assert p.messages == []
+        t0 = time.monotonic()
+        a.kill9()
+        b.wait_ready(timeout=scaled(10))
+        took = time.monotonic() - t0
+        assert took < 10.0, took
+        got = b.log_lines("standby", result="acquired")
+        assert got, b.log_tail()
+        assert queued_ids(b) == set(sent)
+        assert b.ctl("release", "demo").returncode == 0
+        wait_until(lambda: len(p.messages) >= n, scaled(60), what="every message delivered")
+        wait_until(lambda: b.tenant_status("demo")["queued_messages"] == 0, scaled(10),
+                   what="queue empty")
+        print("standby takeover with %d messages: %.3f s" % (n, took))
+    finally:
+        problems = b.cleanup()
+    assert not problems, problems
+
+
+def test_second_daemon_without_standby_is_refused(daemon):
+    """Without --standby a second daemon on a locked spool refuses to start
+    and names the holder (pid and host)."""
+    other = mxtest.Daemon(os.path.join(daemon.workdir, "second"))
+    other.server.update(daemon.server)
+    other.write_config()
+    try:
+        other.start(wait=False)
+        assert other.wait_exit(scaled(10)) == 75
+        assert "locked by another mxspoold" in other.log()
+        assert str(daemon.pid) in other.log() and socket.gethostname() in other.log()
+    finally:
+        other.cleanup()
