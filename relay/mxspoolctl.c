@@ -47,6 +47,8 @@ ctl_usage(FILE *f)
 	    "  set TENANT KEY=VALUE.. change drain settings until the next reload\n"
 	    "  reload                 re-read the configuration file\n"
 	    "  backup DIR             consistent copy of the spool into DIR, online\n"
+	    "  recipients TENANT      what recipients = learn learned, newest first\n"
+	    "  forget TENANT ADDRESS  drop an address from that cache (asked again)\n"
 	    "  watch [--interval S] [--count N]\n"
 	    "                         full-screen drain view, redrawn every second\n"
 	    "-c FILE finds the socket from the config's [server] control_socket;\n"

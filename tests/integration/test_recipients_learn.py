@@ -236,3 +236,14 @@ def test_dictionary_attack_probes_are_bounded(primary_factory, daemon_factory):
     assert probes < 1000 / 4                 # far from one probe per RCPT
     # At most verify_concurrency probe sessions at once.
     assert p.max_concurrent <= 2, p.max_concurrent
+
+
+def test_backup_mx_sample_learns():
+    """The partner backup-MX sample uses the setting the README recommends
+    (test_operations checks that it passes mxspoold -t)."""
+    import configparser
+    cp = configparser.ConfigParser(inline_comment_prefixes=(";",))
+    cp.read(os.path.join(mxtest.SRCDIR, "contrib", "examples", "backup-one-partner.ini"))
+    assert cp["tenant:example"]["recipients"] == "learn"
+    assert cp["tenant:example"]["unknown_recipient"] == "tempfail"
+
