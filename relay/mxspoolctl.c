@@ -32,6 +32,7 @@ ctl_usage(FILE *f)
 	    "usage: mxspoolctl [-c FILE | -s SOCKET] COMMAND [ARGS] [--json]\n"
 	    "commands:\n"
 	    "  status                 daemon and per-tenant figures\n"
+	    "  status --fleet         every host of the [fleet] and the sums\n"
 	    "  queue [TENANT] [--from A] [--to A] [--older-than D] [--deferred]\n"
 	    "        [--limit N] [--after QUEUEID]\n"
 	    "                         list queued messages, oldest first\n"
