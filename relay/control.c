@@ -239,6 +239,13 @@ control_fill_status(struct relay *r, struct control_status *st)
 	st->connections = r->server ? smtp_server_connections(r->server) : 0;
 	st->spool_bytes = r->spool ? spool_total_bytes(r->spool) : 0;
 	st->journal_syncs = r->spool ? spool_flush_count(r->spool) : 0;
+	if (r->server != NULL) {
+		struct smtp_server_abuse ab;
+
+		smtp_server_abuse_counts(r->server, &ab);
+		st->dnsbl_deferred_total = ab.dnsbl_deferred;
+		st->client_rate_refused_total = ab.rate_refused;
+	}
 	st->fleet_state = r->fleet ? fleet_state(r->fleet) : NULL;
 	st->ntenants = cfg->ntenants;
 	st->tenants = xcalloc(cfg->ntenants ? cfg->ntenants : 1, sizeof(*st->tenants));

@@ -82,6 +82,10 @@ struct control_status {
 	unsigned connections;
 	uint64_t spool_bytes;
 	uint64_t journal_syncs;       /* spool_flush_count */
+	/* Intake refusals (issue 11), for /metrics only: RCPTs deferred for
+	 * a DNSBL listing, MAILs and RCPTs over a client's rate. */
+	uint64_t dnsbl_deferred_total;
+	uint64_t client_rate_refused_total;
 	const char *fleet_state;      /* "ok" | "degraded"; NULL: no fleet */
 	size_t ntenants;
 	struct control_tenant_row *tenants;

@@ -85,6 +85,12 @@ static const struct metrics_def metrics_relay[] = {
 	{ "mxspool_journal_syncs_total", "counter",
 	  "fdatasync calls of the journal, each a group commit of every message it covers.",
 	  METRICS_U64, S(journal_syncs) },
+	{ "mxspool_dnsbl_deferred_total", "counter",
+	  "RCPTs answered 450 4.7.1 because a DNSBL lists the client.",
+	  METRICS_U64, S(dnsbl_deferred_total) },
+	{ "mxspool_client_rate_refused_total", "counter",
+	  "MAILs and RCPTs answered 450 4.7.1 over client_message_rate or client_recipient_rate.",
+	  METRICS_U64, S(client_rate_refused_total) },
 };
 #undef S
 

@@ -18,6 +18,15 @@ LISTED = "127.0.0.2"
 CLEAN = "127.0.0.3"
 
 
+def metric(d, name):
+    """The value of the unlabelled sample NAME on D's /metrics, or None."""
+    for line in d.metrics().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == name:
+            return float(parts[1])
+    return None
+
+
 def connect(d, source):
     """An SMTP session to daemon D from SOURCE (a 127/8 address), after EHLO."""
     s = smtplib.SMTP("127.0.0.1", d.smtp_port, timeout=scaled(20),
@@ -82,6 +91,8 @@ def test_listed_client_deferred_unlisted_accepted(daemon_factory, primary,
     finally:
         s.quit()
     d.wait_log("accept", after=mark, client=CLEAN)
+    assert metric(d, "mxspool_dnsbl_deferred_total") == 1
+    assert metric(d, "mxspool_client_rate_refused_total") == 0
     assert blocklist.count("3.0.0.127.bl.test", "A") >= 1
 
 
@@ -190,6 +201,7 @@ def test_client_rate_limits(daemon_factory, primary):
     assert replies == ["450 4.7.1 Error: too many recipients from 127.0.0.5",
                        "450 4.7.1 Error: too much mail from 127.0.0.5"]
     d.wait_log("rate_limit", after=mark, limit="client_recipient_rate")
+    assert metric(d, "mxspool_client_rate_refused_total") == 2
     # Another client has its own budget; the ETRN host is not limited.
     assert session_counts(d, "127.0.0.7", 1, 3)[0] == (250, [250, 250, 250])
     assert all(m == (250, [250] * 3)

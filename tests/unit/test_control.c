@@ -495,8 +495,8 @@ test_metrics_no_tenants(void **state)
 
 	st->ntenants = 0;
 	m = render_metrics(st);
-	/* 16 per tenant, 4 relay, the probe counter, 3 histograms */
-	assert_int_equal(count_lines(m, "# HELP "), 24);
+	/* 16 per tenant, 6 relay, the probe counter, 3 histograms */
+	assert_int_equal(count_lines(m, "# HELP "), 26);
 	assert_int_equal(count_lines(m, "mxspool_queue_messages"), 0);
 	free(m);
 }
