@@ -32,16 +32,54 @@
 
 #define SMTP_BACKLOG     511
 
-static unsigned
-smtp_count_ip(const struct smtp_server *srv, const char *ip)
+/* FNV-1a of the address text. */
+static size_t
+smtp_ip_bucket(const char *ip)
 {
-	unsigned n = 0;
+	uint32_t h = 2166136261u;
 
-	/* Linear, but only at accept time and bounded by max_connections. */
-	for (const struct smtp_session *s = srv->sessions; s; s = s->next)
-		if (!s->closing && strcmp(s->peer_ip, ip) == 0)
-			n++;
-	return n;
+	for (const unsigned char *p = (const unsigned char *)ip; *p; p++)
+		h = (h ^ *p) * 16777619u;
+	return h % SMTP_IPCOUNT_BUCKETS;
+}
+
+/* Count SESS for its address; its new count, or 0 when out of memory. */
+static unsigned
+smtp_ip_add(struct smtp_session *sess)
+{
+	struct smtp_server *srv = sess->srv;
+	size_t b = smtp_ip_bucket(sess->peer_ip);
+	struct smtp_ipcount *c;
+
+	for (c = srv->ipcount[b]; c != NULL; c = c->next)
+		if (strcmp(c->ip, sess->peer_ip) == 0)
+			break;
+	if (c == NULL) {
+		if ((c = calloc(1, sizeof(*c))) == NULL)
+			return 0;
+		snprintf(c->ip, sizeof(c->ip), "%s", sess->peer_ip);
+		c->next = srv->ipcount[b];
+		srv->ipcount[b] = c;
+	}
+	sess->ipc = c;
+	return ++c->n;
+}
+
+void
+smtp_server_ip_release(struct smtp_session *sess)
+{
+	struct smtp_server *srv = sess->srv;
+	struct smtp_ipcount *c = sess->ipc, **pp;
+
+	if (c == NULL)
+		return;
+	sess->ipc = NULL;
+	if (--c->n > 0)
+		return;
+	for (pp = &srv->ipcount[smtp_ip_bucket(c->ip)]; *pp != c; pp = &(*pp)->next)
+		;
+	*pp = c->next;
+	free(c);
 }
 
 static void
@@ -66,6 +104,7 @@ smtp_on_connection(uv_stream_t *listener, int status)
 	struct smtp_server *srv = listener->data;
 	const struct config *cfg = srv->cfg;
 	struct smtp_session *sess;
+	unsigned nip;
 	int namelen;
 
 	if (status != 0 || srv->closing)
@@ -98,14 +137,19 @@ smtp_on_connection(uv_stream_t *listener, int status)
 	log_event(LOG_LEVEL_INFO, "connect", "session=%" PRIu64 " client=%s", sess->id,
 	    sess->peer_ip);
 	/* Closed sessions waiting for their close callbacks (or a commit) hold
-	 * no socket: like smtp_count_ip(), do not count them.  libuv accepts
+	 * no socket: like the per-address counts, do not count them.  libuv accepts
 	 * in a loop, so a client refused a moment ago can still be here. */
 	if (srv->nsessions - srv->nclosing > cfg->max_connections) {
 		smtp_session_reply(sess, "421 4.7.0 %s Error: too many connections", cfg->hostname);
 		smtp_session_reply_close(sess, "max_connections");
 		return;
 	}
-	if (smtp_count_ip(srv, sess->peer_ip) > cfg->max_connections_per_ip &&
+	if ((nip = smtp_ip_add(sess)) == 0) {
+		smtp_session_reply(sess, "421 4.3.0 %s Error: out of memory", cfg->hostname);
+		smtp_session_reply_close(sess, "out of memory");
+		return;
+	}
+	if (nip > cfg->max_connections_per_ip &&
 	    !policy_client_limit_exempt(cfg, (const struct sockaddr *)&sess->peer)) {
 		smtp_session_reply(sess, "421 4.7.0 %s Error: too many connections from %s",
 		    cfg->hostname, sess->peer_ip);

@@ -214,6 +214,7 @@ smtp_session_close(struct smtp_session *sess, const char *reason)
 	smtp_session_flush(sess);
 	sess->closing = true;
 	sess->srv->nclosing++;
+	smtp_server_ip_release(sess);
 	log_event(LOG_LEVEL_INFO, "disconnect", "session=%" PRIu64 " client=%s helo=%s "
 	    "messages=%u errors=%u reason=%s", sess->id, sess->peer_ip,
 	    sess->helo[0] ? sess->helo : "-", sess->messages, sess->errors,
