@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from mxtest import scaled
+from mxtest import free_port, scaled
 
 LISTED = "127.0.0.2"
 CLEAN = "127.0.0.3"
@@ -94,6 +94,28 @@ def test_listed_client_deferred_unlisted_accepted(daemon_factory, primary,
     assert metric(d, "mxspool_dnsbl_deferred_total") == 1
     assert metric(d, "mxspool_client_rate_refused_total") == 0
     assert blocklist.count("3.0.0.127.bl.test", "A") >= 1
+
+
+def test_ipv6_client_looked_up_by_nibbles(daemon_factory, primary, dns):
+    # ::1 under bl.test: its 32 nibbles, last first (RFC 5782 2.4).
+    name = ".".join("0" * 31 + "1")[::-1] + ".bl.test"
+    assert name.startswith("1.0.0.") and name.count(".") == 33
+    server = dns({name: {"A": ["127.0.0.2"]}})
+    port6 = free_port("::1")
+    d = daemon_factory(primary=primary, dns=server,
+                       server={"dnsbl": "bl.test", "dnsbl_allow": "127.0.0.1",
+                               "listen": "127.0.0.1:%d, [::1]:%d"
+                               % (free_port(), port6)})
+    s = smtplib.SMTP("::1", port6, timeout=scaled(20))
+    try:
+        s.ehlo("client.test")
+        assert s.mail("sender@client.test")[0] == 250
+        code, text = s.rcpt("user@example.test")
+    finally:
+        s.quit()
+    assert (code, text.decode()) == (
+        450, "4.7.1 Service unavailable; client [::1] listed by bl.test")
+    assert server.count(name, "A") == 1
 
 
 def test_dnsbl_allow_exempts(daemon_factory, primary, blocklist):
