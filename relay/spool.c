@@ -852,6 +852,13 @@ spool_flush_count(const struct spool *sp)
 	return sp->ops->flush_count != NULL ? sp->ops->flush_count(sp->be) : 0;
 }
 
+uint64_t
+spool_compact_copies(const struct spool *sp)
+{
+	return sp->ops->compact_copies != NULL ?
+	    sp->ops->compact_copies(sp->be) : 0;
+}
+
 size_t
 spool_index_bytes(const struct spool *sp)
 {

@@ -124,6 +124,8 @@ struct spool_ops {
 	int (*post)(void *be, spool_done_cb cb, void *arg);
 	/* Durable flushes so far (benchmark), or 0. */
 	uint64_t (*flush_count)(const void *be);
+	/* Messages compaction set out to copy so far (tests), or NULL. */
+	uint64_t (*compact_copies)(const void *be);
 };
 
 extern const struct spool_ops spool_journal_ops;

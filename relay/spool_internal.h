@@ -119,6 +119,8 @@ int spool_caps_body_decode(const uint8_t *p, size_t len, const char **tenant,
 /* Bytes the in-memory index of SP takes (entries, hash, heaps, side
  * table buckets), for the benchmark. */
 size_t spool_index_bytes(const struct spool *sp);
+/* Messages compaction set out to copy so far (0 for the RAM backend). */
+uint64_t spool_compact_copies(const struct spool *sp);
 
 /* Little-endian helpers. */
 static inline void spool_put16(uint8_t *p, uint16_t v)

@@ -129,6 +129,9 @@
 #define MAX_SEG_SIZE       (1ull << 30)         /* offsets fit 32 bits */
 #define STATVFS_PERIOD_MS  1000                 /* free-space refresh */
 #define COMPACT_DIVISOR    4                    /* live < size/4: compact */
+#define ROLL_MIN_BYTES     (1ull << 20)         /* dead bytes worth a roll */
+#define ROLL_SEG_DIVISOR   8                    /* dead >= seg_size/8: roll */
+#define ROLL_FREE_DIVISOR  4                    /* dead >= free/4: roll */
 
 enum pend_cb { CB_NONE, CB_DONE, CB_COMMIT };
 
@@ -156,6 +159,7 @@ struct fjob {
 	uv_work_t req;
 	struct journal *j;
 	struct pend *head;
+	bool close_active;            /* close the active segment first */
 	uint8_t *snap;                /* HOLD records for a new segment */
 	size_t snap_len;
 	int status;
@@ -185,6 +189,7 @@ struct jmsg {
 
 static void flush_maybe_start(struct journal *j);
 static void maint_check(struct journal *j);
+static void roll_check(struct journal *j);
 static void close_maybe_finish(struct journal *j);
 
 /* ---- segments ---------------------------------------------------------- */
@@ -456,6 +461,14 @@ flush_work(uv_work_t *req)
 	uint64_t srcno = 0;
 	int srcfd = -1, rc = 0;
 
+	/* A roll: everything in the active segment was fdatasync'd by the job
+	 * that wrote it, so closing it is all there is to do; the next record
+	 * starts a new segment, and maintenance may now reclaim this one. */
+	if (job->close_active && w->fd >= 0) {
+		(void)close(w->fd);
+		w->fd = -1;
+		w->stage_len = 0;
+	}
 	for (struct pend *p = job->head; p != NULL && rc == 0; p = p->next)
 		rc = w_pend(j, job, p, &srcfd, &srcno);
 	if (rc == 0 && w->fd >= 0 && (rc = w_stage_flush(j)) == 0 &&
@@ -538,6 +551,7 @@ flush_after(uv_work_t *req, int uvstatus)
 
 	j->nreqs--;
 	j->flush_running = false;
+	j->run_head = NULL;
 	j->nsyncs++;
 	for (size_t i = 0; i < job->ncreated; i++)
 		spool__seg_add(j, job->created[i]);
@@ -643,7 +657,9 @@ flush_start(struct journal *j)
 
 	job->j = j;
 	job->req.data = job;
-	job->head = j->pq_head;
+	job->head = j->run_head = j->pq_head;
+	job->close_active = j->roll_wanted;
+	j->roll_wanted = false;
 	j->pq_head = NULL;
 	j->pq_tail = &j->pq_head;
 	build_snapshot(j, job);
@@ -664,14 +680,15 @@ window_cb(uv_timer_t *t)
 
 	j->window_armed = false;
 	/* The window has been waited out: start now, do not wait again. */
-	if (!j->flush_running && j->pq_head != NULL)
+	if (!j->flush_running && (j->pq_head != NULL || j->roll_wanted))
 		flush_start(j);
 }
 
 static void
 flush_maybe_start(struct journal *j)
 {
-	if (j->flush_running || j->pq_head == NULL || j->window_armed)
+	if (j->flush_running || (j->pq_head == NULL && !j->roll_wanted) ||
+	    j->window_armed)
 		return;
 	if (j->window_ms > 0 && !j->closing &&
 	    uv_timer_start(&j->window_timer, window_cb, j->window_ms, 0) == 0) {
@@ -857,11 +874,45 @@ compact_state(struct journal *j, uint32_t slot, const struct spool_index_ent *e)
 		    NULL, NULL);
 }
 
-/* Queue copies of every live message of S, each followed by its state. */
+/* Queue ids with a state record queued or being written, sorted; *N of
+ * them (free() the result). */
+static uint64_t *
+busy_qids(const struct journal *j, size_t *n)
+{
+	const struct pend *lists[2] = { j->pq_head, j->run_head };
+	uint64_t *v = NULL;
+	size_t cap = 0;
+
+	*n = 0;
+	for (int l = 0; l < 2; l++)
+		for (const struct pend *p = lists[l]; p != NULL; p = p->next) {
+			if (p->h.type == SPOOL_REC_MSG || p->h.qid == 0)
+				continue;
+			if (*n == cap) {
+				cap = cap ? cap * 2 : 16;
+				v = xrealloc(v, cap * sizeof(*v));
+			}
+			v[(*n)++] = p->h.qid;
+		}
+	if (*n > 1)
+		qsort(v, *n, sizeof(*v), spool__u64_cmp);
+	return v;
+}
+
+/*
+ * Queue copies of every live message of S, each followed by its state.  A
+ * message with a state record still in flight is left for a later pass:
+ * that record goes to the journal before the copy would, and replay would
+ * apply it to the old copy and then let the new one bring the message back
+ * (a DELETE undone, a delivered message queued again), since the index
+ * takes the change only once the record is stored.
+ */
 static void
 compact_start(struct journal *j, struct seg *s)
 {
 	uint32_t segno = (uint32_t)s->no;
+	size_t nbusy;
+	uint64_t *busy = busy_qids(j, &nbusy);
 
 	s->compacting = true;
 	s->copy_failed = false;
@@ -870,6 +921,9 @@ compact_start(struct journal *j, struct seg *s)
 		struct pend *p;
 
 		if (e == NULL || e->seg != segno)
+			continue;
+		if (nbusy > 0 && bsearch(&e->qid, busy, nbusy, sizeof(*busy),
+		    spool__u64_cmp) != NULL)
 			continue;
 		p = calloc(1, sizeof(*p));
 		if (p == NULL)
@@ -882,9 +936,11 @@ compact_start(struct journal *j, struct seg *s)
 		p->src_off = e->off;
 		p->src_len = e->len;
 		s->copies_out++;
+		j->ncopies++;
 		pend_enqueue(j, p);
 		compact_state(j, i, e);
 	}
+	free(busy);
 	if (s->copies_out == 0)
 		s->compacting = false;
 }
@@ -895,6 +951,7 @@ maint_check(struct journal *j)
 	struct seg *s;
 	struct mjob *m;
 
+	roll_check(j);
 	if (j->maint_running || j->maint_stuck || j->closing || j->nsegs == 0 ||
 	    j->backup != NULL)   /* a backup holds every segment in place */
 		return;
@@ -920,8 +977,71 @@ maint_check(struct journal *j)
 		s->copy_failed = false;
 		return;
 	}
-	if (s->live_bytes < j->seg_size / COMPACT_DIVISOR)
-		compact_start(j, s);
+	if (s->live_bytes >= j->seg_size / COMPACT_DIVISOR)
+		return;
+	/* Within the budget only: the statvfs tick comes back each second. */
+	if (!spool__compact_take(&j->cbudget, j->sp->now_ms(), j->seg_size,
+	    s->live_bytes))
+		return;
+	compact_start(j, s);
+}
+
+bool
+spool__roll_wanted(uint64_t size, uint64_t live, uint64_t seg_size,
+    uint64_t free_bytes)
+{
+	uint64_t dead = size > live ? size - live : 0;
+
+	if (live >= size / COMPACT_DIVISOR || dead < ROLL_MIN_BYTES)
+		return false;
+	return dead >= seg_size / ROLL_SEG_DIVISOR ||
+	    dead >= free_bytes / ROLL_FREE_DIVISOR;
+}
+
+bool
+spool__compact_take(struct compact_budget *b, int64_t now_ms,
+    uint64_t seg_size, uint64_t bytes)
+{
+	int64_t rate = (int64_t)(seg_size / COMPACT_DIVISOR);  /* per second */
+	int64_t burst = (int64_t)seg_size;
+
+	if (!b->started) {
+		b->started = true;
+		b->tokens = burst;
+		b->last_ms = now_ms;
+	}
+	if (now_ms > b->last_ms) {
+		int64_t add = (now_ms - b->last_ms) > 1000 * (burst / rate + 1) ?
+		    burst : rate * (now_ms - b->last_ms) / 1000;
+
+		b->tokens = b->tokens + add > burst ? burst : b->tokens + add;
+		b->last_ms = now_ms;
+	}
+	if (b->tokens <= 0)
+		return false;
+	b->tokens -= (int64_t)bytes;   /* may go into debt: one at a time */
+	return true;
+}
+
+/*
+ * Space comes back only when a segment is unlinked, and the active one
+ * never is: when deletions (or deliveries) left the active segment mostly
+ * dead and that is a good share of the segment size or of the free space,
+ * close it so that maintenance can unlink or compact it.  This is what
+ * gives a postmaster space back when deleting mail on a full disk.
+ */
+static void
+roll_check(struct journal *j)
+{
+	struct seg *a;
+
+	if (j->closing || j->roll_wanted || j->active_segno == 0 ||
+	    j->backup != NULL || (a = spool__seg_find(j, j->active_segno)) == NULL)
+		return;
+	if (!spool__roll_wanted(a->size, a->live_bytes, j->seg_size, j->free_bytes))
+		return;
+	j->roll_wanted = true;
+	flush_maybe_start(j);
 }
 
 /* ---- free space -------------------------------------------------------- */
@@ -955,6 +1075,7 @@ statvfs_after(uv_work_t *req, int uvstatus)
 	if (uvstatus == 0 && v->status == 0)
 		j->free_bytes = v->free_bytes;
 	free(v);
+	maint_check(j);          /* a compaction may have waited for budget */
 	close_maybe_finish(j);
 }
 
@@ -987,6 +1108,12 @@ static uint64_t
 journal_flush_count(const void *be)
 {
 	return ((const struct journal *)be)->nsyncs;
+}
+
+static uint64_t
+journal_compact_copies(const void *be)
+{
+	return ((const struct journal *)be)->ncopies;
 }
 
 /* ---- transactions: spill, commit, discard ------------------------------ */
@@ -1669,4 +1796,5 @@ const struct spool_ops spool_journal_ops = {
 	.msg_destroy = journal_msg_destroy,
 	.post = journal_post,
 	.flush_count = journal_flush_count,
+	.compact_copies = journal_compact_copies,
 };

@@ -37,6 +37,13 @@ struct wstate {
 
 struct pend;
 
+/* Compaction's byte budget (spool__compact_take). */
+struct compact_budget {
+	bool started;
+	int64_t tokens;               /* bytes; may be negative (debt) */
+	int64_t last_ms;
+};
+
 struct journal {
 	struct spool *sp;             /* the wrapper: index and loop */
 	uv_loop_t *loop;
@@ -52,6 +59,7 @@ struct journal {
 
 	/* group commit */
 	struct pend *pq_head, **pq_tail;
+	struct pend *run_head;        /* the running flush job's records */
 	bool flush_running;
 	bool window_armed;
 	struct wstate w;
@@ -64,6 +72,10 @@ struct journal {
 
 	bool maint_running;
 	bool maint_stuck;             /* an unlink failed: stop deleting */
+	bool roll_wanted;             /* the next flush job closes the active
+	                               * segment (roll_check) */
+	struct compact_budget cbudget;
+	uint64_t ncopies;             /* messages compaction set out to copy */
 
 	uint64_t nsyncs;              /* flush jobs that reached fdatasync */
 	struct spool_backup *backup;  /* running (spool_backup.c): no unlink
@@ -87,6 +99,26 @@ void spool__seg_path(char *buf, size_t len, const char *jdir, uint64_t no);
  * thread before the loop serves anyone.  0 or a negative status / -errno.
  */
 int spool__journal_recover(struct journal *j, struct spool_recovery_stats *st);
+
+/*
+ * Pure policy, unit-tested on given numbers and clocks.
+ *
+ * spool__roll_wanted: should the active segment of SIZE bytes, LIVE of
+ * them still queued, be closed so that its space can be reclaimed?  Yes
+ * when under a quarter of it is live and the dead bytes are at least 1 MiB
+ * and at least an eighth of SEG_SIZE or a quarter of FREE_BYTES.
+ *
+ * spool__compact_take: may a compaction copying BYTES start at NOW_MS?
+ * The budget refills at SEG_SIZE/4 bytes per second up to SEG_SIZE (a
+ * compactable segment holds under SEG_SIZE/4 live bytes, so one per second
+ * at least); a start is allowed while the budget is positive and takes
+ * BYTES from it.  This bounds the copying after repeated write errors,
+ * which close a segment each time.
+ */
+bool spool__roll_wanted(uint64_t size, uint64_t live, uint64_t seg_size,
+    uint64_t free_bytes);
+bool spool__compact_take(struct compact_budget *b, int64_t now_ms,
+    uint64_t seg_size, uint64_t bytes);
 
 /* Loop thread: start maintenance if it is due and finish a close that was
  * waiting, after J->backup or J->nreqs changed outside spool_journal.c. */

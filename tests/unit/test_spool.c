@@ -27,6 +27,7 @@
 
 #include "mxspool/spool.h"
 #include "../../relay/spool_internal.h"
+#include "../../relay/spool_journal.h"
 
 struct ctx {
 	uv_loop_t loop;
@@ -363,8 +364,26 @@ static bool dirlog_on;
 
 int __real_mkdir(const char *path, mode_t mode);
 int __real_fsync(int fd);
+int __real_fdatasync(int fd);
 int __wrap_mkdir(const char *path, mode_t mode);
 int __wrap_fsync(int fd);
+int __wrap_fdatasync(int fd);
+
+/* While set, fdatasync does its work and then reports EIO (as a failing
+ * disk does after dropping the pages). */
+static bool fdatasync_fails;
+
+int
+__wrap_fdatasync(int fd)
+{
+	int rc = __real_fdatasync(fd);
+
+	if (fdatasync_fails) {
+		errno = EIO;
+		return -1;
+	}
+	return rc;
+}
 
 int
 __wrap_mkdir(const char *path, mode_t mode)
@@ -1092,6 +1111,132 @@ test_claim_order_and_defer(void **state)
 }
 
 static void
+test_roll_and_budget_policy(void **state)
+{
+	/* The pure rules: when the active segment is worth closing, and the
+	 * compaction budget on an injected clock. */
+	struct compact_budget b = { 0 };
+	const uint64_t M = 1ull << 20, seg = 64 * M;
+	int starts = 0;
+	(void)state;
+
+	assert_false(spool__roll_wanted(10 * M, 9 * M, seg, 1000 * M));   /* mostly live */
+	assert_false(spool__roll_wanted(M - 1, 0, seg, 0));                /* under 1 MiB dead */
+	assert_false(spool__roll_wanted(4 * M, 0, seg, 1000 * M));         /* small share */
+	assert_true(spool__roll_wanted(9 * M, M, seg, 1000 * M));          /* 8 MiB = seg/8 */
+	assert_true(spool__roll_wanted(4 * M, 0, seg, 10 * M));            /* disk nearly full */
+	/* Burst: 64 MiB; then 16 MiB per second. */
+	for (int i = 0; i < 100; i++)
+		starts += spool__compact_take(&b, 5000, seg, 4 * M);
+	assert_int_equal(starts, 16);
+	assert_false(spool__compact_take(&b, 5000, seg, 4 * M));
+	/* 1.6 MiB back: a start may go into debt (to -2.4 MiB) ... */
+	assert_true(spool__compact_take(&b, 5100, seg, 4 * M));
+	/* ... which 150 ms repay exactly, and the next start waits. */
+	assert_false(spool__compact_take(&b, 5250, seg, 4 * M));
+	assert_true(spool__compact_take(&b, 5300, seg, 4 * M));
+	/* A long pause refills to the burst, not beyond. */
+	starts = 0;
+	for (int i = 0; i < 100; i++)
+		starts += spool__compact_take(&b, 3600 * 1000, seg, 4 * M);
+	assert_int_equal(starts, 16);
+}
+
+static void
+test_delete_reclaims_active_segment(void **state)
+{
+	/* Deleting most of the mail of the active segment gives the space
+	 * back: the segment is closed (rolled), the few live messages are
+	 * copied forward, and the old file is unlinked; before, space came
+	 * back only when a whole closed segment died, never from the active
+	 * one. */
+	struct ctx c;
+	enum { N = 40 };
+	static uint8_t data[64 * 1024];
+	spool_qid q[N];
+	char p1[256];
+	(void)state;
+
+	ctx_init(&c);
+	c.opts.segment_size = 16 * 1024 * 1024;
+	sp_open(&c);
+	for (int i = 0; i < N; i++) {
+		fill(data, sizeof(data), 500 + (unsigned)i);
+		assert_int_equal(append(&c, "acme", 1, data, sizeof(data), 16384, &q[i]), 0);
+	}
+	seg_file(&c, 1, p1, sizeof(p1));
+	for (int i = 2; i < N; i++) {
+		struct wait w = { 0 };
+
+		assert_int_equal(spool_delete(c.sp, q[i], on_done, &w), 0);
+		run_until(&c, &w.done);
+		assert_int_equal(w.status, 0);
+	}
+	assert_true(wait_gone(&c, p1));
+	for (int i = 0; i < 2; i++)
+		expect_content(&c, q[i], sizeof(data), 500 + (unsigned)i);
+	sp_close(&c);
+	sp_open(&c);
+	assert_int_equal(c.st.messages, 2);
+	/* Was N * 64 KiB in segment 1; now the copies, at most a few dead. */
+	assert_true(c.st.bytes < N * sizeof(data) / 4);
+	ctx_end(&c);
+}
+
+static void
+test_compaction_bounded_after_eio(void **state)
+{
+	/* Repeated fdatasync errors close a segment each time; the small
+	 * segment left behind must not be compacted again and again: on a
+	 * frozen clock compaction starts only while its byte budget lasts,
+	 * and once the errors stop and time passes it finishes the job with
+	 * every live message intact. */
+	struct ctx c;
+	enum { N = 12, FAILS = 100 };
+	uint8_t data[1000];
+	spool_qid q[N], x;
+	uint64_t copies;
+	char p1[256];
+	(void)state;
+
+	ctx_init(&c);
+	fake_now = 1700000000000;
+	c.opts.now_ms = fake_clock;
+	c.opts.segment_size = 16 * 1024;
+	sp_open(&c);
+	for (int i = 0; i < N; i++) {
+		fill(data, sizeof(data), 600 + (unsigned)i);
+		assert_int_equal(append(&c, "acme", 1, data, sizeof(data), 1000, &q[i]), 0);
+	}
+	for (int i = 2; i < N; i++) {
+		struct wait w = { 0 };
+
+		assert_int_equal(spool_mark_rcpt(c.sp, q[i], 0, SPOOL_RCPT_DELIVERED,
+		    on_done, &w), 0);
+		run_until(&c, &w.done);
+		assert_int_equal(w.status, 0);
+	}
+	/* Segment 1 is still the active one: nothing compacted yet. */
+	assert_int_equal(spool_compact_copies(c.sp), 0);
+	fdatasync_fails = true;
+	for (int i = 0; i < FAILS; i++)
+		assert_int_equal(append(&c, "acme", 1, data, 100, 100, &x), SPOOL_EIO);
+	fdatasync_fails = false;
+	copies = spool_compact_copies(c.sp);
+	/* The budget (one segment size, 16 KiB) covers 8 starts of 2 KiB. */
+	if (copies < 2 || copies > 2 * 9)
+		fail_msg("%llu compaction copies during %d failed flushes; want 2..18",
+		    (unsigned long long)copies, FAILS);
+	fake_now += 10000;
+	assert_int_equal(append(&c, "acme", 1, data, 100, 100, &x), 0);
+	seg_file(&c, 1, p1, sizeof(p1));
+	assert_true(wait_gone(&c, p1));
+	for (int i = 0; i < 2; i++)
+		expect_content(&c, q[i], sizeof(data), 600 + (unsigned)i);
+	ctx_end(&c);
+}
+
+static void
 test_held_survives_segment_deletion(void **state)
 {
 	/* The held flag survives a reopen even after the segment holding the
@@ -1516,6 +1661,9 @@ main(void)
 		cmocka_unit_test(test_quota_and_reserve),
 		cmocka_unit_test(test_claim_order_and_defer),
 		cmocka_unit_test(test_held_survives_segment_deletion),
+		cmocka_unit_test(test_roll_and_budget_policy),
+		cmocka_unit_test(test_delete_reclaims_active_segment),
+		cmocka_unit_test(test_compaction_bounded_after_eio),
 		cmocka_unit_test(test_rcpt_state_and_abort),
 		cmocka_unit_test(test_group_commit_batches),
 		cmocka_unit_test(test_warned_survives_reopen_and_compaction),
