@@ -38,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -653,6 +654,44 @@ main_signals(struct main_state *m)
 	return 0;
 }
 
+/*
+ * One descriptor per SMTP session, plus the journal, the control and
+ * metrics clients, DNS and the drain's connections: with a soft limit of
+ * 1024 (the default outside systemd, whose unit sets LimitNOFILE) accepts
+ * failed with EMFILE long before max_connections, and libuv drops such
+ * connections without a word.  Raise the soft limit up to the hard one (a
+ * root start may raise the hard one too) and say so when it stays short.
+ */
+#define MAIN_FD_RESERVE 256
+
+static void
+main_raise_nofile(const struct config *cfg)
+{
+	struct rlimit rl;
+	rlim_t need = (rlim_t)cfg->max_connections + MAIN_FD_RESERVE;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= need)
+		return;
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+		struct rlimit up = { need, need };
+
+		if (setrlimit(RLIMIT_NOFILE, &up) == 0) {
+			rl = up;
+			goto done;
+		}
+	}
+	rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need ?
+	    rl.rlim_max : need;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0 && getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+done:
+	if (rl.rlim_cur < need)
+		log_event(LOG_LEVEL_WARN, "limits", "nofile=%llu max_connections=%u "
+		    "note=\"the descriptor limit is below max_connections + %d: "
+		    "connections past it are dropped at accept\"",
+		    (unsigned long long)rl.rlim_cur, cfg->max_connections, MAIN_FD_RESERVE);
+}
+
 /* Lock (or the lock handed over), sockets, privileges. */
 static int
 main_prepare(struct main_state *m)
@@ -667,6 +706,7 @@ main_prepare(struct main_state *m)
 	} else if ((rc = main_lock_spool(r->cfg->spool_dir, m->standby, &m->lock_fd)) != 0) {
 		return rc;
 	}
+	main_raise_nofile(r->cfg);
 	if (relay_bind_smtp(r, err, sizeof(err)) != 0) {
 		fprintf(stderr, "mxspoold: %s\n", err);
 		return EX_UNAVAILABLE;

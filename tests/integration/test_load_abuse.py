@@ -152,6 +152,31 @@ def test_concurrent_connections_bounded_rss(daemon_factory):
     assert d.running
 
 
+def test_low_descriptor_limit_is_raised(daemon_factory):
+    """Started with a soft RLIMIT_NOFILE of 1024 (the usual default outside
+    systemd) and max_connections = 1500, mxspoold raises its soft limit
+    toward the hard one and greets all 1500 connections; before, accepts
+    past about 1000 failed with EMFILE and those clients got nothing."""
+    n = 1500
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < n + 300:
+        pytest.skip("RLIMIT_NOFILE hard limit %d < %d needed (ulimit -Hn)" % (hard, n + 300))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        d = daemon_factory(server={"max_connections": n})
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, n + 300), hard))
+    socks, lines = open_connections(d.smtp_port, n, scaled(60))
+    try:
+        bad = [l for l in lines if not l.startswith("220 ")]
+        assert not bad, "%d of %d connections got no 220, e.g. %r" % (len(bad), n, bad[:3])
+    finally:
+        for s in socks:
+            s.close()
+    assert d.log_lines("limits") == []
+    assert d.running
+
+
 def slowloris(socks, stop, interval, phase):
     """Every INTERVAL seconds send each socket its next byte of PHASE[i]
     (a command line, or DATA content after the 354), never finishing."""
