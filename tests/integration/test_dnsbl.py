@@ -8,6 +8,7 @@ addresses (127.0.0.2 listed, 127.0.0.3 not) to see both sides.
 """
 
 import smtplib
+import socket
 import time
 
 import pytest
@@ -169,6 +170,27 @@ def test_silent_or_failing_dnsbl_never_blocks(daemon_factory, primary,
     code, text = rcpt_from(d, LISTED)
     assert code == 450 and "listed by bl.test" in text
     assert time.monotonic() - t0 < bound, "waited for the silent zone"
+
+
+def test_pipelined_commands_behind_a_waiting_rcpt(daemon_factory, primary,
+                                                 blocklist):
+    # The RCPT that waits for the silent zone holds back what was pipelined
+    # behind it; all of it runs afterwards, in order, none lost.
+    d = daemon_factory(primary=primary, dns=blocklist,
+                       server={"dnsbl": "slow.test", "dnsbl_allow": "::1",
+                               "dnsbl_timeout": "800ms"})
+    with socket.create_connection(("127.0.0.1", d.smtp_port),
+                                  timeout=scaled(20),
+                                  source_address=(CLEAN, 0)) as c:
+        f = c.makefile("rb")
+        assert f.readline().startswith(b"220")
+        c.sendall(b"EHLO client.test\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        c.sendall(b"MAIL FROM:<s@client.test>\r\nRCPT TO:<a@example.test>\r\n"
+                  b"RCPT TO:<b@example.test>\r\nRSET\r\nNOOP\r\nQUIT\r\n")
+        codes = [f.readline()[:3] for _ in range(6)]
+    assert codes == [b"250", b"250", b"250", b"250", b"250", b"221"]
 
 
 def test_dead_dns_server_never_blocks(daemon_factory, primary):
