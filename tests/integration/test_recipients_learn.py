@@ -238,6 +238,26 @@ def test_dictionary_attack_probes_are_bounded(primary_factory, daemon_factory):
     assert p.max_concurrent <= 2, p.max_concurrent
 
 
+def test_damaged_cache_file_is_ignored_and_replaced(primary_factory, daemon_factory):
+    """A cache file that is not what the daemon wrote (here: garbage with
+    the right name) never stops the start: it is logged, the tenant starts
+    with an empty cache, and the next save replaces the file."""
+    p = make_primary(primary_factory)
+    d = daemon_factory(start=False, tenants=learn_tenant(p), primary=p)
+    rdir = os.path.join(d.spool_dir, "recipients")
+    os.makedirs(rdir)
+    with open(os.path.join(rdir, "demo"), "wb") as f:
+        f.write(b"MXRCACHE\x00\x00\x00\x01" + os.urandom(200))
+    d.start()
+    d.wait_log("recipients", tenant="demo", result="ignored")
+    assert d.tenant_status("demo")["recipients_cached"] == 0
+    wait_state(d, "up")
+    assert [c for c, _ in rcpt_replies(d, ["bob@example.test"])] == [250]
+    d.restart()
+    d.wait_log("recipients", tenant="demo", result="loaded", entries="1")
+    assert cached(d) == {"bob@example.test": "valid"}
+
+
 def test_backup_mx_sample_learns():
     """The partner backup-MX sample uses the setting the README recommends
     (test_operations checks that it passes mxspoold -t)."""

@@ -1435,6 +1435,69 @@ test_client_limit_exempt(void **state)
 	expect_fail(SERVER "client_limit_exempt = 300.1.1.1\n" TENANT, 3, "client_limit_exempt");
 }
 
+/* recipients = learn (issue 11): learn alone, learn+FILE (the file read
+ * as a plain FILE), the verify_* keys, their defaults and bounds. */
+static void
+test_learn_keys(void **state)
+{
+	struct config *cfg;
+	const struct config_tenant *t;
+	char rcpt[256], text[1024];
+
+	(void)state;
+	cfg = load_ok(SERVER TENANT);
+	t = &cfg->tenants[0];
+	assert_false(t->recipients_learn);
+	assert_false(t->unknown_recipient_accept);
+	assert_int_equal(t->verify_timeout_ms, 5000);
+	assert_int_equal(t->verify_valid_ttl_ms, 31ULL * 24 * 3600 * 1000);
+	assert_int_equal(t->verify_invalid_ttl_ms, 3ULL * 3600 * 1000);
+	assert_int_equal(t->verify_cache_size, 100000);
+	assert_int_equal(t->verify_concurrency, 2);
+	assert_true(t->verify_rate == 5.0);
+	config_free(cfg);
+
+	cfg = load_ok(SERVER TENANT "recipients = LEARN\nunknown_recipient = accept\n"
+	    "verify_timeout = 200ms\nverify_valid_ttl = 7d\nverify_invalid_ttl = 10m\n"
+	    "verify_cache_size = 10\nverify_concurrency = 1\nverify_rate = 0.5\n");
+	t = &cfg->tenants[0];
+	assert_true(t->recipients_learn);
+	assert_null(t->recipients_file);
+	assert_true(t->unknown_recipient_accept);
+	assert_int_equal(t->verify_timeout_ms, 200);
+	assert_int_equal(t->verify_valid_ttl_ms, 7ULL * 24 * 3600 * 1000);
+	assert_int_equal(t->verify_invalid_ttl_ms, 600000);
+	assert_int_equal(t->verify_cache_size, 10);
+	assert_int_equal(t->verify_concurrency, 1);
+	assert_true(t->verify_rate == 0.5);
+	/* learn accepts everything at the config level: policy.c asks. */
+	assert_true(config_tenant_accepts(t, "x@a.example"));
+	config_free(cfg);
+
+	write_file(rcpt, sizeof(rcpt), "ok@a.example\n");
+	snprintf(text, sizeof(text), SERVER TENANT "recipients = learn+%s\n", rcpt);
+	cfg = load_ok(text);
+	t = &cfg->tenants[0];
+	assert_true(t->recipients_learn);
+	assert_string_equal(t->recipients_file, rcpt);
+	assert_int_equal(t->nrecipients, 1);
+	config_free(cfg);
+	snprintf(text, sizeof(text), SERVER TENANT "recipients = %s\n", rcpt);
+	cfg = load_ok(text);
+	assert_false(cfg->tenants[0].recipients_learn);   /* a plain FILE */
+	config_free(cfg);
+	unlink(rcpt);
+
+	expect_fail(SERVER TENANT "recipients = learn+\n", 5, "learn+ needs the path");
+	expect_fail(SERVER TENANT "recipients = learn+/nonexistent/x\n", 5,
+	    "recipients: cannot read");
+	expect_fail(SERVER TENANT "unknown_recipient = maybe\n", 5, "must be tempfail");
+	expect_fail(SERVER TENANT "verify_timeout = 10ms\n", 5, "verify_timeout");
+	expect_fail(SERVER TENANT "verify_concurrency = 0\n", 5, "verify_concurrency");
+	expect_fail(SERVER TENANT "verify_cache_size = 0\n", 5, "verify_cache_size");
+	expect_fail(SERVER TENANT "verify_rate = 0\n", 5, "verify_rate");
+}
+
 /* DNSBL and per-client rates (issue 11): defaults, a tenant takes
  * [server]'s zones wherever [server] stands unless it sets its own (empty:
  * none), zones are names, rates 0..1000000. */
@@ -1513,6 +1576,7 @@ main(void)
 		cmocka_unit_test(test_max_received_and_postmaster),
 		cmocka_unit_test(test_control_access_keys),
 		cmocka_unit_test(test_client_limit_exempt),
+		cmocka_unit_test(test_learn_keys),
 		cmocka_unit_test(test_abuse_keys),
 		cmocka_unit_test(test_tls_cipher_keys),
 	};

@@ -711,6 +711,9 @@ test_acks(void **state)
 		  "{\"bounced\": 0, \"matched\": 0, \"dry_run\": true}" },
 		{ { CONTROL_ACK_REQUEUE, NULL, 3, NULL, false }, "requeued 3 messages",
 		  "{\"requeued\": 3}" },
+		{ { CONTROL_ACK_FORGET, "demo", 0, "a@example.test", false },
+		  "a@example.test forgotten by tenant demo",
+		  "{\"tenant\": \"demo\", \"forgotten\": \"a@example.test\"}" },
 	};
 	struct control_buf b = { 0 };
 	char want[256];
@@ -729,6 +732,37 @@ test_acks(void **state)
 	control_render_error(&b, "no tenant named x");
 	control_buf_printf(&b, "%s", "");
 	assert_string_equal(b.data, "error no tenant named x\n");
+	control_buf_free(&b);
+}
+
+/* recipients TENANT: a table (text) and an array (JSON) from the same
+ * fields, the count and the truncation mark. */
+static void
+test_recipients_render(void **state)
+{
+	struct control_rcache_row rows[2] = {
+		{ "alice@example.test", "valid", 60, 2678340 },
+		{ "nobody@example.test", "invalid", 5, 10795 },
+	};
+	struct control_rcache rc = { "demo", 2, 2, rows, false };
+	struct control_buf b = { 0 };
+
+	(void)state;
+	control_render_recipients(&rc, true, &b);
+	assert_string_equal(b.data, "ok\n{\"tenant\": \"demo\", \"recipients\": ["
+	    "{\"address\": \"alice@example.test\", \"state\": \"valid\", "
+	    "\"learned_age_s\": 60, \"expires_in_s\": 2678340}, "
+	    "{\"address\": \"nobody@example.test\", \"state\": \"invalid\", "
+	    "\"learned_age_s\": 5, \"expires_in_s\": 10795}], "
+	    "\"count\": 2, \"truncated\": false}\n");
+	b.len = 0;
+	rc.truncated = true;
+	control_render_recipients(&rc, false, &b);
+	assert_non_null(strstr(b.data, "ADDRESS"));
+	assert_non_null(strstr(b.data, "alice@example.test"));
+	assert_non_null(strstr(b.data, "invalid"));
+	assert_non_null(strstr(b.data, "... (listing stopped after 10000 addresses)\n"));
+	assert_non_null(strstr(b.data, "-- 2 addresses learned by tenant demo\n"));
 	control_buf_free(&b);
 }
 
@@ -882,6 +916,7 @@ main(void)
 		cmocka_unit_test(test_show_text),
 		cmocka_unit_test(test_show_json),
 		cmocka_unit_test(test_acks),
+		cmocka_unit_test(test_recipients_render),
 		cmocka_unit_test(test_filter_parse),
 		cmocka_unit_test(test_filter_match),
 		cmocka_unit_test(test_queue_paged_text),

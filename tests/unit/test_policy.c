@@ -22,6 +22,7 @@ struct fixture {
 	char dir[64];
 	char ini[128];
 	char rcpts[128];
+	char lrcpts[128];
 	struct config *cfg;
 };
 
@@ -39,6 +40,11 @@ setup(void **state)
 	assert_non_null(fp);
 	fprintf(fp, "# known users of listed.test\nalice@listed.test\nBob@Listed.Test\n@open.listed.test\n");
 	fclose(fp);
+	snprintf(f->lrcpts, sizeof(f->lrcpts), "%s/lrcpts", f->dir);
+	fp = fopen(f->lrcpts, "w");
+	assert_non_null(fp);
+	fprintf(fp, "carol@lf.test\n");
+	fclose(fp);
 	snprintf(f->ini, sizeof(f->ini), "%s/mx.ini", f->dir);
 	fp = fopen(f->ini, "w");
 	assert_non_null(fp);
@@ -46,7 +52,11 @@ setup(void **state)
 	    "[tenant:one]\ndomains = example.test, Other.Test\nprimary = 127.0.0.1:2526\n"
 	    "etrn_from = 127.0.0.1, 10.1.0.0/16, ::1\n\n"
 	    "[tenant:two]\ndomains = listed.test, open.listed.test\nprimary = 127.0.0.1:2527\n"
-	    "recipients = %s\n", f->dir, f->rcpts);
+	    "recipients = %s\n\n"
+	    "[tenant:three]\ndomains = learn.test\nprimary = 127.0.0.1:2528\n"
+	    "recipients = learn\n\n"
+	    "[tenant:four]\ndomains = lf.test\nprimary = 127.0.0.1:2529\n"
+	    "recipients = learn+%s\n", f->dir, f->rcpts, f->lrcpts);
 	fclose(fp);
 	assert_int_equal(config_load(f->ini, &f->cfg, err, sizeof(err)), 0);
 	*state = f;
@@ -217,6 +227,32 @@ sin6(struct sockaddr_storage *ss, const char *ip)
 }
 
 /* ETRN is honoured only from etrn_from addresses, for our domains, v4-mapped included. */
+/* recipients = learn: every address is the verifier's to decide, once the
+ * domain and the one-tenant rule passed; with learn+FILE a listed address
+ * is accepted here (the FILE wins) and only the others go to it. */
+static void
+test_rcpt_learn(void **state)
+{
+	struct fixture *f = *state;
+	const struct config_tenant *t;
+	char buf[600];
+
+	assert_int_equal(check(f, "<anyone@learn.test>", "", &t), POLICY_LEARN);
+	assert_non_null(t);
+	assert_string_equal(t->name, "three");
+	assert_true(t->recipients_learn);
+	assert_int_equal(check(f, "<anyone@learn.test>", "one", &t), POLICY_OTHER_TENANT);
+	assert_int_equal(check(f, "<anyone@learn.test>", "three", &t), POLICY_LEARN);
+	assert_int_equal(check(f, "<Carol@LF.test>", "", &t), POLICY_OK);
+	assert_string_equal(t->name, "four");
+	assert_int_equal(check(f, "<dave@lf.test>", "", &t), POLICY_LEARN);
+	assert_string_equal(t->name, "four");
+	/* Not a learn tenant: the FILE alone decides, as before. */
+	assert_int_equal(check(f, "<dave@listed.test>", "", &t), POLICY_UNKNOWN_USER);
+	policy_reply(POLICY_UNVERIFIED, "dave@lf.test", buf, sizeof(buf));
+	assert_true(strncmp(buf, "450 4.1.1 <dave@lf.test>: ", 26) == 0);
+}
+
 static void
 test_etrn(void **state)
 {
@@ -289,6 +325,7 @@ main(void)
 		cmocka_unit_test(test_rcpt_one_tenant_per_transaction),
 		cmocka_unit_test(test_rcpt_postmaster),
 		cmocka_unit_test(test_replies),
+		cmocka_unit_test(test_rcpt_learn),
 		cmocka_unit_test(test_etrn),
 		cmocka_unit_test(test_rate_exempt_and_dnsbl_allow),
 	};
