@@ -331,3 +331,47 @@ def test_killed_node_gives_its_leases_back(daemon_factory, primary_factory, redi
     assert redis.cmd("ZSCORE", key, lease) is None or \
         int(float(redis.cmd("ZSCORE", key, lease))) <= redis.now_ms()
     print("killed node's lease back after %.1f s (TTL 10 s)" % took)
+
+
+def test_fleet_config_and_commands_without_fleet(daemon_factory, primary, tmp_path):
+    d = daemon_factory(start=False, primary=primary,
+                       raw="[fleet]\nredis = redis.example.net:6379\n")
+    r = d.check_config()
+    assert r.returncode == 78
+    assert "redis: redis.example.net is not an IP address" in r.stderr
+    d.configure(raw="[fleet]\nredis = 127.0.0.1\nnodes = x\n")
+    r = d.check_config()
+    assert r.returncode == 78 and "unknown key" in r.stderr and "[fleet]" in r.stderr
+    d.configure(raw="[fleet]\nredis = 127.0.0.1\nnode = not a name\n")
+    assert d.check_config().returncode == 78
+    d.configure(raw="[flet]\nredis = 127.0.0.1\n")
+    r = d.check_config()
+    assert r.returncode == 78 and "unknown section" in r.stderr
+    assert "[fleet]" in r.stderr   # among the sections allowed
+    # No [fleet]: no fleet_state in status, and status --fleet is an error.
+    d.configure(raw="")
+    d.start()
+    assert "fleet_state" not in d.status()
+    r = d.ctl("status", "--fleet")
+    assert r.returncode == 65 and "no fleet" in (r.stdout + r.stderr)
+    r = d.ctl("status", "--flet")
+    assert r.returncode == 65 and "unknown option" in (r.stdout + r.stderr)
+
+
+def test_redis_absent_from_start_drains_alone(daemon_factory, primary_factory):
+    # A Redis that never answers: the node is degraded from the start,
+    # N = 1 (it never saw another node), and drains at drain_rate.
+    primary = primary_factory(start=False)
+    dead = mxtest.free_port()
+    d = daemon_factory(
+        primary=primary, server={"hostname": "node0.test"},
+        tenants=tenant_keys(primary),
+        raw="[fleet]\nredis = 127.0.0.1:%d\nnode = node0\n" % dead)
+    fill(d, 0, 30)
+    assert d.status()["fleet_state"] == "degraded"
+    fs = fleet_status(d)
+    assert fs["fleet_state"] == "degraded" and fs["nodes_alive"] == 1
+    primary.start()
+    got = primary.wait_for(30, timeout=30)
+    assert_once(got, 1, 30)
+    assert measured_rate([m.arrived for m in got]) <= RATE * 1.1
