@@ -226,6 +226,15 @@ replay(struct journal *j, const struct spool_rec_hdr *h, const uint8_t *body,
 	case SPOOL_REC_MSG:
 		if (spool_msg_prefix_decode(body, avail, h->len, &pf) != 0)
 			return SPOOL_ECORRUPT;
+		/* Compaction copies a record verbatim: a second MSG of a known
+		 * queue id with another length or recipient count is no copy
+		 * (a foreign writer, a reused id).  Moving the index to it would
+		 * keep the first one's length, and the next compaction would
+		 * write a cut copy and lose the message (fuzz_spool_segment,
+		 * seed 23-not-a-copy); keep the first and set this one aside. */
+		if (e != NULL && (e->len != SPOOL_REC_HDR_LEN + (uint64_t)h->len ||
+		    spool_ent_nrcpt(e) != pf.nrcpt))
+			return SPOOL_ECORRUPT;
 		replay_msg(j, h, &pf, segno, off);
 		return 0;
 	case SPOOL_REC_RCPT:
