@@ -692,6 +692,28 @@ done:
 		    (unsigned long long)rl.rlim_cur, cfg->max_connections, MAIN_FD_RESERVE);
 }
 
+/*
+ * A handover passes the lock of the old process's spool_dir: if the file we
+ * were given names another one, the old process would go on owning a spool
+ * we cannot see and we would write one we hold no lock for.  That edit
+ * needs a real restart.
+ */
+static int
+main_lock_is_ours(int fd, const char *dir)
+{
+	char path[4096];
+	struct stat a, b;
+
+	snprintf(path, sizeof(path), "%s/lock", dir);
+	if (fstat(fd, &a) != 0 || stat(path, &b) != 0 || a.st_dev != b.st_dev ||
+	    a.st_ino != b.st_ino) {
+		fprintf(stderr, "mxspoold: handover: spool_dir %s is not the spool the "
+		    "running daemon holds (spool_dir changed? restart instead)\n", dir);
+		return EX_CONFIG;
+	}
+	return 0;
+}
+
 /* Lock (or the lock handed over), sockets, privileges. */
 static int
 main_prepare(struct main_state *m)
@@ -703,6 +725,8 @@ main_prepare(struct main_state *m)
 	if (m->inherited_chan >= 0) {
 		m->lock_fd = m->inherited.lock;   /* held by the old process too */
 		r->handover = &m->inherited;
+		if ((rc = main_lock_is_ours(m->lock_fd, r->cfg->spool_dir)) != 0)
+			return rc;
 	} else if ((rc = main_lock_spool(r->cfg->spool_dir, m->standby, &m->lock_fd)) != 0) {
 		return rc;
 	}

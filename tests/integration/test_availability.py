@@ -352,6 +352,21 @@ def test_usr2_with_missing_or_broken_binary_keeps_serving(daemon_factory, tmp_pa
     assert d.ctl("status").returncode == 0
 
 
+def test_usr2_refuses_a_changed_spool_dir(daemon_factory, tmp_path):
+    """A re-exec whose configuration names another spool_dir is refused by
+    the new process before it touches anything: the old one keeps serving
+    the spool it holds."""
+    d = daemon_factory()
+    before = send(d.smtp_port, "u@example.test", 2)
+    d.configure(server={"spool_dir": os.path.join(str(tmp_path), "elsewhere")})
+    mark = d.mark()
+    d.signal(signal.SIGUSR2)
+    d.wait_log("reexec", result="failed", stage="start", after=mark, timeout=scaled(10))
+    assert "is not the spool the running daemon holds" in d.log()
+    assert d.running
+    assert set(before + send(d.smtp_port, "u@example.test", 1)) <= queued_ids(d)
+
+
 FAILING_TAKEOVER = r"""#!/usr/bin/python3
 # Says ready, is told go, then dies as a binary whose recovery fails would.
 import os, sys
