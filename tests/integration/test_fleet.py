@@ -123,12 +123,12 @@ def make_node(daemon_factory, primary, redis, k, **tenant):
         raw="[fleet]\nredis = 127.0.0.1:%d\nnode = node%d\n" % (redis.port, k))
 
 
-def fill(daemon, k, n):
+def fill(daemon, k, n, body="body\r\n"):
     s = smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=30)
     for i in range(n):
         s.sendmail("a@sender.test", ["u%d@example.test" % (i % 7)],
                    "Message-ID: <n%d-%d@sender.test>\r\nSubject: n%d m%d\r\n\r\n"
-                   "body\r\n" % (k, i, k, i))
+                   "%s" % (k, i, k, i, body))
     s.quit()
     mxtest.wait_until(lambda: daemon.tenant_status("demo")["queued_messages"] == n,
                       10, what="node%d has %d queued" % (k, n))
@@ -166,14 +166,21 @@ def assert_once(messages, nodes, per_node):
     assert set(ids) == want
 
 
-def test_three_nodes_share_drain_rate(daemon_factory, primary_factory, redis):
-    per = 100
+def three_full_nodes(daemon_factory, primary_factory, redis, per):
+    """Three nodes with PER messages each, all seen alive in the fleet; the
+    primary (returned, not started) is down meanwhile."""
     primary = primary_factory(start=False)
     nodes = [make_node(daemon_factory, primary, redis, k) for k in range(3)]
     for k, d in enumerate(nodes):
         fill(d, k, per)
     mxtest.wait_until(lambda: fleet_status(nodes[0])["nodes_alive"] == 3, 10,
                       what="three nodes alive in the fleet view")
+    return primary, nodes
+
+
+def test_three_nodes_share_drain_rate(daemon_factory, primary_factory, redis):
+    per = 100
+    primary, nodes = three_full_nodes(daemon_factory, primary_factory, redis, per)
     primary.start()
     got = primary.wait_for(3 * per, timeout=3 * per / RATE * 2 + 30)
     rate = measured_rate([m.arrived for m in got])
@@ -203,7 +210,7 @@ def test_three_nodes_share_drain_rate(daemon_factory, primary_factory, redis):
 
 
 def test_single_node_fleet_rate(daemon_factory, primary_factory, redis):
-    per = 80
+    per = 50
     primary = primary_factory(start=False)
     d = make_node(daemon_factory, primary, redis, 0)
     fill(d, 0, per)
@@ -216,7 +223,7 @@ def test_single_node_fleet_rate(daemon_factory, primary_factory, redis):
 
 def test_421_to_one_node_slows_all(daemon_factory, primary_factory, redis,
                                    monkeypatch):
-    per = 120
+    per = 90
     blocked = {"on": False, "seen": 0}
     orig = mxtest._PrimaryHandler.handle_MAIL
 
@@ -228,10 +235,7 @@ def test_421_to_one_node_slows_all(daemon_factory, primary_factory, redis,
         return await orig(self, server, session, envelope, address, options)
 
     monkeypatch.setattr(mxtest._PrimaryHandler, "handle_MAIL", mail)
-    primary = primary_factory(start=False)
-    nodes = [make_node(daemon_factory, primary, redis, k) for k in range(3)]
-    for k, d in enumerate(nodes):
-        fill(d, k, per)
+    primary, nodes = three_full_nodes(daemon_factory, primary_factory, redis, per)
     primary.start()
     primary.wait_for(60, timeout=30)
     blocked["on"] = True
@@ -266,12 +270,7 @@ def test_421_to_one_node_slows_all(daemon_factory, primary_factory, redis,
 
 def test_redis_down_keeps_rate_and_loses_nothing(daemon_factory, primary_factory, redis):
     per = 70
-    primary = primary_factory(start=False)
-    nodes = [make_node(daemon_factory, primary, redis, k) for k in range(3)]
-    for k, d in enumerate(nodes):
-        fill(d, k, per)
-    mxtest.wait_until(lambda: fleet_status(nodes[0])["nodes_alive"] == 3, 10,
-                      what="three nodes alive in the fleet view")
+    primary, nodes = three_full_nodes(daemon_factory, primary_factory, redis, per)
     primary.start()
     primary.wait_for(40, timeout=30)
     marks = [n.mark() for n in nodes]
@@ -375,3 +374,25 @@ def test_redis_absent_from_start_drains_alone(daemon_factory, primary_factory):
     got = primary.wait_for(30, timeout=30)
     assert_once(got, 1, 30)
     assert measured_rate([m.arrived for m in got]) <= RATE * 1.1
+
+
+def test_two_nodes_share_drain_bandwidth(daemon_factory, primary_factory, redis):
+    # drain_rate is not the limit here: 20 KiB/s for the fleet, ~4 KiB
+    # messages, so about 5 msg/s in total (each node alone would allow
+    # 20 KiB/s of its own).
+    bw, per = 20480, 30
+    primary = primary_factory(start=False)
+    nodes = [make_node(daemon_factory, primary, redis, k, drain_bandwidth="20K")
+             for k in range(2)]
+    for k, d in enumerate(nodes):
+        fill(d, k, per, body="x" * 76 + "\r\n" * 1 + ("y" * 78 + "\r\n") * 50)
+    primary.start()
+    got = primary.wait_for(2 * per, timeout=2 * per * 4096 / bw * 2 + 30)
+    a = sorted(got, key=lambda m: m.arrived)
+    lo, hi = int(len(a) * 0.2), int(len(a) * 0.8)
+    nbytes = sum(len(m.data) for m in a[lo + 1:hi + 1])
+    rate = nbytes / (a[hi].arrived - a[lo].arrived)
+    assert abs(rate - bw) <= 0.15 * bw, "bytes/s at the primary %.0f" % rate
+    assert {node_of(m) for m in got} == {0, 1}
+    assert_once(got, 2, per)
+    print("fleet bandwidth with 2 nodes: %.0f B/s (drain_bandwidth %d)" % (rate, bw))
