@@ -304,12 +304,15 @@ relay_on_delivered(void *arg, const char *tenant, const char *rcpt)
 	verify_learn(r->verify, tenant, rcpt);
 }
 
-/* The verifier's view of the primary: the drain's. */
+/* The verifier's view of the primary: the drain's.  RCPT is not used yet:
+ * drain_primary_target() answers for the tenant's first destination. */
 static bool
-relay_verify_primary(void *arg, const char *tenant, struct verify_primary *out)
+relay_verify_primary(void *arg, const char *tenant, const char *rcpt,
+    struct verify_primary *out)
 {
 	struct relay *r = arg;
 
+	(void)rcpt;
 	return r->drain != NULL && drain_primary_target(r->drain, tenant,
 	    &out->addr, out->host, sizeof(out->host), &out->rate_limit);
 }

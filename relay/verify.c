@@ -72,6 +72,11 @@ struct verify_req {
 	char addr[RCACHE_ADDR_MAX + 1];
 	struct verify_wait *waiters;
 	bool inflight;                /* in a probe transaction */
+	/* Where its probe goes (verify_route(), at each dispatch): a tenant's
+	 * domains may have different primaries (primary = mx). */
+	bool routed;
+	struct sockaddr_storage tg;
+	char host[CONFIG_HOST_MAX + 1];
 };
 
 struct verify_sess {
@@ -115,7 +120,8 @@ struct verify_tenant {
 struct verify {
 	uv_loop_t *loop;
 	char *dir;
-	bool (*primary)(void *arg, const char *tenant, struct verify_primary *out);
+	bool (*primary)(void *arg, const char *tenant, const char *rcpt,
+	    struct verify_primary *out);
 	void *arg;
 	int64_t (*now_ms)(void);
 	const struct config *cfg;
@@ -687,7 +693,36 @@ verify_sess_open(struct verify_tenant *t, const struct verify_primary *p)
 	return s;
 }
 
-/* Hand S the next queued requests, one bucket token each. */
+/* Same address and port (the rest of a sockaddr_storage is padding). */
+static bool
+verify_same_target(const struct sockaddr_storage *a,
+    const struct sockaddr_storage *b)
+{
+	if (a->ss_family != b->ss_family)
+		return false;
+	if (a->ss_family == AF_INET) {
+		const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+
+		return x->sin_port == y->sin_port &&
+		    x->sin_addr.s_addr == y->sin_addr.s_addr;
+	}
+	if (a->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+
+		return x->sin6_port == y->sin6_port &&
+		    memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+	}
+	return false;
+}
+
+/* A request a probe may take now: queued, waited for, with a target. */
+static bool
+verify_req_ready(const struct verify_req *r)
+{
+	return !r->inflight && r->waiters != NULL && r->routed;
+}
+
+/* Hand S the next queued requests for its target, one bucket token each. */
 static void
 verify_sess_send(struct verify_sess *s, int64_t mono)
 {
@@ -695,7 +730,7 @@ verify_sess_send(struct verify_sess *s, int64_t mono)
 
 	s->nbatch = 0;
 	for (struct verify_req *r = t->reqs; r && s->nbatch < VERIFY_BATCH; r = r->next) {
-		if (r->inflight || r->waiters == NULL)
+		if (!verify_req_ready(r) || !verify_same_target(&r->tg, &s->addr))
 			continue;
 		if (!drain_bucket_take(&t->bucket, 1, mono))
 			break;
@@ -731,35 +766,82 @@ verify_queued(const struct verify_tenant *t)
 	return false;
 }
 
+/*
+ * Ask the drain where each queued request's probe goes now.  A request
+ * whose primary is not up stays unrouted: its waiters time out to the down
+ * path.  Returns the lowest drain limit in force among them (0: none).
+ */
+static double
+verify_route(struct verify_tenant *t)
+{
+	struct verify *v = t->v;
+	double limit = 0;
+
+	for (struct verify_req *r = t->reqs; r; r = r->next) {
+		struct verify_primary p;
+
+		if (r->inflight || r->waiters == NULL)
+			continue;
+		memset(&p, 0, sizeof(p));
+		r->routed = v->primary(v->arg, t->name, r->addr, &p);
+		if (!r->routed)
+			continue;
+		r->tg = p.addr;
+		snprintf(r->host, sizeof(r->host), "%s", p.host);
+		if (p.rate_limit > 0 && (limit == 0 || p.rate_limit < limit))
+			limit = p.rate_limit;
+	}
+	return limit;
+}
+
+/* A request no session (ready, busy or connecting) goes to; NULL if none. */
+static struct verify_req *
+verify_unserved(struct verify_tenant *t)
+{
+	for (struct verify_req *r = t->reqs; r; r = r->next) {
+		struct verify_sess *s;
+
+		if (!verify_req_ready(r))
+			continue;
+		for (s = t->sess; s; s = s->next)
+			if (!s->quitting && verify_same_target(&r->tg, &s->addr))
+				break;
+		if (s == NULL)
+			return r;
+	}
+	return NULL;
+}
+
 /* Start what the limits allow: idle sessions first, then new ones. */
 static void
 verify_dispatch(struct verify_tenant *t)
 {
 	struct verify *v = t->v;
-	struct verify_primary p;
 	int64_t mono = util_mono_ms();
-	double rate;
+	struct verify_primary p;
+	struct verify_req *r;
+	double rate, limit;
 
 	if (v->closing || !t->learn || !verify_queued(t))
 		return;
-	memset(&p, 0, sizeof(p));
-	if (!v->primary(v->arg, t->name, &p))
-		return;   /* went down: the waiters time out to the down path */
+	limit = verify_route(t);
 	/* Never faster than the drain may send: the probes share the
 	 * primary's patience with the backlog. */
 	rate = t->rate;
-	if (p.rate_limit > 0 && p.rate_limit < rate)
-		rate = p.rate_limit;
+	if (limit > 0 && limit < rate)
+		rate = limit;
 	drain_bucket_set(&t->bucket, rate, rate < 1 ? 1 : rate, mono);
 	for (struct verify_sess *s = t->sess; s; s = s->next) {
 		if (s->ready && !s->quitting && verify_queued(t))
 			verify_sess_send(s, mono);
 	}
-	if (verify_queued(t) && t->nsess < t->concurrency &&
+	/* A busy or connecting session to the same target takes the rest
+	 * later; a new one is opened only for a target nobody serves. */
+	if (t->nsess < t->concurrency && (r = verify_unserved(t)) != NULL &&
 	    drain_bucket_wait_ms(&t->bucket, 1, mono) == 0) {
-		for (struct verify_sess *s = t->sess; s; s = s->next)
-			if (!s->ready && !s->quitting && s->nbatch == 0)
-				return;   /* one still connecting will take them */
+		memset(&p, 0, sizeof(p));
+		p.addr = r->tg;
+		snprintf(p.host, sizeof(p.host), "%s", r->host);
 		(void)verify_sess_open(t, &p);
 	}
 }
@@ -920,7 +1002,8 @@ verify_rcpt(struct verify *v, const char *tenant, const char *addr,
 	case RCACHE_UNKNOWN: break;
 	}
 	memset(&p, 0, sizeof(p));
-	if (strlen(addr) > RCACHE_ADDR_MAX || !v->primary(v->arg, t->name, &p))
+	if (strlen(addr) > RCACHE_ADDR_MAX ||
+	    !v->primary(v->arg, t->name, addr, &p))
 		return verify_down_answer(t);
 	for (r = t->reqs; r; r = r->next)
 		if (util_strncasecmp(r->addr, addr, sizeof(r->addr)) == 0)

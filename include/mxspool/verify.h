@@ -63,8 +63,11 @@ struct verify_primary {
 struct verify_deps {
 	uv_loop_t *loop;
 	const char *dir;              /* the caches' directory; copied */
-	/* Is TENANT's primary up?  If so fill OUT and return true. */
-	bool (*primary)(void *arg, const char *tenant, struct verify_primary *out);
+	/* Is the primary of RCPT (an address of TENANT) up?  If so fill OUT
+	 * and return true.  Probes for addresses with the same OUT->addr
+	 * share sessions. */
+	bool (*primary)(void *arg, const char *tenant, const char *rcpt,
+	    struct verify_primary *out);
 	void *arg;
 	/* Wall clock for the cache's times; NULL = util_now_ms. */
 	int64_t (*now_ms)(void);
