@@ -61,6 +61,7 @@
 #define FLEET_WAKE_MS        500      /* drain's sleep waiting for a lease */
 #define FLEET_POLL_MS        10       /* and for a grant (asked locally) */
 #define FLEET_LEASES_MAX     64       /* per tenant and node */
+#define FLEET_GOODBYE_MS     500      /* a stop waits this long for Redis */
 
 enum fleet_script { FS_GRANT, FS_CUT, FS_LEASE, FS_RENEW, FS_PUBLISH, FS__N };
 
@@ -230,12 +231,15 @@ struct fleet {
 	size_t nnodes;
 	struct fleet_node_view *nodes;
 
-	bool closing;
+	bool closing;                 /* fleet_close() was called */
+	bool finishing;               /* and the goodbye is over */
+	int64_t close_deadline;
 	void (*done)(void *);
 	void *done_arg;
 };
 
 static void fleet_lost(struct fleet *f, const char *why);
+static void fleet_close_finish(struct fleet *f);
 
 /* ---- state -------------------------------------------------------------- */
 
@@ -384,7 +388,7 @@ fleet_send(struct fleet_call *c)
 {
 	struct fleet *f = c->f;
 
-	if (f->ac == NULL || f->closing || redisAsyncCommandArgv(f->ac,
+	if (f->ac == NULL || f->finishing || redisAsyncCommandArgv(f->ac,
 	    fleet_on_reply, c, c->argc, c->argv, c->argvlen) != REDIS_OK) {
 		free(c);
 		return -1;
@@ -581,6 +585,11 @@ fleet_on_connect(const redisAsyncContext *ac, int status)
 
 	if (f == NULL || f->ac != ac)
 		return;
+	if (f->closing) {
+		f->ac = NULL;        /* hiredis frees it */
+		fleet_close_finish(f);
+		return;
+	}
 	if (status != REDIS_OK) {
 		/* hiredis frees the context after this returns. */
 		snprintf(f->why, sizeof(f->why), "connect: %.140s",
@@ -600,6 +609,11 @@ fleet_on_disconnect(const redisAsyncContext *ac, int status)
 
 	if (f == NULL || f->ac != ac)
 		return;
+	if (f->closing) {
+		f->ac = NULL;        /* freed by hiredis: the goodbye is written */
+		fleet_close_finish(f);
+		return;
+	}
 	snprintf(f->why, sizeof(f->why), "disconnected: %.130s",
 	    ac->errstr[0] ? ac->errstr : "closed by the server");
 	f->ac = NULL;            /* freed by hiredis */
@@ -763,8 +777,11 @@ fleet_on_tick(uv_timer_t *h)
 	struct fleet *f = h->data;
 	int64_t now = util_mono_ms();
 
-	if (f->closing)
+	if (f->closing) {
+		if (now >= f->close_deadline)
+			fleet_close_finish(f);   /* Redis did not take the goodbye */
 		return;
+	}
 	if (f->ac == NULL) {
 		if (now >= f->next_connect_mono)
 			fleet_connect(f);
@@ -1062,27 +1079,70 @@ fleet_on_tick_closed(uv_handle_t *h)
 		done(arg);
 }
 
-void
-fleet_close(struct fleet *f, void (*done)(void *arg), void *arg)
+/* Stop for good: drop the connection (pending calls end with NULL
+ * replies; the adapter closes its poll handle), then the timer. */
+static void
+fleet_close_finish(struct fleet *f)
 {
-	redisAsyncContext *ac;
+	redisAsyncContext *ac = f->ac;
 
-	if (f == NULL) {
-		if (done)
-			done(arg);
+	if (f->finishing)
 		return;
-	}
-	f->closing = true;
-	f->done = done;
-	f->done_arg = arg;
-	ac = f->ac;
+	f->finishing = true;
 	f->ac = NULL;
 	if (ac != NULL) {
-		/* Pending calls end now (NULL replies); the adapter closes its
-		 * poll handle on the loop. */
 		ac->data = NULL;
 		redisAsyncFree(ac);
 	}
 	(void)uv_timer_stop(&f->tick);
 	uv_close((uv_handle_t *)&f->tick, fleet_on_tick_closed);
+}
+
+/* A clean stop says goodbye: our leases and our node entry go at once, so
+ * the others need not wait for the TTLs (a restart, USR2, a reload of the
+ * unit).  Written before the disconnect that flushes them. */
+static void
+fleet_goodbye(struct fleet *f)
+{
+	struct fleet_call *c;
+
+	for (struct fleet_tenant *t = f->tenants; t; t = t->next)
+		while (t->nheld > 0)
+			fleet_release_one(f, t);
+	if ((c = fleet_call_new(f, FC_RELEASE, NULL)) != NULL) {
+		if (fleet_arg(c, "ZREM") == 0 && fleet_arg(c, "mxspool:nodes") == 0 &&
+		    fleet_arg(c, "%s", f->node) == 0)
+			(void)fleet_send(c);
+		else
+			free(c);
+	}
+	if ((c = fleet_call_new(f, FC_RELEASE, NULL)) != NULL) {
+		if (fleet_arg(c, "DEL") == 0 &&
+		    fleet_arg(c, "mxspool:node:%s", f->node) == 0)
+			(void)fleet_send(c);
+		else
+			free(c);
+	}
+}
+
+void
+fleet_close(struct fleet *f, void (*done)(void *arg), void *arg)
+{
+	if (f == NULL) {
+		if (done)
+			done(arg);
+		return;
+	}
+	f->done = done;
+	f->done_arg = arg;
+	if (f->ac != NULL && f->ok) {
+		fleet_goodbye(f);
+		f->closing = true;
+		f->close_deadline = util_mono_ms() + FLEET_GOODBYE_MS;
+		/* Flushes what is queued, then onDisconnect finishes. */
+		redisAsyncDisconnect(f->ac);
+		return;
+	}
+	f->closing = true;
+	fleet_close_finish(f);
 }

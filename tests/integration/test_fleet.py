@@ -396,3 +396,21 @@ def test_two_nodes_share_drain_bandwidth(daemon_factory, primary_factory, redis)
     assert {node_of(m) for m in got} == {0, 1}
     assert_once(got, 2, per)
     print("fleet bandwidth with 2 nodes: %.0f B/s (drain_bandwidth %d)" % (rate, bw))
+
+
+def test_clean_stop_gives_leases_back_at_once(daemon_factory, primary_factory, redis):
+    primary = primary_factory(start=False)
+    n0 = make_node(daemon_factory, primary, redis, 0, drain_concurrency=1)
+    fill(n0, 0, 10)
+    primary.slow(1500)
+    primary.start()
+    key = "mxspool:tenant:demo:conns"
+    mxtest.wait_until(lambda: redis.cmd("ZCARD", key) == 1, 15,
+                      what="node0 holds a connection lease")
+    assert "node0" in redis.cmd("ZRANGE", "mxspool:nodes", 0, -1)
+    assert n0.stop() == 0
+    # SIGTERM: the lease and the node entry are removed on the way out,
+    # not left for their TTLs.
+    assert redis.cmd("ZCARD", key) == 0
+    assert "node0" not in redis.cmd("ZRANGE", "mxspool:nodes", 0, -1)
+    assert redis.cmd("EXISTS", "mxspool:node:node0") == 0
