@@ -49,6 +49,13 @@ struct rec {
 	char accepted_tenant[64];
 	int etrn;
 	char etrn_tenant[64];
+	/* recipients = learn: what the server asked the verifier hook, and
+	 * the answer it waits for (learn_cb NULL: none pending). */
+	int learn_asked;
+	char learn_addr[256];
+	char learn_tenant[64];
+	verify_cb learn_cb;
+	void *learn_arg;
 };
 
 struct fx {
@@ -90,6 +97,38 @@ on_etrn(void *arg, const char *tenant)
 
 	r->etrn++;
 	snprintf(r->etrn_tenant, sizeof(r->etrn_tenant), "%s", tenant);
+}
+
+/* The verifier stand-in: "now-ok..." and "now-no..." are answered at
+ * once, anything else waits until the test calls rec.learn_cb. */
+static enum verify_answer
+learn_rcpt(void *arg, const char *tenant, const char *addr, verify_cb cb,
+    void *cb_arg)
+{
+	struct rec *r = arg;
+
+	r->learn_asked++;
+	snprintf(r->learn_addr, sizeof(r->learn_addr), "%s", addr);
+	snprintf(r->learn_tenant, sizeof(r->learn_tenant), "%s", tenant);
+	if (strncmp(addr, "now-ok", 6) == 0)
+		return VERIFY_ACCEPT;
+	if (strncmp(addr, "now-no", 6) == 0)
+		return VERIFY_REJECT;
+	assert_null(r->learn_cb);   /* one RCPT of a session at a time */
+	r->learn_cb = cb;
+	r->learn_arg = cb_arg;
+	return VERIFY_PENDING;
+}
+
+/* Give the pending verification its answer. */
+static void
+learn_answer(struct rec *r, enum verify_answer a)
+{
+	verify_cb cb = r->learn_cb;
+
+	assert_non_null(cb);
+	r->learn_cb = NULL;
+	cb(r->learn_arg, a);
 }
 
 static int64_t
@@ -145,7 +184,11 @@ fx_new(const char *extra, bool with_tls)
 	    "[tenant:other]\n"
 	    "domains = other.test\n"
 	    "primary = 127.0.0.1:9\n"
-	    "etrn_from = 192.0.2.0/24\n",
+	    "etrn_from = 192.0.2.0/24\n"
+	    "[tenant:learn]\n"
+	    "domains = learn.test\n"
+	    "primary = 127.0.0.1:9\n"
+	    "recipients = learn\n",
 	    fx->dir, fx->dir, extra ? extra : "");
 	fp = fmemopen(text, strlen(text), "r");
 	assert_non_null(fp);
@@ -174,6 +217,7 @@ fx_new(const char *extra, bool with_tls)
 	deps.hooks.arg = &fx->rec;
 	deps.hooks.on_accepted = on_accepted;
 	deps.hooks.on_etrn = on_etrn;
+	deps.hooks.learn_rcpt = learn_rcpt;
 	if (smtp_server_new(&deps, fx->cfg, fx->tls, &fx->srv, err, sizeof(err)) != 0)
 		fail_msg("smtp_server_new: %s", err);
 	assert_int_equal(smtp_server_start(fx->srv, fx->sp), 0);
@@ -1058,6 +1102,89 @@ test_primary_caps(void **state)
 	fx_free(fx);
 }
 
+/* recipients = learn: a tenant's RCPT waits for the verifier with the
+ * session's input stopped, so a pipelined RCPT behind it is neither asked
+ * nor answered before it; each answer gives its reply (250, 550 5.1.1,
+ * 450 4.1.1), in order; other tenants never ask. */
+static void
+test_learn_rcpt_waits(void **state)
+{
+	struct fx *fx = fx_new(NULL, false);
+	struct client *c = client_new(fx);
+	int64_t end;
+
+	client_ehlo(c, NULL, 0);
+	client_sendf(c, "MAIL FROM:<a@client.test>\r\nRCPT TO:<wait1@learn.test>\r\n"
+	    "RCPT TO:<now-ok@learn.test>\r\nRCPT TO:<u@example.test>\r\nNOOP\r\n");
+	client_expect(c, "250 2.1.0 Ok");
+	/* Nothing more comes while the verifier has not answered. */
+	end = now_ms() + 300;
+	while (now_ms() < end) {
+		(void)client_fill(c);
+		pump(fx, c->fd, 20);
+	}
+	assert_int_equal(c->len, 0);
+	assert_int_equal(fx->rec.learn_asked, 1);
+	assert_string_equal(fx->rec.learn_addr, "wait1@learn.test");
+	assert_string_equal(fx->rec.learn_tenant, "learn");
+	learn_answer(&fx->rec, VERIFY_REJECT);
+	client_expect_prefix(c, "550 5.1.1 <wait1@learn.test>: ");
+	client_expect(c, "250 2.1.5 Ok");        /* now-ok, answered at once */
+	assert_int_equal(fx->rec.learn_asked, 2);
+	/* One message, one tenant: acme's address waits for the next one. */
+	client_expect_prefix(c, "452 4.5.3 ");
+	client_expect(c, "250 2.0.0 Ok");
+	client_sendf(c, "RCPT TO:<wait2@learn.test>\r\n");
+	while (fx->rec.learn_cb == NULL && now_ms() < end + WAIT_MS)
+		pump(fx, c->fd, 20);
+	learn_answer(&fx->rec, VERIFY_TEMPFAIL);
+	client_expect_prefix(c, "450 4.1.1 <wait2@learn.test>: ");
+	client_sendf(c, "RCPT TO:<wait3@learn.test>\r\n");
+	while (fx->rec.learn_cb == NULL && now_ms() < end + 2 * WAIT_MS)
+		pump(fx, c->fd, 20);
+	learn_answer(&fx->rec, VERIFY_ACCEPT);
+	client_expect(c, "250 2.1.5 Ok");
+	client_cmd(c, "DATA", "354 End data with <CR><LF>.<CR><LF>");
+	client_sendf(c, "Subject: l\r\n\r\nbody\r\n.\r\n");
+	client_expect_prefix(c, "250 2.0.0 Ok: queued as ");
+	assert_int_equal(fx->rec.accepted, 1);
+	assert_string_equal(fx->rec.accepted_tenant, "learn");
+	assert_int_equal(fx->rec.learn_asked, 4);
+	client_free(c);
+	fx_free(fx);
+}
+
+/* A client that leaves while its RCPT waits: the session stays allocated
+ * until the answer comes (which then finds a closing session, not freed
+ * memory), and the server's close waits for it. */
+static void
+test_learn_client_gone(void **state)
+{
+	struct fx *fx = fx_new(NULL, false);
+	struct client *c = client_new(fx);
+	int64_t end;
+
+	client_ehlo(c, NULL, 0);
+	client_cmd(c, "MAIL FROM:<a@client.test>", "250 2.1.0 Ok");
+	client_sendf(c, "RCPT TO:<gone@learn.test>\r\n");
+	end = now_ms() + WAIT_MS;
+	while (fx->rec.learn_cb == NULL && now_ms() < end)
+		pump(fx, c->fd, 20);
+	assert_non_null(fx->rec.learn_cb);
+	client_free(c);
+	smtp_server_close(fx->srv, 1000, on_srv_done, fx);
+	end = now_ms() + 300;
+	while (now_ms() < end)
+		pump(fx, -1, 20);
+	assert_false(fx->srv_done);   /* the session is still owed an answer */
+	learn_answer(&fx->rec, VERIFY_ACCEPT);
+	end = now_ms() + WAIT_MS;
+	while (!fx->srv_done && now_ms() < end)
+		pump(fx, -1, 20);
+	assert_true(fx->srv_done);
+	fx_free(fx);
+}
+
 int
 main(void)
 {
@@ -1079,6 +1206,8 @@ main(void)
 		cmocka_unit_test(test_content_before_354_refused),
 		cmocka_unit_test(test_postmaster),
 		cmocka_unit_test(test_primary_caps),
+		cmocka_unit_test(test_learn_rcpt_waits),
+		cmocka_unit_test(test_learn_client_gone),
 	};
 
 	/* A hung test must not hang "make check": every wait is bounded, and
