@@ -414,3 +414,16 @@ def test_clean_stop_gives_leases_back_at_once(daemon_factory, primary_factory, r
     assert redis.cmd("ZCARD", key) == 0
     assert "node0" not in redis.cmd("ZRANGE", "mxspool:nodes", 0, -1)
     assert redis.cmd("EXISTS", "mxspool:node:node0") == 0
+
+
+def test_stop_with_a_hung_redis_is_bounded(daemon_factory, primary, redis):
+    d = daemon_factory(primary=primary, tenants=tenant_keys(primary),
+                       raw="[fleet]\nredis = 127.0.0.1:%d\nnode = node0\n" % redis.port)
+    mxtest.wait_until(lambda: d.status()["fleet_state"] == "ok", 10,
+                      what="node0 reached Redis")
+    # Stopped before the node notices: its goodbye is never answered, the
+    # stop waits for it at most FLEET_GOODBYE_MS.
+    redis.proc.send_signal(signal.SIGSTOP)    # accepts, never answers
+    t = time.monotonic()
+    assert d.stop() == 0
+    assert time.monotonic() - t < mxtest.scaled(5.0)
