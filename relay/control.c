@@ -212,6 +212,8 @@ control_fill_tenant(struct relay *r, const struct config_tenant *t, int64_t now,
 	row->in_flight = ds.in_flight;
 	row->delivered_since_up = ds.delivered_since_up;
 	row->last_probe = ds.last_probe ? ds.last_probe : "";
+	row->drain_concurrency_limit = ds.concurrency_limit;
+	row->limit_reason = ds.limit_reason ? ds.limit_reason : "";
 	/* Counters are kept by tenant name: they survive a reload. */
 	row->accepted_total = stats_tenant(r->stats, t->name, STAT_ACCEPTED);
 	row->delivered_total = stats_tenant(r->stats, t->name, STAT_DELIVERED);

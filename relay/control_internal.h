@@ -63,6 +63,9 @@ struct control_tenant_row {
 	int64_t queue_lifetime_s;     /* the tenant's value in force */
 	int64_t delay_warning_s;      /* 0 = no delay notices */
 	struct control_caps primary_caps;
+	/* Issue 9: the drain's connection limit now and why it last changed. */
+	unsigned drain_concurrency_limit;
+	const char *limit_reason;
 	/* For /metrics (issue 12): the tenant's quotas (0 = none) and the
 	 * larger share of either in use; probes; latency histograms. */
 	uint64_t quota_bytes, quota_messages;

@@ -158,7 +158,9 @@ static const struct control_field status_tenant_fields[] = {
 	{ "eta_s", "ETA_S", 10, CONTROL_K_ETA, T(eta_s), 0 },
 	{ "queue_lifetime_s", "LIFETIME_S", 10, CONTROL_K_I64, T(queue_lifetime_s), 0 },
 	{ "delay_warning_s", "WARN_S", 8, CONTROL_K_I64, T(delay_warning_s), 0 },
+	{ "drain_concurrency_limit", "CONN", 4, CONTROL_K_UINT, T(drain_concurrency_limit), 0 },
 	{ "primary_caps", "CAPS", 0, CONTROL_K_CAPS, T(primary_caps), 0 },
+	{ "limit_reason", "CONN_REASON", 0, CONTROL_K_STR_NULL, T(limit_reason), 0 },
 	{ "recipients_cached", NULL, 0, CONTROL_K_U64, T(recipients_cached), 0 },
 };
 #undef T

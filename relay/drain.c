@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 
 #include "mxspool/config.h"
@@ -62,6 +63,10 @@
 static void drain_tenant_run(struct drain_tenant *t);
 static void drain_tenant_maybe_free(struct drain_tenant *t);
 static void conn_assign(struct drain_conn *cn, struct drain_job *j);
+static void job_route(struct drain_job *j);
+static struct drain_dest *tenant_dest_for(struct drain_tenant *t,
+    const char *addr);
+static void job_on_write(void *arg, int status);
 
 /* ---- shared helpers (drain_internal.h) ---------------------------------- */
 
@@ -204,13 +209,16 @@ drain_log_defer(struct drain_job *j, const char *to,
 }
 
 static void
-drain_log_probe(struct drain_tenant *t, const char *why)
+drain_log_probe(struct drain_dest *ds, const char *why)
 {
+	struct drain_tenant *t = ds->t;
 	char q[400];
 
-	log_event(drain_primary_get(&t->pr) == DRAIN_PRIMARY_UP ? LOG_LEVEL_INFO :
-	    LOG_LEVEL_WARN, "probe", "tenant=%s state=%s reason=%s", t->name,
-	    drain_primary_state_name(drain_primary_get(&t->pr)),
+	/* A tenant with one primary per domain says which one. */
+	log_event(drain_primary_get(&ds->pr) == DRAIN_PRIMARY_UP ? LOG_LEVEL_INFO :
+	    LOG_LEVEL_WARN, "probe", "tenant=%s%s%s state=%s reason=%s", t->name,
+	    t->ndests > 1 ? " domain=" : "", t->ndests > 1 ? ds->domain : "",
+	    drain_primary_state_name(drain_primary_get(&ds->pr)),
 	    log_quote(q, sizeof(q), why));
 }
 
@@ -325,8 +333,8 @@ drain__job_retry(struct drain_job *j)
 		/* While the primary is up a 4xx costs no back-off the first
 		 * times: the rate limit, not a timer, decides when it goes. */
 		int64_t next = drain_retry_next(spool_msg_attempts(j->msg) + 1,
-		    drain_primary_get(&t->pr) == DRAIN_PRIMARY_UP, drain__now(t->d),
-		    drain_jitter());
+		    j->ds ? drain_primary_get(&j->ds->pr) == DRAIN_PRIMARY_UP :
+		    drain__tenant_up(t), drain__now(t->d), drain_jitter());
 
 		for (size_t i = 0; i < j->ntemp; i++)
 			drain_log_defer(j, env->rcpt[j->temp[i].env].addr,
@@ -458,6 +466,8 @@ job_finish(struct drain_job *j)
 	if (j->ntemp > 0 && t->queue_lifetime_ms > 0 &&
 	    drain_expired(env->arrival_ms, drain__now(t->d), t->queue_lifetime_ms))
 		job_expire(j);
+	if (j->other_dest)
+		j->leftover = true;   /* released: they go next */
 	drain__job_settle(j);
 }
 
@@ -478,6 +488,8 @@ job_prepare(struct drain_job *j)
 	const struct spool_envelope *env = spool_msg_envelope(j->msg);
 	size_t n = 0;
 
+	struct drain_tenant *t = j->t;
+
 	j->crcpt = calloc(env->nrcpt ? env->nrcpt : 1, sizeof(*j->crcpt));
 	j->map = calloc(env->nrcpt ? env->nrcpt : 1, sizeof(*j->map));
 	if (j->crcpt == NULL || j->map == NULL)
@@ -485,6 +497,18 @@ job_prepare(struct drain_job *j)
 	for (size_t i = 0; i < env->nrcpt; i++) {
 		if (spool_msg_rcpt_state(j->msg, i) != SPOOL_RCPT_PENDING)
 			continue;
+		/* A delivery goes to one destination: its first pending
+		 * recipient's; the others' recipients wait for the next round. */
+		if (j->kind == DRAIN_JOB_DELIVER && t->ndests > 1) {
+			struct drain_dest *ds = tenant_dest_for(t, env->rcpt[i].addr);
+
+			if (j->ds == NULL)
+				j->ds = ds;
+			if (ds != j->ds) {
+				j->other_dest = true;
+				continue;
+			}
+		}
 		j->crcpt[n].addr = env->rcpt[i].addr;
 		j->crcpt[n].orcpt = env->rcpt[i].orcpt;
 		j->crcpt[n].notify = env->rcpt[i].notify;
@@ -516,6 +540,10 @@ job_on_load(void *arg, int status, struct spool_msg *msg)
 	long n;
 
 	j->msg = msg;
+	if (j->routing) {
+		j->routing = false;
+		t->nrouting--;
+	}
 	if (status != 0 || msg == NULL || t->removed || (n = job_prepare(j)) <= 0) {
 		if (status != 0 && !t->removed)
 			log_event(LOG_LEVEL_ERR, "load", "qid=%s tenant=%s error=%s",
@@ -561,6 +589,8 @@ job_on_load(void *arg, int status, struct spool_msg *msg)
 	}
 	if (cn && cn->ready)
 		conn_assign(cn, j);
+	else if (cn == NULL)
+		job_route(j);
 	drain__job_unref(j);                 /* from drain__job_start() */
 }
 
@@ -587,8 +617,12 @@ drain__job_start(struct drain_tenant *t, spool_qid qid, struct drain_conn *cn,
 	if (cn) {
 		cn->job = j;
 		j->conn = cn;
+		j->ds = cn->ds;
 		j->refs++;            /* the conn's, dropped in conn_on_sent() */
 		drain__target_name(&cn->tg, j->relay, sizeof(j->relay));
+	} else if (kind == DRAIN_JOB_DELIVER) {
+		j->routing = true;    /* job_route() picks the connection */
+		t->nrouting++;
 	}
 	j->next = t->jobs;
 	t->jobs = j;
@@ -602,6 +636,8 @@ drain__job_start(struct drain_tenant *t, spool_qid qid, struct drain_conn *cn,
 		t->njobs--;
 		if (kind == DRAIN_JOB_EXPIRE || kind == DRAIN_JOB_WARN)
 			t->nage--;
+		if (j->routing)
+			t->nrouting--;
 		if (cn)
 			cn->job = NULL;
 		if (claimed)
@@ -700,7 +736,7 @@ conn_on_sent(void *arg, struct smtp_client *c,
 			 * and the message comes back (released, not deferred). */
 			if (res->status == 0 && !cn->quitting &&
 			    smtp_client_is_ready(c) &&
-			    drain_primary_get(&t->pr) == DRAIN_PRIMARY_UP) {
+			    drain_primary_get(&cn->ds->pr) == DRAIN_PRIMARY_UP) {
 				cn->job = j;
 				j->conn = cn;         /* keeps the conn's reference */
 				if (conn_send_next(cn, j) == 0)
@@ -717,7 +753,7 @@ conn_on_sent(void *arg, struct smtp_client *c,
 	}
 	if (res->status != 0 || cn->job != NULL || !smtp_client_is_ready(c))
 		return;
-	if (cn->quitting || drain_primary_get(&t->pr) != DRAIN_PRIMARY_UP) {
+	if (cn->quitting || drain_primary_get(&cn->ds->pr) != DRAIN_PRIMARY_UP) {
 		cn->quitting = true;
 		smtp_client_quit(c);
 		return;
@@ -831,7 +867,7 @@ tenant_session_failed(struct drain_tenant *t, struct drain_conn *cn,
 	char tn[CONFIG_HOST_MAX + 80], line[208];
 
 	for (struct drain_conn *o = t->conns; o; o = o->next) {
-		if (o == cn || o->c == NULL || o->failed)
+		if (o == cn || o->ds != cn->ds || o->c == NULL || o->failed)
 			continue;
 		alive++;
 		if (smtp_client_greeted(o->c))
@@ -873,7 +909,7 @@ conn_on_closed(void *arg, const struct smtp_client_end *end)
 	bad = cn->failed || (!end->ready && end->status != 0 &&
 	    end->status != SMTP_CLIENT_EABORT);
 	if (!end->ready && bad && !cn->failed && !t->removed &&
-	    cn->idx + 1 < t->ntargets && end->status != SMTP_CLIENT_E421) {
+	    cn->idx + 1 < cn->ds->ntargets && end->status != SMTP_CLIENT_E421) {
 		/* This address would not talk to us: try the next one. */
 		cn->idx++;
 		cn->ready = false;
@@ -890,14 +926,15 @@ conn_on_closed(void *arg, const struct smtp_client_end *end)
 		drain__job_unref(j);         /* the conn's */
 	}
 	if (bad && !t->removed && !tenant_session_failed(t, cn, end, now) &&
-	    drain_primary_event(&t->pr, DRAIN_EV_DELIVERY_FAIL, now)) {
+	    drain_primary_event(&cn->ds->pr, DRAIN_EV_DELIVERY_FAIL, now)) {
 		char why[400];
 
 		snprintf(why, sizeof(why), "delivery failed: %.300s", end->text);
-		drain_log_probe(t, why);
+		drain_log_probe(cn->ds, why);
 		tenant_note_down(t, why);
 	}
-	tenant_gate_done(t, bad && !t->removed);
+	if (cn->leased)
+		tenant_gate_done(t, bad && !t->removed);
 	conn_free(cn);
 	if (t->removed)
 		drain_tenant_maybe_free(t);
@@ -916,9 +953,9 @@ conn_open(struct drain_conn *cn)
 	struct smtp_client_options o;
 
 	cn->c = NULL;
-	if (cn->idx >= t->ntargets)
+	if (cn->idx >= cn->ds->ntargets)
 		return;
-	cn->tg = t->targets[cn->idx];
+	cn->tg = cn->ds->targets[cn->idx];
 	drain__client_options(t->d, &cn->tg, tmo,
 	    tmo < DRAIN_CONNECT_TIMEOUT_MS ? tmo : DRAIN_CONNECT_TIMEOUT_MS, &o);
 	if (smtp_client_new(&o, &cbs, cn, &cn->c) != 0)
@@ -926,13 +963,14 @@ conn_open(struct drain_conn *cn)
 }
 
 static struct drain_conn *
-conn_new(struct drain_tenant *t)
+conn_new(struct drain_tenant *t, struct drain_dest *ds)
 {
 	struct drain_conn *cn = calloc(1, sizeof(*cn));
 
 	if (cn == NULL)
 		return NULL;
 	cn->t = t;
+	cn->ds = ds;
 	cn->opened_mono = util_mono_ms();
 	conn_open(cn);
 	if (cn->c == NULL) {
@@ -953,7 +991,7 @@ conn_new(struct drain_tenant *t)
  * that counts connections (Postfix's smtpd_client_connection_count_limit)
  * counts it too, and its replacement would be refused. */
 static struct drain_conn *
-conn_free_slot(struct drain_tenant *t, bool *can_open)
+conn_free_slot(struct drain_tenant *t, struct drain_dest *ds, bool *can_open)
 {
 	unsigned live = 0;
 
@@ -962,21 +1000,25 @@ conn_free_slot(struct drain_tenant *t, bool *can_open)
 		if (cn->c == NULL)
 			continue;
 		live++;
-		if (cn->quitting)
+		if (cn->quitting || (ds != NULL && cn->ds != ds))
 			continue;
 		if (cn->job == NULL && cn->sent < conn_mpc(cn) &&
 		    (cn->ready ? smtp_client_is_ready(cn->c) : true))
 			return cn;
 	}
-	*can_open = live < drain_conc_limit(&t->conc) && t->ntargets > 0;
+	*can_open = live < drain_conc_limit(&t->conc) &&
+	    (ds == NULL || ds->ntargets > 0);
 	return NULL;
 }
 
+/* Quit T's idle connections (those to destinations other than BUT, when
+ * BUT is not NULL). */
 static void
-conns_quit_idle(struct drain_tenant *t)
+conns_quit_idle_but(struct drain_tenant *t, const struct drain_dest *but)
 {
 	for (struct drain_conn *cn = t->conns; cn; cn = cn->next) {
-		if (cn->job != NULL || cn->quitting || cn->c == NULL)
+		if (cn->job != NULL || cn->quitting || cn->c == NULL ||
+		    (but != NULL && cn->ds == but))
 			continue;
 		cn->quitting = true;
 		if (cn->ready && smtp_client_is_ready(cn->c))
@@ -986,15 +1028,83 @@ conns_quit_idle(struct drain_tenant *t)
 	}
 }
 
+static void
+conns_quit_idle(struct drain_tenant *t)
+{
+	conns_quit_idle_but(t, NULL);
+}
+
+/*
+ * A tenant with one primary per domain: job J is loaded and knows its
+ * destination (job_prepare).  Its primary down: the message waits for the
+ * next probe (probe_result() makes it due again when that one is up).  Up:
+ * an idle connection to it, or a new one; when every allowed connection is
+ * busy or another domain's, an idle one of those is closed to make room
+ * and the message goes back to the queue (the closing runs us again).
+ */
+static void
+job_route(struct drain_job *j)
+{
+	struct drain_tenant *t = j->t;
+	struct drain_dest *ds = j->ds;
+	struct drain_conn *cn;
+	bool can_open;
+
+	if (drain_primary_get(&ds->pr) != DRAIN_PRIMARY_UP) {
+		const struct spool_envelope *env = spool_msg_envelope(j->msg);
+		int64_t next = drain__now(t->d) + (int64_t)t->set.probe_interval_ms;
+		struct smtp_client_reply r;
+
+		memset(&r, 0, sizeof(r));
+		r.outcome = SMTP_CLIENT_TEMPFAIL;
+		r.local = true;
+		snprintf(r.enh, sizeof(r.enh), "4.4.1");
+		snprintf(r.text, sizeof(r.text), "the primary of %s is not up",
+		    ds->domain);
+		for (size_t i = 0; i < j->cm.nrcpt; i++)
+			drain_log_defer(j, env->rcpt[j->map[i]].addr, &r, next);
+		j->refs++;
+		if (spool_defer(t->d->spool, j->qid, next, job_on_write, j) != 0)
+			j->refs--;
+		else
+			j->settled = true;
+		return;
+	}
+	cn = conn_free_slot(t, ds, &can_open);
+	if (cn == NULL && can_open)
+		cn = conn_new(t, ds);
+	if (cn == NULL) {
+		conns_quit_idle_but(t, ds);
+		return;                       /* job_free() releases the claim */
+	}
+	cn->job = j;
+	j->conn = cn;
+	j->refs++;                    /* the conn's, dropped in conn_on_sent() */
+	drain__target_name(&cn->tg, j->relay, sizeof(j->relay));
+	if (cn->ready)
+		conn_assign(cn, j);
+}
+
 /* ---- probes ------------------------------------------------------------ */
 
-static void probe_connect(struct drain_tenant *t);
+static void probe_connect(struct drain_dest *ds);
+
+bool
+drain__tenant_up(const struct drain_tenant *t)
+{
+	for (size_t i = 0; i < t->ndests; i++)
+		if (drain_primary_get(&t->dests[i].pr) == DRAIN_PRIMARY_UP)
+			return true;
+	return false;
+}
 
 static void
-probe_result(struct drain_tenant *t, bool ok, const char *why)
+probe_result(struct drain_dest *ds, bool ok, const char *why)
 {
+	struct drain_tenant *t = ds->t;
 	int64_t now = util_mono_ms();
-	enum drain_primary_state before = drain_primary_get(&t->pr);
+	enum drain_primary_state before = drain_primary_get(&ds->pr);
+	bool was_up = drain__tenant_up(t);
 
 	stats_add(t->d->stats, t->name, ok ? STAT_PROBE_OK : STAT_PROBE_FAIL, 1);
 	if (ok)
@@ -1002,18 +1112,24 @@ probe_result(struct drain_tenant *t, bool ok, const char *why)
 	else
 		tenant_note_down(t, why);
 
-	if (drain_primary_event(&t->pr, ok ? DRAIN_EV_PROBE_OK : DRAIN_EV_PROBE_FAIL,
-	    now)) {
-		drain_log_probe(t, why);
-		if (drain_primary_get(&t->pr) == DRAIN_PRIMARY_UP) {
+	if (drain_primary_event(&ds->pr, ok ? DRAIN_EV_PROBE_OK :
+	    DRAIN_EV_PROBE_FAIL, now)) {
+		drain_log_probe(ds, why);
+		if (drain_primary_get(&ds->pr) == DRAIN_PRIMARY_UP && !was_up) {
+			/* The first primary back: the ramp starts over.  Another
+			 * domain's coming back does not reset a drain under way. */
 			drain_policy_restart(&t->pol, now);
 			t->up_mono = now;
 			t->delivered_up = 0;
 			drain_log_rate(t, drain_policy_limit(&t->pol, now), "up");
 		}
+		/* Messages put off while their domain's primary was down are
+		 * due again (as flush would make them). */
+		if (drain_primary_get(&ds->pr) == DRAIN_PRIMARY_UP && t->ndests > 1)
+			(void)spool_retry_now(t->d->spool, t->name);
 	} else if (!ok && before == DRAIN_PRIMARY_UNKNOWN) {
 		/* Say once why the first probe failed; later ones are quiet. */
-		drain_log_probe(t, why);
+		drain_log_probe(ds, why);
 	}
 	drain_tenant_run(t);
 }
@@ -1021,98 +1137,118 @@ probe_result(struct drain_tenant *t, bool ok, const char *why)
 static void
 probe_on_closed(void *arg, const struct smtp_client_end *end)
 {
-	struct drain_tenant *t = arg;
+	struct drain_dest *ds = arg;
+	struct drain_tenant *t = ds->t;
 	char tn[CONFIG_HOST_MAX + 80];
 
-	t->probe = NULL;
+	ds->probe = NULL;
 	if (t->removed) {
 		drain_tenant_maybe_free(t);
 		return;
 	}
-	drain__target_name(&t->probe_tg, tn, sizeof(tn));
-	snprintf(t->probe_last, sizeof(t->probe_last), "%.100s: %.150s", tn,
+	drain__target_name(&ds->probe_tg, tn, sizeof(tn));
+	snprintf(ds->probe_last, sizeof(ds->probe_last), "%.100s: %.150s", tn,
 	    end->text[0] ? end->text : end->status == 0 ? "ok" : "no reply");
+	t->last_probe = ds;
 	if (end->status == 0 && end->ready) {
 		drain__caps_record(t, end->ext, end->size_max, end->rcpt_max,
 		    end->mail_max, end->tls);
-		probe_result(t, true, tn);
+		probe_result(ds, true, tn);
 		return;
 	}
-	snprintf(t->probe_why, sizeof(t->probe_why), "%.100s: %.150s", tn, end->text);
-	if (t->probe_idx + 1 < t->ntargets) {
-		t->probe_idx++;
-		probe_connect(t);
+	snprintf(ds->probe_why, sizeof(ds->probe_why), "%.100s: %.150s", tn,
+	    end->text);
+	if (ds->probe_idx + 1 < ds->ntargets) {
+		ds->probe_idx++;
+		probe_connect(ds);
 		return;
 	}
-	probe_result(t, false, t->probe_why);
+	probe_result(ds, false, ds->probe_why);
 }
 
 static void
-probe_connect(struct drain_tenant *t)
+probe_connect(struct drain_dest *ds)
 {
 	static const struct smtp_client_callbacks cbs = {
 		NULL, NULL, probe_on_closed,
 	};
-	const struct config *cfg = t->d->cfg;
+	struct drain *d = ds->t->d;
+	const struct config *cfg = d->cfg;
 	uint64_t tmo = cfg->smtp_timeout_ms < DRAIN_PROBE_TIMEOUT_MS ?
 	    cfg->smtp_timeout_ms : DRAIN_PROBE_TIMEOUT_MS;
 	struct smtp_client_options o;
 
-	if (t->probe_idx >= t->ntargets) {
-		probe_result(t, false, "no address for the primary");
+	if (ds->probe_idx >= ds->ntargets) {
+		probe_result(ds, false, "no address for the primary");
 		return;
 	}
-	t->probe_tg = t->targets[t->probe_idx];
-	drain__client_options(t->d, &t->probe_tg, tmo, tmo, &o);
+	ds->probe_tg = ds->targets[ds->probe_idx];
+	drain__client_options(d, &ds->probe_tg, tmo, tmo, &o);
 	o.probe = true;
-	if (smtp_client_new(&o, &cbs, t, &t->probe) != 0) {
-		t->probe = NULL;
-		probe_result(t, false, "cannot start an SMTP session");
+	if (smtp_client_new(&o, &cbs, ds, &ds->probe) != 0) {
+		ds->probe = NULL;
+		probe_result(ds, false, "cannot start an SMTP session");
 	}
 }
 
 static void
-tenant_on_resolved(void *arg, int status, const char *why,
+dest_on_resolved(void *arg, int status, const char *why,
     struct drain_target *tg, size_t n)
 {
-	struct drain_tenant *t = arg;
-	bool for_probe = t->res_for_probe;
+	struct drain_dest *ds = arg;
+	bool for_probe = ds->res_for_probe;
 
-	t->res = NULL;
-	t->res_for_probe = false;
+	ds->res = NULL;
+	ds->res_for_probe = false;
 	if (status == DNS_OK && n > 0) {
-		free(t->targets);
-		t->targets = tg;
-		t->ntargets = n;
-		t->targets_mono = util_mono_ms();
+		free(ds->targets);
+		ds->targets = tg;
+		ds->ntargets = n;
+		ds->targets_mono = util_mono_ms();
 	} else {
 		free(tg);
 	}
 	if (!for_probe) {
-		drain_tenant_run(t);
+		drain_tenant_run(ds->t);
 		return;
 	}
-	if (t->ntargets == 0 || status != DNS_OK) {
+	if (ds->ntargets == 0 || status != DNS_OK) {
 		char w[300];
 
 		snprintf(w, sizeof(w), "resolving the primary: %s", why);
-		probe_result(t, false, w);
+		probe_result(ds, false, w);
 		return;
 	}
-	t->probe_idx = 0;
-	probe_connect(t);
+	ds->probe_idx = 0;
+	probe_connect(ds);
 }
 
+/* Where DS's mail goes: the tenant's listed hosts, or its domain's MX. */
 static void
-tenant_resolve(struct drain_tenant *t, bool for_probe)
+dest_resolve(struct drain_dest *ds, bool for_probe)
 {
+	struct drain_tenant *t = ds->t;
 	const struct config *cfg = t->d->cfg;
 
-	t->res_for_probe = for_probe;
-	t->res = drain__resolve_start(t->d, t->primary_mx ? NULL : t->hosts,
-	    t->nhosts, t->domain, cfg->mx_port, tenant_on_resolved, t);
-	if (t->res == NULL && for_probe)
-		probe_result(t, false, "cannot resolve the primary (no resolver)");
+	ds->res_for_probe = for_probe;
+	ds->res = drain__resolve_start(t->d, t->primary_mx ? NULL : t->hosts,
+	    t->nhosts, ds->domain, cfg->mx_port, dest_on_resolved, ds);
+	if (ds->res == NULL && for_probe)
+		probe_result(ds, false, "cannot resolve the primary (no resolver)");
+}
+
+/* The destination of a recipient: its domain's (primary = mx with several
+ * domains), else the tenant's one. */
+static struct drain_dest *
+tenant_dest_for(struct drain_tenant *t, const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+
+	if (t->ndests > 1 && at != NULL)
+		for (size_t i = 0; i < t->ndests; i++)
+			if (strcasecmp(t->dests[i].domain, at + 1) == 0)
+				return &t->dests[i];
+	return &t->dests[0];
 }
 
 /* ---- the scheduler ----------------------------------------------------- */
@@ -1149,33 +1285,81 @@ tenant_log_limit(struct drain_tenant *t, int64_t now)
 		    "ramp" : "recover");
 }
 
+/* Probe every destination that is not up when its probe is due, and
+ * re-resolve the ones that are; returns how long until the next probe. */
+static int64_t
+tenant_probe_due(struct drain_tenant *t, int64_t now)
+{
+	int64_t sleep_ms = DRAIN_MAX_SLEEP_MS;
+
+	for (size_t i = 0; i < t->ndests && !t->removed; i++) {
+		struct drain_dest *ds = &t->dests[i];
+
+		if (drain_primary_get(&ds->pr) == DRAIN_PRIMARY_UP) {
+			if (ds->res == NULL &&
+			    now - ds->targets_mono > DRAIN_RESOLVE_TTL_MS)
+				dest_resolve(ds, false);
+			continue;
+		}
+		if (ds->probe == NULL && ds->res == NULL &&
+		    drain_primary_probe_due(&ds->pr, now))
+			dest_resolve(ds, true);
+		if (ds->probe == NULL && ds->res == NULL &&
+		    drain_primary_get(&ds->pr) != DRAIN_PRIMARY_UP &&
+		    drain_primary_next_probe(&ds->pr) - now < sleep_ms)
+			sleep_ms = drain_primary_next_probe(&ds->pr) - now;
+	}
+	return sleep_ms;
+}
+
+/* May a message be started now: a free connection or room for one?  One
+ * destination: its connection is chosen here (*CN, or NULL: open one).
+ * Several: the message's destination is known once it is loaded, so
+ * job_route() chooses; here it is enough that some connection is free or
+ * may be opened. */
+static bool
+tenant_slot(struct drain_tenant *t, struct drain_conn **cn)
+{
+	unsigned live = 0, idle = 0, limit = drain_conc_limit(&t->conc);
+	bool can_open;
+
+	if (t->ndests == 1) {
+		*cn = conn_free_slot(t, &t->dests[0], &can_open);
+		return *cn != NULL || can_open;
+	}
+	*cn = NULL;
+	for (struct drain_conn *c = t->conns; c; c = c->next) {
+		if (c->c == NULL)
+			continue;
+		live++;
+		if (!c->quitting && c->job == NULL && c->sent < conn_mpc(c) &&
+		    (c->ready ? smtp_client_is_ready(c->c) : true))
+			idle++;
+	}
+	/* Each message being loaded will want one of those. */
+	return idle + (live < limit ? limit - live : 0) > t->nrouting;
+}
+
 static void
 drain_tenant_run(struct drain_tenant *t)
 {
 	struct drain *d = t->d;
 	struct spool *sp = d->spool;
 	int64_t now = util_mono_ms();
-	int64_t sleep_ms = DRAIN_MAX_SLEEP_MS;
+	int64_t sleep_ms;
 
 	if (t->removed || d->closing || !t->timer_open)
 		return;
-	if (drain_primary_get(&t->pr) != DRAIN_PRIMARY_UP) {
+	sleep_ms = tenant_probe_due(t, now);
+	if (t->removed)
+		return;
+	if (!drain__tenant_up(t)) {
 		conns_quit_idle(t);
-		if (t->probe == NULL && t->res == NULL &&
-		    drain_primary_probe_due(&t->pr, now)) {
-			tenant_resolve(t, true);
-			if (t->removed)
-				return;
-		}
-		if (t->probe == NULL && t->res == NULL &&
-		    drain_primary_get(&t->pr) != DRAIN_PRIMARY_UP)
-			sleep_ms = drain_primary_next_probe(&t->pr) - now;
 		tenant_sleep(t, sleep_ms);
 		return;
 	}
+	sleep_ms = DRAIN_MAX_SLEEP_MS;
 	tenant_log_limit(t, now);
-	if (t->res == NULL && now - t->targets_mono > DRAIN_RESOLVE_TTL_MS)
-		tenant_resolve(t, false);
 	if (spool_is_held(sp, t->name)) {
 		conns_quit_idle(t);
 		tenant_sleep(t, sleep_ms);
@@ -1186,7 +1370,7 @@ drain_tenant_run(struct drain_tenant *t)
 		struct spool_item item;
 		spool_qid qid;
 		int64_t wait, next;
-		bool can_open;
+		bool single = t->ndests == 1;
 		int rc;
 
 		wait = drain_policy_wait_ms(&t->pol, 0, now);
@@ -1194,8 +1378,7 @@ drain_tenant_run(struct drain_tenant *t)
 			sleep_ms = wait;
 			break;
 		}
-		cn = conn_free_slot(t, &can_open);
-		if (cn == NULL && !can_open)
+		if (!tenant_slot(t, &cn))
 			break;        /* a finishing delivery runs us again */
 		rc = spool_claim_next(sp, t->name, drain__now(d), &qid);
 		if (rc != 0) {
@@ -1207,7 +1390,8 @@ drain_tenant_run(struct drain_tenant *t)
 		}
 		if (spool_find(sp, qid, &item) != 0)
 			item.size = 0;
-		if ((wait = tenant_gate_take(t, item.size, cn == NULL, now)) > 0) {
+		if ((wait = tenant_gate_take(t, item.size, single && cn == NULL,
+		    now)) > 0) {
 			spool_release(sp, qid);
 			sleep_ms = wait;
 			break;
@@ -1217,10 +1401,11 @@ drain_tenant_run(struct drain_tenant *t)
 			sleep_ms = drain_policy_wait_ms(&t->pol, item.size, now);
 			break;
 		}
-		if (cn == NULL)
-			cn = conn_new(t);
-		if (cn == NULL || drain__job_start(t, qid, cn, true, DRAIN_JOB_DELIVER) != 0) {
-			if (cn == NULL) {
+		if (single && cn == NULL && (cn = conn_new(t, &t->dests[0])) != NULL)
+			cn->leased = true;
+		if ((single && cn == NULL) ||
+		    drain__job_start(t, qid, cn, true, DRAIN_JOB_DELIVER) != 0) {
+			if (single && cn == NULL) {
 				spool_release(sp, qid);
 				tenant_gate_done(t, false);   /* its lease */
 			}
@@ -1243,8 +1428,9 @@ tenant_configure(struct drain_tenant *t)
 
 	drain_policy_params_from(&pp, &t->set);
 	drain_policy_configure(&t->pol, &pp, now);
-	drain_primary_configure(&t->pr, t->set.probe_up_after,
-	    t->set.probe_interval_ms, now);
+	for (size_t i = 0; i < t->ndests; i++)
+		drain_primary_configure(&t->dests[i].pr, t->set.probe_up_after,
+		    t->set.probe_interval_ms, now);
 	drain_conc_set_max(&t->conc, t->set.concurrency, now);
 	if (drain_conc_limit(&t->conc) != before)
 		snprintf(t->limit_reason, sizeof(t->limit_reason),
@@ -1263,45 +1449,88 @@ hosts_equal(const struct config_hostport *a, size_t na,
 	return true;
 }
 
-/* Copy what the tenant keeps of CT (config pointers die on reload). */
+/* Did CT's primary change from what T delivers to (hosts, MX, domains)? */
+static bool
+tenant_primary_changed(const struct drain_tenant *t,
+    const struct config_tenant *ct)
+{
+	size_t nd = ct->primary_mx ? ct->ndomains : 0;
+
+	if (t->primary_mx != ct->primary_mx || t->ndomains != nd ||
+	    !hosts_equal(t->hosts, t->nhosts, ct->primaries, ct->nprimaries))
+		return true;
+	for (size_t i = 0; i < nd; i++)
+		if (strcmp(t->domains[i], ct->domains[i]) != 0)
+			return true;
+	return false;
+}
+
+static void
+tenant_free_primary(struct drain_tenant *t)
+{
+	for (size_t i = 0; i < t->ndests; i++)
+		free(t->dests[i].targets);
+	free(t->dests);
+	for (size_t i = 0; i < t->ndomains; i++)
+		free(t->domains[i]);
+	free(t->domains);
+	free(t->hosts);
+}
+
+/* Copy CT's primary into a new tenant: the hosts, the domains, and one
+ * destination (or one per domain with primary = mx).  A primary changed by
+ * a reload makes a new tenant (drain_apply_config), so the destinations
+ * never move while sessions point at them. */
 static int
+tenant_take_primary(struct drain_tenant *t, const struct config_tenant *ct)
+{
+	size_t nd = ct->primary_mx ? ct->ndomains : 0;
+	int64_t now = util_mono_ms();
+
+	t->primary_mx = ct->primary_mx;
+	if (ct->nprimaries > 0) {
+		t->hosts = calloc(ct->nprimaries, sizeof(*t->hosts));
+		if (t->hosts == NULL)
+			return -1;
+		memcpy(t->hosts, ct->primaries, ct->nprimaries * sizeof(*t->hosts));
+		t->nhosts = ct->nprimaries;
+	}
+	if (nd > 0 && (t->domains = calloc(nd, sizeof(*t->domains))) == NULL)
+		return -1;
+	for (size_t i = 0; i < nd; i++) {
+		if ((t->domains[i] = strdup(ct->domains[i])) == NULL)
+			return -1;
+		t->ndomains++;
+	}
+	t->ndests = nd > 1 ? nd : 1;
+	t->dests = calloc(t->ndests, sizeof(*t->dests));
+	if (t->dests == NULL)
+		return -1;
+	for (size_t i = 0; i < t->ndests; i++) {
+		struct drain_dest *ds = &t->dests[i];
+
+		ds->t = t;
+		ds->idx = i;
+		snprintf(ds->domain, sizeof(ds->domain), "%s",
+		    i < ct->ndomains ? ct->domains[i] : "");
+		ds->targets_mono = INT64_MIN / 2;
+		drain_primary_init(&ds->pr, ct->probe_up_after,
+		    ct->probe_interval_ms, now);
+	}
+	t->last_probe = &t->dests[0];
+	return 0;
+}
+
+/* Copy what the tenant keeps of CT's settings (config pointers die on
+ * reload). */
+static void
 tenant_take_config(struct drain_tenant *t, const struct config_tenant *ct)
 {
-	bool same = t->primary_mx == ct->primary_mx &&
-	    strcmp(t->domain, ct->ndomains ? ct->domains[0] : "") == 0 &&
-	    hosts_equal(t->hosts, t->nhosts, ct->primaries, ct->nprimaries);
-	struct config_hostport *h = NULL;
-
-	if (!same) {
-		if (ct->nprimaries > 0) {
-			h = calloc(ct->nprimaries, sizeof(*h));
-			if (h == NULL)
-				return -1;
-			memcpy(h, ct->primaries, ct->nprimaries * sizeof(*h));
-		}
-		free(t->hosts);
-		t->hosts = h;
-		t->nhosts = ct->nprimaries;
-		t->primary_mx = ct->primary_mx;
-		snprintf(t->domain, sizeof(t->domain), "%s",
-		    ct->ndomains ? ct->domains[0] : "");
-		/* New primary: forget the old one's addresses and state. */
-		drain__resolve_cancel(t->res);
-		t->res = NULL;
-		t->res_for_probe = false;
-		free(t->targets);
-		t->targets = NULL;
-		t->ntargets = 0;
-		t->targets_mono = INT64_MIN / 2;
-		drain_primary_init(&t->pr, ct->probe_up_after, ct->probe_interval_ms,
-		    util_mono_ms());
-	}
 	drain_settings_from(&t->cfgset, ct);
 	t->set = t->cfgset;           /* runtime overrides are dropped */
 	/* config.c already put [server]'s value where the tenant set none. */
 	t->queue_lifetime_ms = ct->queue_lifetime_ms;
 	t->delay_warning_ms = ct->delay_warning_ms;
-	return 0;
 }
 
 struct drain_tenant *
@@ -1319,7 +1548,7 @@ tenant_on_timer_closed_free(uv_handle_t *h)
 {
 	struct drain_tenant *t = h->data;
 
-	free(t->hosts);
+	tenant_free_primary(t);
 	free(t);
 }
 
@@ -1334,22 +1563,21 @@ tenant_new(struct drain *d, const struct config_tenant *ct)
 		return NULL;
 	t->d = d;
 	snprintf(t->name, sizeof(t->name), "%s", ct->name);
-	t->primary_mx = !ct->primary_mx;  /* force a copy below */
-	if (tenant_take_config(t, ct) != 0) {
+	tenant_take_config(t, ct);
+	if (tenant_take_primary(t, ct) != 0) {
+		tenant_free_primary(t);
 		free(t);
 		return NULL;
 	}
 	drain_policy_params_from(&pp, &t->set);
 	drain_policy_init(&t->pol, &pp, now);
-	drain_primary_init(&t->pr, t->set.probe_up_after, t->set.probe_interval_ms,
-	    now);
 	drain_meter_init(&t->meter, now);
 	drain_conc_init(&t->conc, t->set.concurrency, now);
 	snprintf(t->limit_reason, sizeof(t->limit_reason), "drain_concurrency");
 	t->conc_ok_mono = INT64_MIN / 2;
 	t->logged_limit = 0;
 	if (uv_timer_init(d->loop, &t->timer) != 0) {
-		free(t->hosts);
+		tenant_free_primary(t);
 		free(t);
 		return NULL;
 	}
@@ -1379,8 +1607,7 @@ tenant_unlink_free(struct drain_tenant *t)
 			break;
 		}
 	}
-	free(t->targets);
-	free(t->hosts);
+	tenant_free_primary(t);
 	free(t);
 	drain_maybe_done(d);
 }
@@ -1406,7 +1633,10 @@ tenant_on_age_closed(uv_handle_t *h)
 static bool
 tenant_busy(const struct drain_tenant *t)
 {
-	return t->probe != NULL || t->nconns > 0 || t->njobs > 0;
+	for (size_t i = 0; i < t->ndests; i++)
+		if (t->dests[i].probe != NULL)
+			return true;
+	return t->nconns > 0 || t->njobs > 0;
 }
 
 static void
@@ -1437,10 +1667,14 @@ tenant_remove(struct drain_tenant *t)
 	(void)uv_timer_stop(&t->timer);
 	if (t->age_open)
 		(void)uv_timer_stop(&t->age_timer);
-	drain__resolve_cancel(t->res);
-	t->res = NULL;
-	if (t->probe)
-		smtp_client_abort(t->probe);
+	for (size_t i = 0; i < t->ndests; i++) {
+		struct drain_dest *ds = &t->dests[i];
+
+		drain__resolve_cancel(ds->res);
+		ds->res = NULL;
+		if (ds->probe)
+			smtp_client_abort(ds->probe);
+	}
 	for (struct drain_conn *cn = t->conns; cn; cn = cn->next)
 		if (cn->c)
 			smtp_client_abort(cn->c);
@@ -1497,6 +1731,12 @@ drain_apply_config(struct drain *d, const struct config *cfg,
 		const struct config_tenant *ct = &cfg->tenants[i];
 
 		t = drain__tenant_find(d, ct->name);
+		if (t != NULL && tenant_primary_changed(t, ct)) {
+			/* A new primary: a new start, its own probe state; the
+			 * old sessions finish on the tenant being removed. */
+			tenant_remove(t);
+			t = NULL;
+		}
 		if (t == NULL) {
 			t = tenant_new(d, ct);
 			if (t == NULL) {
@@ -1504,8 +1744,8 @@ drain_apply_config(struct drain *d, const struct config *cfg,
 				    "memory\"", ct->name);
 				continue;
 			}
-		} else if (tenant_take_config(t, ct) != 0) {
-			continue;
+		} else {
+			tenant_take_config(t, ct);
 		}
 		tenant_configure(t);
 		/* Start from the loop, not from inside the caller. */
@@ -1537,7 +1777,8 @@ drain_flush(struct drain *d, const char *tenant)
 		/* Like postqueue -f: deferred mail is retried now, not at its
 		 * back-off time, but still under the rate limit. */
 		(void)spool_retry_now(d->spool, t->name);
-		drain_primary_probe_now(&t->pr, util_mono_ms());
+		for (size_t i = 0; i < t->ndests; i++)
+			drain_primary_probe_now(&t->dests[i].pr, util_mono_ms());
 		(void)uv_timer_start(&t->timer, tenant_on_timer, 0, 0);
 		n++;
 	}
@@ -1617,6 +1858,21 @@ drain_close(struct drain *d, void (*done)(void *arg), void *arg)
 	drain_maybe_done(d);
 }
 
+/* The tenant's primary state: its one destination's; with several, up
+ * while any is up, down while any is known down, else unknown. */
+static enum drain_primary_state
+tenant_state(const struct drain_tenant *t)
+{
+	bool down = false;
+
+	if (drain__tenant_up(t))
+		return DRAIN_PRIMARY_UP;
+	for (size_t i = 0; i < t->ndests; i++)
+		if (drain_primary_get(&t->dests[i].pr) == DRAIN_PRIMARY_DOWN)
+			down = true;
+	return down ? DRAIN_PRIMARY_DOWN : DRAIN_PRIMARY_UNKNOWN;
+}
+
 int
 drain_status(struct drain *d, const char *tenant, struct drain_status *out)
 {
@@ -1627,15 +1883,15 @@ drain_status(struct drain *d, const char *tenant, struct drain_status *out)
 
 	if (t == NULL)
 		return -1;
-	up = drain_primary_get(&t->pr) == DRAIN_PRIMARY_UP;
+	up = drain__tenant_up(t);
 	draining = up && !spool_is_held(d->spool, t->name);
 	spool_tenant_stats(d->spool, t->name, &st);
-	out->primary_state = drain_primary_state_name(drain_primary_get(&t->pr));
+	out->primary_state = drain_primary_state_name(tenant_state(t));
 	out->drain_rate = drain_meter_rate(&t->meter, now);
 	out->drain_rate_limit = up ? drain_policy_limit(&t->pol, now) : 0;
 	out->in_flight = t->njobs;
 	out->delivered_since_up = t->delivered_up;
-	out->last_probe = t->probe_last;
+	out->last_probe = t->last_probe->probe_last;
 	out->concurrency_limit = drain_conc_limit(&t->conc);
 	out->limit_reason = t->limit_reason;
 	if (!drain_eta(st.messages, out->drain_rate, out->drain_rate_limit,
@@ -1652,10 +1908,10 @@ drain_primary_target(struct drain *d, const char *tenant,
 	struct drain_tenant *t = d ? drain__tenant_find(d, tenant) : NULL;
 
 	if (t == NULL || d->closing ||
-	    drain_primary_get(&t->pr) != DRAIN_PRIMARY_UP)
+	    drain_primary_get(&t->dests[0].pr) != DRAIN_PRIMARY_UP)
 		return false;
-	*addr = t->probe_tg.addr;
-	snprintf(host, hostlen, "%s", t->probe_tg.host);
+	*addr = t->dests[0].probe_tg.addr;
+	snprintf(host, hostlen, "%s", t->dests[0].probe_tg.host);
 	*rate_limit = drain_policy_limit(&t->pol, util_mono_ms());
 	return true;
 }

@@ -74,8 +74,7 @@ drain__age_reason(struct drain_tenant *t, bool expired, char *buf, size_t len)
 	time_t secs;
 	struct tm tm;
 
-	if (t->down_since_ms == 0 ||
-	    drain_primary_get(&t->pr) == DRAIN_PRIMARY_UP) {
+	if (t->down_since_ms == 0 || drain__tenant_up(t)) {
 		snprintf(buf, len, expired ? "message expired in the queue" :
 		    "message delayed in the queue");
 		return;

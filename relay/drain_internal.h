@@ -71,10 +71,35 @@ struct drain_dsn;                   /* drain_bounce.c */
 struct drain_tenant;
 struct drain_job;
 
+/*
+ * A destination: one primary with its own addresses and probe state.  A
+ * tenant has one (its listed hosts, or the MX of its only domain), or
+ * with "primary = mx" one per domain, so that each message goes to the MX
+ * of its recipients' domain and a domain whose MX is down does not take
+ * the others down with it.
+ */
+struct drain_dest {
+	struct drain_tenant *t;
+	size_t idx;                   /* in t->dests */
+	char domain[CONFIG_HOST_MAX + 1];  /* primary = mx: the domain */
+	struct drain_primary pr;
+	struct drain_target *targets;
+	size_t ntargets;
+	int64_t targets_mono;
+	struct drain_resolve *res;
+	bool res_for_probe;
+	struct smtp_client *probe;
+	size_t probe_idx;
+	struct drain_target probe_tg;
+	char probe_why[256];
+	char probe_last[256];         /* the last probe's end, for watch */
+};
+
 /* A delivery connection to the primary. */
 struct drain_conn {
 	struct drain_conn *next;
 	struct drain_tenant *t;
+	struct drain_dest *ds;        /* where it is connected */
 	struct smtp_client *c;
 	size_t idx;                   /* target in use */
 	struct drain_target tg;       /* a copy: a reload may swap targets */
@@ -83,6 +108,7 @@ struct drain_conn {
 	unsigned mail_max;            /* the primary's RFC 9422 MAILMAX; 0 none */
 	unsigned rcpt_max;            /* and its RCPTMAX; 0 none */
 	int64_t opened_mono;          /* when it was opened (concurrency) */
+	bool leased;                  /* holds a connection lease of the gate */
 	bool ready, quitting, failed;
 };
 
@@ -108,6 +134,7 @@ struct drain_job {
 	char qids[SPOOL_QID_STRLEN + 1];
 	struct spool_msg *msg;
 	struct drain_conn *conn;
+	struct drain_dest *ds;        /* DELIVER: its recipients' destination */
 	unsigned refs;
 	int64_t start_mono;
 	bool claimed;                 /* the claim is ours to settle */
@@ -127,6 +154,9 @@ struct drain_job {
 	size_t *map;                  /* crcpt index -> envelope index */
 	size_t ncrcpt, off;
 	bool counted;                 /* the meter has counted it */
+	bool routing;                 /* counted in t->nrouting */
+	bool other_dest;              /* recipients of another destination are
+	                               * left pending (released at the end) */
 	/* outcome lists */
 	struct drain_fate *bounce, *temp;
 	size_t nbounce, ntemp;
@@ -138,28 +168,22 @@ struct drain_tenant {
 	struct drain_tenant *next;
 	struct drain *d;
 	char name[CONFIG_TENANT_NAME_MAX + 1];
-	char domain[CONFIG_HOST_MAX + 1];
 	bool primary_mx;
 	struct config_hostport *hosts;
 	size_t nhosts;
+	char **domains;               /* primary = mx: a copy of the config's */
+	size_t ndomains;
 	struct drain_settings cfgset, set;   /* from the config; in force */
-	struct drain_primary pr;
+	struct drain_dest *dests;     /* >= 1 (see struct drain_dest) */
+	size_t ndests;
+	struct drain_dest *last_probe;  /* the one probed last, for status */
+	unsigned nrouting;            /* DELIVER jobs loading, not yet routed */
 	struct drain_policy pol;
 	struct drain_meter meter;
 	uv_timer_t timer;
 	bool timer_open;
-	struct drain_target *targets;
-	size_t ntargets;
-	int64_t targets_mono;
-	struct drain_resolve *res;
-	bool res_for_probe;
-	struct smtp_client *probe;
-	size_t probe_idx;
-	struct drain_target probe_tg;
-	int64_t up_mono;              /* when the primary last came up */
+	int64_t up_mono;              /* when a primary last came up (none was) */
 	uint64_t delivered_up;        /* recipients delivered since then */
-	char probe_why[256];
-	char probe_last[256];         /* the last probe's end, for watch */
 	struct drain_conn *conns;
 	unsigned nconns;
 	struct drain_conc conc;       /* connections allowed now (feedback) */
@@ -224,6 +248,8 @@ struct drain_tenant *drain__tenant_find(struct drain *d, const char *name);
  * released). */
 int drain__job_start(struct drain_tenant *t, spool_qid qid,
     struct drain_conn *cn, bool claimed, enum drain_job_kind kind);
+/* Some destination of T is up (deliveries may go). */
+bool drain__tenant_up(const struct drain_tenant *t);
 /* T's job for QID, or NULL. */
 struct drain_job *drain__job_find(struct drain_tenant *t, spool_qid qid);
 /* Drop one reference; the last frees the job and runs the scheduler. */

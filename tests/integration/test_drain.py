@@ -159,11 +159,13 @@ def test_slow_primary_cuts_the_limit(daemon_factory, primary_factory):
 
 
 def test_421_takes_primary_down_and_flapping_loses_nothing(daemon_factory, primary_factory):
-    """A 421 or a vanished primary during delivery marks it down at once;
+    """A 421 or a vanished primary during delivery, with no other session
+    working (drain_concurrency 1: a 421 while other sessions work is a
+    concurrency signal, test_drain_feedback.py), marks it down at once;
     probes bring it back and every message still arrives."""
     p = primary_factory(start=False)
     d = daemon_factory(primary=p, tenants={"demo": tenant(
-        p, drain_rate=10, drain_initial_rate=10, drain_concurrency=2)})
+        p, drain_rate=10, drain_initial_rate=10, drain_concurrency=1)})
     send(d, 40)
     p.reply_at("MAIL", 421, times=1)
     p.start()
@@ -324,14 +326,17 @@ def test_mxspoolctl_hold_release_set_queue_show(daemon_factory, primary_factory)
 
 
 def test_flush_retries_deferred_mail_now(daemon_factory, primary_factory):
-    """A recipient deferred by a 4xx waits out its back-off (1 min) unless
-    the operator flushes: then it is retried at once, like postqueue -f."""
+    """A recipient deferred by a 4xx three times in a row (the first two
+    are retried at once while the primary is up) waits out its back-off
+    (1 min) unless the operator flushes: then it is retried at once, like
+    postqueue -f."""
     p = primary_factory()
     d = daemon_factory(primary=p, tenants={"demo": tenant(p)})
     d.wait_log("probe", state="up", timeout=10)
-    p.reply_at("RCPT", 451, times=1)
+    p.reply_at("RCPT", 451, times=3)
     send(d, 1)
-    d.wait_log("defer", timeout=10)
+    d.wait_log("defer", timeout=10, retry_in_s=lambda v: int(v) > 0)
+    assert len(d.log_lines("defer")) == 3
     time.sleep(1.0)
     assert p.messages == []
     assert d.tenant_status("demo")["queued_messages"] == 1

@@ -171,6 +171,8 @@ TENANT_KEYS = {"name": str, "domains": list, "primary_state": str, "held": bool,
                # second round (DESIGN "Contract additions"): the long outage
                "queue_lifetime_s": int, "delay_warning_s": int,
                "primary_caps": "dict|null",
+               # issue 9: the drain's concurrency feedback
+               "drain_concurrency_limit": int, "limit_reason": str,
                # issue 11: recipients = learn
                "recipients_cached": int}
 

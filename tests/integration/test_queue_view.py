@@ -168,9 +168,11 @@ def test_requeue_retries_deferred_mail_now(daemon_factory, primary_factory):
     p = primary_factory()
     d = daemon_factory(primary=p, tenants={"demo": tenant(p)})
     d.wait_log("probe", state="up", timeout=scaled(10))
-    p.reply_at("RCPT", 451, times=1)
+    # Three 451s in a row: the first two are retried at once while the
+    # primary is up (issue 9), the third waits its back-off.
+    p.reply_at("RCPT", 451, times=3)
     send(d, "s@client.test", "u@example.test", 1)
-    d.wait_log("defer", timeout=scaled(10))
+    d.wait_log("defer", timeout=scaled(10), retry_in_s=lambda v: int(v) > 0)
     deferred = queue(d, "--deferred")
     assert deferred["count"] == 1
     assert deferred["messages"][0]["attempts"] >= 1

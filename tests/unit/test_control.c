@@ -208,12 +208,15 @@ make_status(struct control_status *st, struct control_tenant_row rows[2])
 		.primary_caps = { .known = true, .size = 1000, .pipelining = true,
 		    .eightbitmime = true, .dsn = true, .age_s = 7 },
 		.recipients_cached = 3,
+		.drain_concurrency_limit = 2,
+		.limit_reason = "cut: mx[10.0.0.1]:25: 421 too many (2 other sessions working)",
 	};
 	rows[1] = (struct control_tenant_row){
 		.name = "other", .domains = demo_domains + 1, .ndomains = 1,
 		.primary_state = "down", .held = true, .eta_s = -1,
 		.accepted_total = 2, .delivered_total = 1,
 		.queue_lifetime_s = 3600, .delay_warning_s = 0,
+		.drain_concurrency_limit = 4, .limit_reason = "drain_concurrency",
 	};
 }
 
@@ -270,9 +273,9 @@ test_status_text(void **state)
 	    "mxspoold 1.2.3, up 75 s, 3 connections, spool 4096 bytes\n"
 	    "accepted 12, delivered 9, bounced 1\n"
 	    "\n"
-	    "TENANT           PRIMARY  HELD      QUEUED        BYTES   OLDEST_S     RATE    LIMIT FLIGHT      ETA_S LIFETIME_S   WARN_S CAPS\n"
-	    "demo             up       no             5         1234         61     1.50    10.00      2          4     432000    14400 size=1000,pipelining,8bitmime,dsn,rcptmax=0,mailmax=0,age_s=7\n"
-	    "other            down     yes            0            0          0     0.00     0.00      0          -       3600        0 -\n");
+	    "TENANT           PRIMARY  HELD      QUEUED        BYTES   OLDEST_S     RATE    LIMIT FLIGHT      ETA_S LIFETIME_S   WARN_S CONN CAPS CONN_REASON\n"
+	    "demo             up       no             5         1234         61     1.50    10.00      2          4     432000    14400    2 size=1000,pipelining,8bitmime,dsn,rcptmax=0,mailmax=0,age_s=7 cut: mx[10.0.0.1]:25: 421 too many (2 other sessions working)\n"
+	    "other            down     yes            0            0          0     0.00     0.00      0          -       3600        0    4 - drain_concurrency\n");
 	free(s);
 }
 
@@ -285,7 +288,8 @@ test_status_json_keys(void **state)
 	static const char *const tenant[] = { "name", "domains", "primary_state",
 		"held", "queued_messages", "queued_bytes", "oldest_age_s", "drain_rate",
 		"drain_rate_limit", "in_flight", "delivered_total", "bounced_total", "eta_s",
-		"queue_lifetime_s", "delay_warning_s", "primary_caps", "recipients_cached" };
+		"queue_lifetime_s", "delay_warning_s", "drain_concurrency_limit",
+		"primary_caps", "limit_reason", "recipients_cached" };
 	struct control_status *st = FIXTURE_STATUS(state);
 	struct json_check j;
 	char *s;
@@ -303,15 +307,19 @@ test_status_json_keys(void **state)
 	    "\"queued_messages\": 5, \"queued_bytes\": 1234, \"oldest_age_s\": 61, "
 	    "\"drain_rate\": 1.500, \"drain_rate_limit\": 10.000, \"in_flight\": 2, "
 	    "\"delivered_total\": 8, \"bounced_total\": 1, \"eta_s\": 4, "
-	    "\"queue_lifetime_s\": 432000, \"delay_warning_s\": 14400, \"primary_caps\": "
+	    "\"queue_lifetime_s\": 432000, \"delay_warning_s\": 14400, "
+	    "\"drain_concurrency_limit\": 2, \"primary_caps\": "
 	    "{\"size\": 1000, \"pipelining\": true, \"8bitmime\": true, \"smtputf8\": false, "
 	    "\"dsn\": true, \"chunking\": false, \"starttls\": false, \"rcptmax\": null, "
-	    "\"mailmax\": null, \"age_s\": 7}, \"recipients_cached\": 3}, "
+	    "\"mailmax\": null, \"age_s\": 7}, \"limit_reason\": "
+	    "\"cut: mx[10.0.0.1]:25: 421 too many (2 other sessions working)\", \"recipients_cached\": 3}, "
 	    "{\"name\": \"other\", \"domains\": [\"two.example\"], \"primary_state\": \"down\", "
 	    "\"held\": true, \"queued_messages\": 0, \"queued_bytes\": 0, \"oldest_age_s\": 0, "
 	    "\"drain_rate\": 0.000, \"drain_rate_limit\": 0.000, \"in_flight\": 0, "
 	    "\"delivered_total\": 1, \"bounced_total\": 0, \"eta_s\": null, "
-	    "\"queue_lifetime_s\": 3600, \"delay_warning_s\": 0, \"primary_caps\": null, \"recipients_cached\": 0}]}\n");
+	    "\"queue_lifetime_s\": 3600, \"delay_warning_s\": 0, "
+	    "\"drain_concurrency_limit\": 4, \"primary_caps\": null, "
+	    "\"limit_reason\": \"drain_concurrency\", \"recipients_cached\": 0}]}\n");
 	free(s);
 }
 
@@ -495,8 +503,8 @@ test_metrics_no_tenants(void **state)
 
 	st->ntenants = 0;
 	m = render_metrics(st);
-	/* 16 per tenant, 6 relay, the probe counter, 3 histograms */
-	assert_int_equal(count_lines(m, "# HELP "), 26);
+	/* 17 per tenant, 6 relay, the probe counter, 3 histograms */
+	assert_int_equal(count_lines(m, "# HELP "), 27);
 	assert_int_equal(count_lines(m, "mxspool_queue_messages"), 0);
 	free(m);
 }
