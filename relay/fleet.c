@@ -51,8 +51,6 @@
 #define FLEET_TICK_MS        100      /* housekeeping period */
 #define FLEET_CALL_MS        1000     /* an answer later than this: down */
 #define FLEET_CONNECT_MS     2000
-#define FLEET_BACKOFF_MIN_MS 100
-#define FLEET_BACKOFF_MAX_MS 5000
 #define FLEET_PUBLISH_MS     1000
 #define FLEET_NODE_TTL_MS    5000     /* a node silent this long is gone */
 #define FLEET_LEASE_TTL_MS   10000    /* a dead node's leases last this */
@@ -636,9 +634,7 @@ fleet_lost(struct fleet *f, const char *why)
 	}
 	for (int i = 0; i < FS__N; i++)
 		f->sha[i][0] = '\0';
-	f->backoff_ms = f->backoff_ms == 0 ? FLEET_BACKOFF_MIN_MS :
-	    f->backoff_ms * 2 > FLEET_BACKOFF_MAX_MS ? FLEET_BACKOFF_MAX_MS :
-	    f->backoff_ms * 2;
+	f->backoff_ms = fleet_backoff_next(f->backoff_ms);
 	f->next_connect_mono = util_mono_ms() + (int64_t)f->backoff_ms;
 	if (f->ok)
 		fleet_set_ok(f, false, why);

@@ -68,6 +68,16 @@ fleet_limit_cut(double prev_rate, double prev_limit, double rate, double limit)
 	return limit < prev_limit * FLEET_CUT_RATIO;
 }
 
+uint64_t
+fleet_backoff_next(uint64_t prev_ms)
+{
+	if (prev_ms < FLEET_BACKOFF_MIN_MS)
+		return FLEET_BACKOFF_MIN_MS;
+	if (prev_ms >= FLEET_BACKOFF_MAX_MS / 2)
+		return FLEET_BACKOFF_MAX_MS;
+	return prev_ms * 2;
+}
+
 /* ---- held tokens -------------------------------------------------------- */
 
 bool

@@ -42,6 +42,13 @@ unsigned fleet_fallback_concurrency(unsigned conc, unsigned nodes);
 bool fleet_limit_cut(double prev_rate, double prev_limit, double rate,
     double limit);
 
+/* Reconnects to Redis back off from 100 ms, doubling, to 5 s. */
+#define FLEET_BACKOFF_MIN_MS 100
+#define FLEET_BACKOFF_MAX_MS 5000
+/* The delay before the next connect after one that failed PREV_MS after
+ * the one before (0: the first failure since the last success). */
+uint64_t fleet_backoff_next(uint64_t prev_ms);
+
 /* ---- the tokens a node holds between grants ----------------------------- */
 
 struct fleet_reservoir {

@@ -102,6 +102,25 @@ test_fallback_wait_and_bytes(void **state)
 	assert_true(fleet_fallback_take(&fb, 5, 0, 0, 20000) > 0);
 }
 
+/* Reconnects: 100 ms doubling to 5 s; a run of failures on a fake clock
+ * reaches the cap at the seventh try, 11.3 s after the first, and stays. */
+static void
+test_backoff(void **state)
+{
+	static const uint64_t want[] = { 100, 200, 400, 800, 1600, 3200, 5000, 5000 };
+	uint64_t d = 0, t = 0;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+		d = fleet_backoff_next(d);
+		assert_int_equal(d, want[i]);
+		t += d;
+	}
+	assert_int_equal(t, 16300);
+	assert_int_equal(fleet_backoff_next(4999), 5000);
+	assert_int_equal(fleet_backoff_next(1), 100);
+}
+
 static void
 test_cut_detection(void **state)
 {
@@ -219,6 +238,7 @@ main(void)
 		cmocka_unit_test(test_fallback_arithmetic),
 		cmocka_unit_test(test_fallback_three_nodes),
 		cmocka_unit_test(test_fallback_wait_and_bytes),
+		cmocka_unit_test(test_backoff),
 		cmocka_unit_test(test_cut_detection),
 		cmocka_unit_test(test_reservoir),
 		cmocka_unit_test(test_payload_round_trip),
