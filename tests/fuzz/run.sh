@@ -15,6 +15,8 @@
 # and reused while the source is not newer, so the thirteen targets share
 # their modules and a second run only links.  The summary line of each run
 # gives libFuzzer's executions and its coverage (cov: edges, ft: features).
+# -close_fd_mask=2 keeps the daemon's log lines (smtp_session) out of the
+# log; libFuzzer and the sanitizers still report on their own copy of it.
 set -eu
 
 build_only=0
@@ -53,7 +55,8 @@ proto="$r/smtp_proto.c $r/smtp_proto_hdr.c"
 spool="$r/spool.c $r/spool_codec.c $r/spool_index.c $r/spool_journal.c
   $r/spool_recover.c $r/spool_ram.c"
 server="$r/smtp_server.c $r/smtp_session.c $r/smtp_session_cmd.c
-  $r/smtp_session_tx.c $r/policy.c $r/tls.c"
+  $r/smtp_session_tx.c $r/smtp_session_abuse.c $r/dnsbl.c $r/anvil.c
+  $r/policy.c $r/tls.c $r/dns.c"
 
 # Target name -> the modules it links (and their libraries).
 sources_for() {
@@ -129,7 +132,8 @@ for t in "$@"; do
 	echo "==> fuzz $t for ${secs}s" >&2
 	if ! (cd "$out" && ASAN_OPTIONS=detect_leaks=1 \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	    "./fuzz_$t" -max_total_time="$secs" -max_len=4096 -timeout=10 \
+	    "./fuzz_$t" -max_total_time="$secs" -max_len=4096 -timeout=20 \
+	    -close_fd_mask=2 \
 	    -print_final_stats=1 "corpus/$t" 2> "fuzz_$t.log"); then
 		echo "run.sh: $t FAILED, see $out/fuzz_$t.log" >&2
 		tail -n 40 "$out/fuzz_$t.log" >&2
