@@ -7,6 +7,7 @@ stays well under 30 s.
 
 import email
 import email.policy
+import json
 import re
 import smtplib
 import time
@@ -245,8 +246,13 @@ def test_null_sender_gets_no_dsn(daemon_factory, primary_factory):
                        tenants={"demo": tenant(p)})
     send(d, 1, to="bad@example.test", sender="")
     d.wait_log("bounce", to="bad@example.test", dsn="none", timeout=10)
-    time.sleep(0.5)
-    assert b.messages == []
+    # A barrier instead of a sleep: the same refusal for a real sender is
+    # bounced after it and does get its DSN; once that one is there, a DSN
+    # for the null sender would have been sent already.
+    send(d, 1, start=1, to="bad@example.test", sender="real@client.test")
+    [dsn] = b.wait_for(1, timeout=15)
+    assert dsn.rcpt_tos == ["real@client.test"], dsn.rcpt_tos
+    assert len(b.messages) == 1, [m.rcpt_tos for m in b.messages]
 
 
 def test_lifetime_expiry_produces_a_dsn(daemon_factory, primary_factory):
@@ -272,42 +278,57 @@ def test_etrn_probes_at_once(daemon_factory, primary_factory):
     """With a long probe_interval, ETRN makes the relay probe at once and
     deliver within a few seconds; mxspoolctl flush does the same."""
     p = primary_factory(start=False)
-    d = daemon_factory(primary=p, tenants={"demo": tenant(p, probe_interval="1h")})
-    d.wait_log("probe", state="down", timeout=10)
+    d = daemon_factory(primary=p, tenants={
+        "demo": tenant(p, probe_interval="1h"),
+        "other": tenant(p, domains=["other.test"], probe_interval="1s")})
+    d.wait_log("probe", tenant="demo", state="down", timeout=10)
     send(d, 1)
     p.start()
-    time.sleep(0.5)
-    assert p.messages == []
+    # A barrier instead of a sleep: "other" probes every second and
+    # delivers through the same primary; once its message is there, demo
+    # had the same chance and, with its 1 h interval, did not probe.
+    send(d, 1, start=100, to="u@other.test")
+    p.wait_for(1, timeout=10)
+    assert [subject(m) for m in p.messages] == ["m0100"]
+    assert d.tenant_status("demo")["primary_state"] == "down"
     s = smtplib.SMTP("127.0.0.1", d.smtp_port, timeout=scaled(10))
     s.ehlo("client.test")
     code, _ = s.docmd("ETRN", "example.test")
     s.quit()
     assert code == 250, code
-    p.wait_for(1, timeout=5)
+    p.wait_for(2, timeout=5)
 
     # The same through mxspoolctl flush after the primary went away.
     p.refuse()
     send(d, 1, start=1)
-    d.wait_log("probe", state="down", after=0, count=1)
+    d.wait_log("probe", tenant="demo", state="down", after=0, count=1)
     mark = d.mark()
     time.sleep(1.0)
     p.come_back()
     r = d.ctl("flush", "demo")
     assert r.returncode == 0, r.stdout + r.stderr
-    d.wait_log("probe", state="up", after=mark, timeout=5)
-    p.wait_for(2, timeout=5)
+    d.wait_log("probe", tenant="demo", state="up", after=mark, timeout=5)
+    p.wait_for(3, timeout=5)
 
 
 def test_mxspoolctl_hold_release_set_queue_show(daemon_factory, primary_factory):
     """hold keeps the queue, queue and show list it, set changes the limit
     at once, release lets it go."""
     p = primary_factory()
-    d = daemon_factory(primary=p, tenants={"demo": tenant(p, drain_rate=20)})
-    d.wait_log("probe", state="up", timeout=10)
+    d = daemon_factory(primary=p, tenants={
+        "demo": tenant(p, drain_rate=20),
+        "other": tenant(p, domains=["other.test"])})
+    d.wait_log("probe", tenant="demo", state="up", timeout=10)
     assert d.ctl("hold", "demo").returncode == 0
     send(d, 3)
-    time.sleep(1.0)
-    assert p.messages == []
+    # A barrier instead of a sleep: a message for the tenant that is not
+    # held goes to the same primary; once it is delivered the drain has
+    # run, and demo's three are still queued.
+    send(d, 1, start=100, to="u@other.test")
+    p.wait_for(1, timeout=10)
+    assert [subject(m) for m in p.messages] == ["m0100"]
+    assert d.tenant_status("demo")["queued_messages"] == 3
+    assert d.tenant_status("demo")["in_flight"] == 0
     q = d.ctl("queue", "demo")
     assert q.returncode == 0
     qids = re.findall(r"\b[0-9A-F]{16}\b", q.stdout)
@@ -320,6 +341,7 @@ def test_mxspoolctl_hold_release_set_queue_show(daemon_factory, primary_factory)
                what="limit 5")
     bad = d.ctl("set", "demo", "drain_rate=fast")
     assert bad.returncode != 0
+    p.reset_counters()       # other's delivery is not demo's concurrency
     assert d.ctl("release", "demo").returncode == 0
     p.wait_for(3, timeout=10)
     assert p.max_concurrent <= 1
@@ -337,7 +359,10 @@ def test_flush_retries_deferred_mail_now(daemon_factory, primary_factory):
     send(d, 1)
     d.wait_log("defer", timeout=10, retry_in_s=lambda v: int(v) > 0)
     assert len(d.log_lines("defer")) == 3
-    time.sleep(1.0)
+    # Not a sleep: the queue says when the next attempt is due, and it is
+    # the back-off's minute away (a retry sooner would show here).
+    [m] = json.loads(d.ctl("queue", "demo", "--json", check=True).stdout)["messages"]
+    assert m["next_attempt_s"] >= 50, m
     assert p.messages == []
     assert d.tenant_status("demo")["queued_messages"] == 1
     assert d.ctl("flush", "demo").returncode == 0
