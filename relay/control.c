@@ -209,6 +209,9 @@ control_fill_tenant(struct relay *r, const struct config_tenant *t, int64_t now,
 		row->oldest_age_ms = now - ss.oldest_arrival_ms;
 	row->drain_rate = ds.drain_rate;
 	row->drain_rate_limit = ds.drain_rate_limit;
+	if (r->fleet != NULL && ds.drain_rate_limit > 0)
+		row->drain_rate_limit = fleet_limit(r->fleet, t->name,
+		    ds.drain_rate_limit);   /* the fleet's share is the bound */
 	row->in_flight = ds.in_flight;
 	row->delivered_since_up = ds.delivered_since_up;
 	row->last_probe = ds.last_probe ? ds.last_probe : "";

@@ -270,6 +270,24 @@ fleet_set_ok(struct fleet *f, bool ok, const char *why)
 	}
 }
 
+double
+fleet_limit(const struct fleet *f, const char *tenant, double local)
+{
+	const struct fleet_tenant *t;
+	double l = local;
+
+	for (t = f->tenants; t; t = t->next)
+		if (strcmp(t->name, tenant) == 0)
+			break;
+	if (t == NULL || t->last.rate <= 0)
+		return local;
+	if (!f->ok)
+		l = fleet_fallback_rate(t->last.rate, local, f->nodes_alive);
+	else if (t->shared_limit >= 0 && t->shared_limit < local)
+		l = t->shared_limit;
+	return l;
+}
+
 const char *
 fleet_state(const struct fleet *f)
 {

@@ -74,6 +74,11 @@ int64_t fleet_take(struct fleet *f, const char *tenant,
  * limit, so one node's 421 slows them all. */
 void fleet_conn_done(struct fleet *f, const char *tenant, bool failed);
 
+/* What TENANT may send now with LOCAL its own limit (msg/s): the lower of
+ * LOCAL and the shared limit last read from Redis, or while degraded of
+ * LOCAL and drain_rate / N.  LOCAL when the fleet knows nothing yet. */
+double fleet_limit(const struct fleet *f, const char *tenant, double local);
+
 /* "ok" (Redis answers) or "degraded". */
 const char *fleet_state(const struct fleet *f);
 

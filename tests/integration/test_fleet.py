@@ -246,12 +246,14 @@ def test_421_to_one_node_slows_all(daemon_factory, primary_factory, redis,
                       5, what="the shared limit was cut")
     # The limit each node last got from Redis, polled while node0 is cut
     # off (a node learns it at its next grant).
-    lims = []
+    lims, lims_status = [], []
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:
         for n in nodes[1:]:
             lims += [t["shared_limit"] for t in fleet_status(n)["tenants"]
                      if t["name"] == "demo" and t["shared_limit"] is not None]
+            # status shows the fleet's bound as the node's limit
+            lims_status.append(n.tenant_status("demo")["drain_rate_limit"])
         time.sleep(0.2)
     blocked["on"] = False
     others = [m.arrived for m in primary.messages
@@ -262,6 +264,7 @@ def test_421_to_one_node_slows_all(daemon_factory, primary_factory, redis,
     assert rate_others <= 0.75 * RATE, "nodes 1+2 sent %.1f msg/s after the 421" % rate_others
     lim = min(lims)
     assert lim <= 0.6 * RATE + 0.5, "shared limit never below %.1f" % lim
+    assert min(lims_status) <= 0.6 * RATE + 0.5
     got = primary.wait_for(3 * per, timeout=60)
     assert_once(got, 3, per)
     print("after a 421 to node0, nodes 1+2: %.1f msg/s (limit %.1f, waited %.1fs)"
@@ -279,6 +282,9 @@ def test_redis_down_keeps_rate_and_loses_nothing(daemon_factory, primary_factory
     for n, m in zip(nodes, marks):
         n.wait_log("fleet", state="degraded", after=m, timeout=10)
     assert nodes[0].status()["fleet_state"] == "degraded"
+    # Each node's limit is its share now: drain_rate / 3.
+    assert nodes[0].tenant_status("demo")["drain_rate_limit"] == \
+        pytest.approx(RATE / 3, abs=0.01)
     assert "mxspool_fleet_degraded 1" in nodes[0].metrics()
     time.sleep(4.0)
     window = [m.arrived for m in primary.messages if t_kill + 0.5 <= m.arrived <= t_kill + 4.0]
