@@ -248,7 +248,9 @@ class Prober(threading.Thread):
         self.halt = threading.Event()
 
     def one(self, i):
+        t = time.monotonic()
         s = smtplib.SMTP("127.0.0.1", self.port, timeout=scaled(30))
+        self.greet_max = max(getattr(self, "greet_max", 0.0), time.monotonic() - t)
         try:
             s.ehlo("probe.test")
             s.mail("probe@client.test")
@@ -312,6 +314,8 @@ def test_usr2_restart_refuses_nothing(daemon_factory):
         missing = [q for q in probe.acked if q not in ids]
         assert not missing, "acknowledged, then lost: %s" % missing[:5]
         assert probe.connections >= 40
+        print("USR2: %d connections, longest wait for a greeting %.3f s"
+              % (probe.connections, probe.greet_max))
         # The new process answers the control socket and takes a reload.
         assert d.ctl("status").returncode == 0
         # A second re-exec from the new process works the same way.
@@ -463,3 +467,24 @@ def test_second_daemon_without_standby_is_refused(daemon):
         assert str(daemon.pid) in other.log() and socket.gethostname() in other.log()
     finally:
         other.cleanup()
+
+
+def test_usr2_tells_systemd_the_new_pid(daemon_factory, notify_socket):
+    """After SIGUSR2 the new process sends MAINPID=<its pid> with READY=1 (so
+    systemd, with NotifyAccess=all, follows it) and the old one never says
+    STOPPING=1 (that would tell systemd the service is going away)."""
+    d = daemon_factory(env={"NOTIFY_SOCKET": notify_socket.path})
+    first = notify_socket.wait_for("READY=1")
+    mark = d.mark()
+    d.signal(signal.SIGUSR2)
+    wait_until(lambda: ready_pid(d, mark), scaled(20), what="the new process ready")
+    new = ready_pid(d, mark)
+    try:
+        i = notify_socket.wait_for("MAINPID=%d" % new, after=first + 1)
+        assert notify_socket.assignments()[i + 1] == "READY=1"
+        assert d.wait_exit(scaled(20)) == 0
+        assert "STOPPING=1" not in notify_socket.assignments()
+    finally:
+        stop_pid(new)
+    # The new process's own stop is announced as usual.
+    notify_socket.wait_for("STOPPING=1", after=i)
