@@ -56,6 +56,10 @@
 #define VERIFY_IDLE_MS (10 * 1000)    /* an idle probe session says QUIT */
 #define VERIFY_SESSION_TX 100         /* transactions before a new session */
 #define VERIFY_SAVE_MS (5 * 1000)     /* a changed cache is written within */
+/* After a session that failed before it was ready (refused, timed out,
+ * 421 at the banner), no new one for this long: a primary the drain still
+ * believes up is not hammered with connects meanwhile. */
+#define VERIFY_RETRY_MS 1000
 
 struct verify_tenant;
 
@@ -86,6 +90,7 @@ struct verify_sess {
 	struct sockaddr_storage addr;
 	char host[CONFIG_HOST_MAX + 1];
 	bool ready;                   /* READY and no transaction */
+	bool was_ready;               /* READY was reached once */
 	bool quitting;
 	unsigned txs;
 	int64_t idle_since;
@@ -115,6 +120,7 @@ struct verify_tenant {
 	unsigned nreqs;
 	struct verify_sess *sess;
 	unsigned nsess;
+	int64_t no_open_until;        /* monotonic ms; see VERIFY_RETRY_MS */
 };
 
 struct verify {
@@ -563,6 +569,7 @@ verify_on_ready(void *arg, struct smtp_client *c)
 
 	(void)c;
 	s->ready = true;
+	s->was_ready = true;
 	s->idle_since = util_mono_ms();
 	verify_dispatch(s->t);
 }
@@ -637,6 +644,8 @@ verify_on_closed(void *arg, const struct smtp_client_end *end)
 		    log_quote(q, sizeof(q), end->text[0] ? end->text :
 		    smtp_client_strerror(end->status)));
 	}
+	if (!s->was_ready && !s->quitting)
+		t->no_open_until = util_mono_ms() + VERIFY_RETRY_MS;
 	verify_sess_drop_batch(s);
 	verify_sess_unlink(t, s);
 	free(s);
@@ -837,7 +846,8 @@ verify_dispatch(struct verify_tenant *t)
 	}
 	/* A busy or connecting session to the same target takes the rest
 	 * later; a new one is opened only for a target nobody serves. */
-	if (t->nsess < t->concurrency && (r = verify_unserved(t)) != NULL &&
+	if (t->nsess < t->concurrency && mono >= t->no_open_until &&
+	    (r = verify_unserved(t)) != NULL &&
 	    drain_bucket_wait_ms(&t->bucket, 1, mono) == 0) {
 		memset(&p, 0, sizeof(p));
 		p.addr = r->tg;
