@@ -4,7 +4,7 @@
  * end of data -> final reply latency is recorded.  A benchmark tool, not a
  * test: it prints figures and never judges them.
  *
- *   smtp-load HOST PORT SESSIONS MESSAGES SIZE [FROM [TO]]
+ *   smtp-load HOST PORT SESSIONS MESSAGES SIZE [FROM [TO [RATE]]]
  *
  * Each session: 220, EHLO, then per message MAIL, RCPT and DATA in one
  * write (PIPELINING: both mxspool and Postfix offer it), the body after the
@@ -15,6 +15,9 @@
  *   messages=N errors=E seconds=T rate=R p50_ms=A p99_ms=B max_ms=C
  * A reply other than 250 at any step counts as an error; the session then
  * sends RSET and goes on, so a refusing server cannot hang the run.
+ * RATE (messages/s, 0 = as fast as the server answers) paces the offered
+ * load: message k of the run may start no earlier than k / RATE seconds in,
+ * which is how latency "at half the peak load" is measured.
  */
 #include "config.h"
 
@@ -29,6 +32,7 @@ enum load_step { ST_GREETING, ST_EHLO, ST_MAIL, ST_RCPT, ST_DATA, ST_DOT, ST_RSE
 
 struct load_session {
 	uv_tcp_t tcp;
+	uv_timer_t pace;
 	uv_connect_t conn;
 	enum load_step step;
 	char in[8192];
@@ -46,6 +50,8 @@ struct load_run {
 	double *lat_ms;
 	uint64_t done, errors, total;
 	unsigned open;
+	double rate;                 /* 0 = unpaced */
+	uint64_t started, t0_ns;     /* messages begun; the run's start */
 };
 
 static struct load_run run;
@@ -91,11 +97,18 @@ on_closed(uv_handle_t *h)
 }
 
 static void
+session_close(struct load_session *s)
+{
+	uv_close((uv_handle_t *)&s->pace, NULL);
+	uv_close((uv_handle_t *)&s->tcp, on_closed);
+}
+
+static void
 session_end(struct load_session *s)
 {
 	uv_read_stop((uv_stream_t *)&s->tcp);
 	send_text(s, "QUIT\r\n", 6);
-	uv_close((uv_handle_t *)&s->tcp, on_closed);
+	session_close(s);
 }
 
 static void
@@ -110,13 +123,28 @@ send_transaction(struct load_session *s)
 }
 
 static void
+on_pace(uv_timer_t *t)
+{
+	send_transaction(t->data);
+}
+
+static void
 next_message(struct load_session *s)
 {
+	uint64_t due_ns, now;
+
 	if (s->left == 0) {
 		session_end(s);
 		return;
 	}
 	s->left--;
+	due_ns = run.rate > 0 ? run.t0_ns + (uint64_t)((double)run.started * 1e9 / run.rate) : 0;
+	run.started++;
+	now = uv_hrtime();
+	if (due_ns > now + 500000) {
+		uv_timer_start(&s->pace, on_pace, (due_ns - now) / 1000000, 0);
+		return;
+	}
 	send_transaction(s);
 }
 
@@ -207,7 +235,7 @@ on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
 		fprintf(stderr, "smtp-load: read: %s\n", uv_strerror((int)n));
 		run.errors += s->left + (s->step == ST_DOT);
 		s->left = 0;
-		uv_close((uv_handle_t *)&s->tcp, on_closed);
+		session_close(s);
 		return;
 	}
 	s->inlen += (size_t)n;
@@ -236,7 +264,7 @@ on_connect(uv_connect_t *c, int status)
 		fprintf(stderr, "smtp-load: connect: %s\n", uv_strerror(status));
 		run.errors += s->left;
 		s->left = 0;
-		uv_close((uv_handle_t *)&s->tcp, on_closed);
+		session_close(s);
 		return;
 	}
 	s->step = ST_GREETING;
@@ -285,13 +313,15 @@ main(int argc, char **argv)
 	int rc;
 
 	if (argc < 6) {
-		fprintf(stderr, "usage: smtp-load HOST PORT SESSIONS MESSAGES SIZE [FROM [TO]]\n");
+		fprintf(stderr, "usage: smtp-load HOST PORT SESSIONS MESSAGES SIZE "
+		    "[FROM [TO [RATE]]]\n");
 		return 64;
 	}
 	nsess = (unsigned)strtoul(argv[3], NULL, 10);
 	run.total = strtoull(argv[4], NULL, 10);
 	run.from = argc > 6 ? argv[6] : "load@client.test";
 	run.to = argc > 7 ? argv[7] : "user@example.test";
+	run.rate = argc > 8 ? strtod(argv[8], NULL) : 0;
 	if (nsess == 0 || run.total == 0 || nsess > run.total) {
 		fprintf(stderr, "smtp-load: need 0 < SESSIONS <= MESSAGES\n");
 		return 64;
@@ -304,12 +334,14 @@ main(int argc, char **argv)
 	if (run.lat_ms == NULL || ss == NULL)
 		die("out of memory", 0);
 	run.loop = uv_default_loop();
-	t0 = uv_hrtime();
+	t0 = run.t0_ns = uv_hrtime();
 	for (unsigned i = 0; i < nsess; i++) {
 		struct load_session *s = &ss[i];
 
 		s->left = (unsigned)(run.total / nsess + (i < run.total % nsess));
 		uv_tcp_init(run.loop, &s->tcp);
+		uv_timer_init(run.loop, &s->pace);
+		s->pace.data = s;
 		uv_tcp_nodelay(&s->tcp, 1);
 		s->tcp.data = s;
 		s->conn.data = s;
