@@ -88,7 +88,7 @@ int64_t fleet_fallback_take(struct fleet_fallback *fb, double rate,
 #define FLEET_NODE_MAX 64             /* node name, bytes with the NUL */
 #define FLEET_TENANT_MAX 65
 #define FLEET_FIGURES_MAX 64          /* tenants per node in the view */
-#define FLEET_PAYLOAD_MAX 8192
+#define FLEET_PAYLOAD_MAX 16384           /* 64 tenants with 64-byte names fit */
 
 /* One tenant on one node. */
 struct fleet_figures {

@@ -198,6 +198,26 @@ test_payload_round_trip(void **state)
 	assert_true(out[1].held);
 	/* Only MAX are kept, the rest skipped but checked. */
 	assert_int_equal(fleet_payload_decode(buf, (size_t)len, out, 1), 1);
+	/* The most a node publishes fits: 64 tenants, 64-byte names, every
+	 * number at its widest. */
+	{
+		static struct fleet_figures big[FLEET_FIGURES_MAX];
+		static char pl[FLEET_PAYLOAD_MAX];
+
+		for (int i = 0; i < FLEET_FIGURES_MAX; i++) {
+			memset(big[i].tenant, 'a', FLEET_TENANT_MAX - 1);
+			big[i].tenant[FLEET_TENANT_MAX - 1] = '\0';
+			snprintf(big[i].primary_state, sizeof(big[i].primary_state),
+			    "unknown");
+			big[i].queued_messages = big[i].queued_bytes = UINT64_MAX;
+			big[i].oldest_age_s = INT64_MAX;
+			big[i].drain_rate = big[i].drain_rate_limit = 1e6;
+			big[i].connections = UINT32_MAX;
+		}
+		len = fleet_payload_encode(big, FLEET_FIGURES_MAX, pl, sizeof(pl));
+		assert_true(len > 0);
+		assert_int_equal(fleet_payload_decode(pl, (size_t)len, out, 4), 4);
+	}
 	/* Too small a buffer is refused, not cut. */
 	assert_int_equal(fleet_payload_encode(in, 2, buf, 30), -1);
 }
