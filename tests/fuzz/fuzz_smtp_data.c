@@ -10,8 +10,9 @@
  *   - the output is never longer than the input consumed;
  *   - the end is found at most once, exactly where the reference puts it,
  *     so no bare LF or bare CR can end or split a message;
- *   - a message decodes cleanly iff it has no bare CR or LF and no line
- *     over the limit, and then the output is the reference unstuffing.
+ *   - a message decodes cleanly iff it has no bare CR or LF, no NUL (we
+ *     offer no BINARYMIME) and no line over the limit, and then the
+ *     output is the reference unstuffing.
  * After an end the rest of the stream is decoded as the next message.
  */
 #include <stdint.h>
@@ -124,7 +125,7 @@ reference_clean(const char *msg, size_t n, size_t max_line, char *out,
 			i++;
 		content = j - i;
 		for (size_t k = i; k < j; k++)
-			if (msg[k] == '\r' || msg[k] == '\n')
+			if (msg[k] == '\r' || msg[k] == '\n' || msg[k] == '\0')
 				return false;
 		if (content > max_line - 2)
 			return false;
@@ -188,6 +189,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			} else
 				CHECK(runs[0].status == SMTP_PROTO_EDATA_BARELF ||
 				    runs[0].status == SMTP_PROTO_EDATA_BARECR ||
+				    runs[0].status == SMTP_PROTO_EDATA_NUL ||
 				    runs[0].status == SMTP_PROTO_EDATA_LINE);
 		}
 		in += end;
