@@ -1901,17 +1901,21 @@ drain_status(struct drain *d, const char *tenant, struct drain_status *out)
 }
 
 bool
-drain_primary_target(struct drain *d, const char *tenant,
+drain_primary_target(struct drain *d, const char *tenant, const char *rcpt,
     struct sockaddr_storage *addr, char *host, size_t hostlen,
     double *rate_limit)
 {
 	struct drain_tenant *t = d ? drain__tenant_find(d, tenant) : NULL;
+	struct drain_dest *ds;
 
-	if (t == NULL || d->closing ||
-	    drain_primary_get(&t->dests[0].pr) != DRAIN_PRIMARY_UP)
+	if (t == NULL || d->closing || t->ndests == 0)
 		return false;
-	*addr = t->dests[0].probe_tg.addr;
-	snprintf(host, hostlen, "%s", t->dests[0].probe_tg.host);
+	/* The destination RCPT's mail would go to (primary = mx: its domain's). */
+	ds = tenant_dest_for(t, rcpt);
+	if (drain_primary_get(&ds->pr) != DRAIN_PRIMARY_UP)
+		return false;
+	*addr = ds->probe_tg.addr;
+	snprintf(host, hostlen, "%s", ds->probe_tg.host);
 	*rate_limit = drain_policy_limit(&t->pol, util_mono_ms());
 	return true;
 }

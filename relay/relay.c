@@ -304,16 +304,14 @@ relay_on_delivered(void *arg, const char *tenant, const char *rcpt)
 	verify_learn(r->verify, tenant, rcpt);
 }
 
-/* The verifier's view of the primary: the drain's.  RCPT is not used yet:
- * drain_primary_target() answers for the tenant's first destination. */
+/* The verifier's view of RCPT's primary: the drain's. */
 static bool
 relay_verify_primary(void *arg, const char *tenant, const char *rcpt,
     struct verify_primary *out)
 {
 	struct relay *r = arg;
 
-	(void)rcpt;
-	return r->drain != NULL && drain_primary_target(r->drain, tenant,
+	return r->drain != NULL && drain_primary_target(r->drain, tenant, rcpt,
 	    &out->addr, out->host, sizeof(out->host), &out->rate_limit);
 }
 

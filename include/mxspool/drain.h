@@ -107,10 +107,11 @@ struct drain_status {
 	                               * last_probe) */
 };
 int drain_status(struct drain *d, const char *tenant, struct drain_status *out);
-/* For the recipient verifier (verify.h): while TENANT's primary is up, the
- * address its last good probe reached (*ADDR, HOST) and the rate limit in
- * force (*RATE_LIMIT).  False when it is not up or TENANT is unknown. */
-bool drain_primary_target(struct drain *d, const char *tenant,
+/* For the recipient verifier (verify.h): while the primary that mail for
+ * RCPT (an address of TENANT) goes to is up, the address its last good
+ * probe reached (*ADDR, HOST) and the tenant's rate limit in force
+ * (*RATE_LIMIT).  False when it is not up or TENANT is unknown. */
+bool drain_primary_target(struct drain *d, const char *tenant, const char *rcpt,
     struct sockaddr_storage *addr, char *host, size_t hostlen,
     double *rate_limit);
 
