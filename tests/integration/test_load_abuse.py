@@ -177,6 +177,37 @@ def test_low_descriptor_limit_is_raised(daemon_factory):
     assert d.running
 
 
+def test_per_address_counts_follow_connects_and_closes(daemon_factory):
+    """max_connections_per_ip = 3 from 40 loopback addresses, over 20
+    rounds: in each round every address gets three 220s and its fourth
+    connection "421 4.7.0 ... from ADDR"; when a round's connections are
+    closed the counts go back to zero (the per-address table forgets
+    nothing and keeps nothing), so the next round is served the same."""
+    addrs = ["127.0.0.%d" % i for i in range(2, 42)]
+    raise_nofile(len(addrs) * 4 + 200)
+    d = daemon_factory(server={"max_connections": 1000, "max_connections_per_ip": 3,
+                               "client_limit_exempt": "::1"})
+    for rnd in range(20):
+        socks = []
+        try:
+            for a in addrs:
+                for k in range(4):
+                    s = socket.create_connection(("127.0.0.1", d.smtp_port),
+                                                 timeout=scaled(10), source_address=(a, 0))
+                    socks.append(s)
+                    line = s.makefile("rb").readline().decode()
+                    want = ("220 " if k < 3 else
+                            "421 4.7.0 mx.test Error: too many connections from %s" % a)
+                    assert line.startswith(want), (rnd, a, k, line)
+        finally:
+            for s in socks:
+                s.close()
+        wait_until(lambda: d.status()["connections"] == 0, scaled(10),
+                   what="round %d closed" % rnd)
+    assert len(d.log_lines("disconnect", reason="max_connections_per_ip")) == 20 * len(addrs)
+    assert d.running
+
+
 def slowloris(socks, stop, interval, phase):
     """Every INTERVAL seconds send each socket its next byte of PHASE[i]
     (a command line, or DATA content after the 354), never finishing."""
