@@ -259,6 +259,34 @@ test_backup_while_writing(void **state)
 	ctx_end(&c);
 }
 
+/* The barrier: a deletion queued (not yet durable, the commit window holds
+ * it back 100 ms) when the backup starts is in the copy all the same. */
+static void
+test_backup_waits_for_queued_records(void **state)
+{
+	struct ctx c;
+	struct bwait b = { 0 };
+	struct spool_backup *h;
+	struct wait w = { 0 };
+	spool_qid ids[5];
+
+	(void)state;
+	ctx_init(&c, NULL);
+	for (size_t i = 0; i < 5; i++)
+		ids[i] = append(&c);
+	sp_close(&c, &c.sp);
+	c.opts.commit_window_ms = 100;
+	assert_int_equal(spool_open(&c.loop, &c.opts, &c.sp, NULL), 0);
+	assert_int_equal(spool_delete(c.sp, ids[2], on_done, &w), 0);
+	assert_int_equal(spool_backup_start(c.sp, c.bk, on_backup, &b, &h), 0);
+	run_until(&c, &b.done);
+	assert_int_equal(b.status, 0);
+	assert_int_equal(w.done, 1);    /* the delete was durable first */
+	assert_int_equal(b.last.messages, 4);
+	assert_int_equal(copy_check(&c, ids + 2, 1, false), 4);
+	ctx_end(&c);
+}
+
 /* One at a time; only the journal; only absolute folders; a caller that
  * detaches hears nothing more; a close stops the backup with ECLOSED. */
 static void
@@ -340,6 +368,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_backup_holds_live_not_gone),
 		cmocka_unit_test(test_backup_while_writing),
+		cmocka_unit_test(test_backup_waits_for_queued_records),
 		cmocka_unit_test(test_backup_refusals_and_close),
 		cmocka_unit_test(test_backup_other_fs_copies),
 	};
