@@ -162,6 +162,11 @@ enum fleet_call_kind {
 	FC_PUBLISH,
 };
 
+static const char *const fleet_call_names[] = {
+	"auth", "script-load", "grant", "cut", "lease", "renew", "release",
+	"publish",
+};
+
 #define FLEET_ARGV_MAX (4 + FLEET_LEASES_MAX)
 
 /* One call to Redis.  hiredis calls its callback exactly once (with NULL
@@ -190,6 +195,7 @@ struct fleet_tenant {
 	struct fleet_reservoir res;   /* shared tokens held */
 	bool grant_out;
 	int64_t retry_mono;           /* no grant call before this */
+	int64_t lease_retry_mono;     /* no lease call before this */
 	double shared_limit;          /* from the last grant; -1 unknown */
 	struct fleet_fallback fb;     /* degraded pace */
 	unsigned used;                /* connections open (leased or not) */
@@ -266,7 +272,7 @@ fleet_set_ok(struct fleet *f, bool ok, const char *why)
 		memset(&t->res, 0, sizeof(t->res));
 		fleet_fallback_reset(&t->fb);
 		t->nheld = 0;
-		t->retry_mono = 0;
+		t->retry_mono = t->lease_retry_mono = 0;
 	}
 }
 
@@ -477,7 +483,7 @@ fleet_on_lease(struct fleet *f, struct fleet_call *c, const redisReply *r)
 	t->lease_out = false;
 	if (r == NULL || reply_int(r) != 1) {
 		/* Every lease of the fleet is in use: try again a bit later. */
-		t->retry_mono = util_mono_ms() + 200;
+		t->lease_retry_mono = util_mono_ms() + 200;
 		return;
 	}
 	if (t->nheld < FLEET_LEASES_MAX && f->ok) {
@@ -551,12 +557,18 @@ fleet_on_reply(redisAsyncContext *ac, void *rp, void *priv)
 			(void)fleet_send(c);
 			return;
 		}
-		snprintf(f->why, sizeof(f->why), "%.150s", r->str);
-		log_event(LOG_LEVEL_WARN, "fleet", "call=%d error=\"%.150s\"",
-		    (int)c->kind, r->str);
+		char q[200];
+
+		snprintf(f->why, sizeof(f->why), "%s: %.140s",
+		    fleet_call_names[c->kind], r->str);
+		log_event(LOG_LEVEL_WARN, "fleet", "node=%s call=%s error=%s", f->node,
+		    fleet_call_names[c->kind], log_quote(q, sizeof(q), r->str));
 		r = NULL;
-		if (c->kind == FC_AUTH && f->ac == ac)
-			fleet_lost(f, f->why);   /* wrong password: not usable */
+		/* A wrong password, a read-only replica, a full Redis: the
+		 * budget cannot be kept there, so degrade and try again after
+		 * the back-off (SCRIPT LOAD refused only costs EVAL bodies). */
+		if (c->kind != FC_LOAD && c->kind != FC_RELEASE && f->ac == ac)
+			fleet_lost(f, f->why);
 	}
 	if (r != NULL && f->connected && !f->closing)
 		fleet_set_ok(f, true, "");
@@ -933,7 +945,7 @@ fleet_take(struct fleet *f, const char *tenant, const struct fleet_ask *a)
 	if (!f->ok)
 		return fleet_take_degraded(f, t, a, now);
 	if (a->new_conn && t->nheld <= t->used) {
-		if (!t->lease_out && now >= t->retry_mono)
+		if (!t->lease_out && now >= t->lease_retry_mono)
 			fleet_ask_lease(f, t);
 		return FLEET_WAKE_MS;
 	}

@@ -38,15 +38,17 @@ class Redis:
     """One redis-server on 127.0.0.1:PORT, no persistence, and a tiny RESP
     client for the checks."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, password=None):
         self.port = mxtest.free_port()
         self.workdir = workdir
+        self.password = password
         self.proc = None
 
     def start(self):
+        extra = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(
             [REDIS, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.workdir],
+             "--save", "", "--appendonly", "no", "--dir", self.workdir] + extra,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         mxtest.wait_until(lambda: self._ping(), 10, what="redis-server answers PING")
         return self
@@ -69,8 +71,15 @@ class Redis:
         for a in args:
             a = str(a).encode()
             out += b"$%d\r\n%s\r\n" % (len(a), a)
+        if self.password and args[0] != "AUTH":
+            out = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (
+                len(self.password), self.password.encode()) + out
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
             s.sendall(out)
+            if self.password and args[0] != "AUTH":
+                f = s.makefile("rb")
+                self._read(f)
+                return self._read(f)
             f = s.makefile("rb")
             return self._read(f)
 
@@ -433,3 +442,23 @@ def test_stop_with_a_hung_redis_is_bounded(daemon_factory, primary, redis):
     t = time.monotonic()
     assert d.stop() == 0
     assert time.monotonic() - t < mxtest.scaled(5.0)
+
+
+def test_redis_password(daemon_factory, primary, tmp_path):
+    r = Redis(str(tmp_path), password="s3cret")
+    r.start()
+    try:
+        raw = "[fleet]\nredis = 127.0.0.1:%d\nnode = node%d\nredis_password = %s\n"
+        good = daemon_factory(primary=primary, tenants=tenant_keys(primary),
+                              raw=raw % (r.port, 0, "s3cret"))
+        bad = daemon_factory(primary=primary, tenants=tenant_keys(primary),
+                             raw=raw % (r.port, 1, "wrong"))
+        mxtest.wait_until(lambda: good.status()["fleet_state"] == "ok", 10,
+                          what="the node with the password reached Redis")
+        bad.wait_log("fleet", call="auth", timeout=10)
+        assert bad.status()["fleet_state"] == "degraded"
+        time.sleep(1.5)
+        assert bad.status()["fleet_state"] == "degraded"
+        assert r.cmd("ZRANGE", "mxspool:nodes", 0, -1) == ["node0"]
+    finally:
+        r.kill()
