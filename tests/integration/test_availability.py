@@ -31,6 +31,12 @@ def setup_module(module):
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
+def teardown_module(module):
+    # The other test files get pytest as it was.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
 def send(port, to, n=1, tag="m", timeout=20):
     """N messages on one session; their queue ids, in order."""
     qids = []
