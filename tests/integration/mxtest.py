@@ -1112,5 +1112,14 @@ def run_swaks(target, *args, timeout=30.0):
                           stdin=subprocess.DEVNULL)
 
 
+def rss_kib(pid):
+    """Resident set size of process PID in KiB (/proc/PID/status VmRSS)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for pid %d" % pid)
+
+
 def rmtree_quiet(path):
     shutil.rmtree(path, ignore_errors=True)

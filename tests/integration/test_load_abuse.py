@@ -34,7 +34,7 @@ import time
 import pytest
 
 import mxtest
-from mxtest import scaled, wait_until
+from mxtest import rss_kib, scaled, wait_until
 
 CONNECTIONS = int(os.environ.get("MXSPOOL_LOAD_CONNECTIONS") or
                   (500 if mxtest.SANITIZED else 2000))
@@ -52,14 +52,6 @@ def raise_nofile(need):
     if hard != resource.RLIM_INFINITY and hard < need:
         pytest.skip("RLIMIT_NOFILE hard limit %d < %d needed (ulimit -Hn)" % (hard, need))
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
 
 
 def open_connections(port, n, timeout):

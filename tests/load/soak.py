@@ -41,18 +41,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
 
 import mxtest  # noqa: E402
+from mxtest import rss_kib  # noqa: E402
 
 QUEUED_RE = re.compile(r"queued as ([0-9A-F]{16})")
 RECEIVED_ID_RE = re.compile(rb"with ESMTP id ([0-9A-F]{16})")
 MID_RE = re.compile(rb"\r\nMessage-ID: (<[^>]+>)\r\n")
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS for pid %d" % pid)
 
 
 class Counts:
