@@ -494,3 +494,47 @@ def test_usr2_tells_systemd_the_new_pid(daemon_factory, notify_socket):
         stop_pid(new)
     # The new process's own stop is announced as usual.
     notify_socket.wait_for("STOPPING=1", after=i)
+
+
+def test_usr2_message_in_flight_finishes_on_the_old_process(daemon_factory):
+    """A message in the middle of DATA when SIGUSR2 comes is finished and
+    acknowledged by the old process and is in the new one's spool; a
+    session idle meanwhile gets 421 after about a second, so it cannot hold
+    the handover up."""
+    d = daemon_factory()
+    busy = smtplib.SMTP("127.0.0.1", d.smtp_port, timeout=scaled(30))
+    idle = smtplib.SMTP("127.0.0.1", d.smtp_port, timeout=scaled(30))
+    new = None
+    try:
+        busy.ehlo("busy.test")
+        idle.ehlo("idle.test")
+        busy.mail("busy@client.test")
+        assert busy.rcpt("u@example.test")[0] == 250
+        code, _ = busy.docmd("DATA")
+        assert code == 354
+        busy.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        mark = d.mark()
+        d.signal(signal.SIGUSR2)
+        d.wait_log("reexec", stage="ready", after=mark, timeout=scaled(20))
+        time.sleep(0.3)
+        busy.send(b"second half\r\n.\r\n")
+        code, msg = busy.getreply()
+        assert code == 250, (code, msg)
+        qid = msg.decode().rsplit(" ", 1)[1]
+        busy.quit()
+        t = time.monotonic()
+        code, msg = idle.getreply()     # unasked: the handover's idle limit
+        assert code == 421, (code, msg)
+        wait_until(lambda: ready_pid(d, mark), scaled(20), what="the new process ready")
+        new = ready_pid(d, mark)
+        assert d.wait_exit(scaled(20)) == 0
+        assert time.monotonic() - t < scaled(5)
+        assert qid in queued_ids(d)
+    finally:
+        for s in (busy, idle):
+            try:
+                s.close()
+            except OSError:
+                pass
+        if new:
+            stop_pid(new)
