@@ -71,6 +71,7 @@ sources_for() {
 	metrics_http) echo "$r/control_proto.c" ;;
 	dns_answer) echo "$r/dns.c" ;;
 	dsn) echo "$r/dsn.c" ;;
+	rcache_image) echo "$r/rcache.c" ;;
 	*) echo "run.sh: no source list for target $1" >&2; return 1 ;;
 	esac
 }
@@ -82,6 +83,7 @@ libs_for() {
 	    pkg-config --libs inih libuv 2>/dev/null || echo "-linih -luv" ;;
 	dns_answer) pkg-config --libs libcares libuv 2>/dev/null || echo "-lcares -luv" ;;
 	spool_record) echo "-lpthread" ;;
+	rcache_image) pkg-config --libs libcrypto 2>/dev/null || echo "-lcrypto" ;;
 	*) echo "" ;;
 	esac
 }
