@@ -154,6 +154,7 @@ main_drain_closed(void *arg)
 {
 	struct main_state *m = arg;
 
+	m->relay.drain = NULL;    /* freed: a late reload must not reach it */
 	/* The spool goes last: deliveries in flight write their outcomes. */
 	if (m->relay.spool)
 		spool_close(m->relay.spool, main_spool_closed, m);
@@ -470,6 +471,11 @@ main_on_signal(uv_signal_t *h, int signum)
 	struct main_state *m = h->data;
 	char err[1024];
 
+	if (signum == SIGHUP && m->relay.stopping) {
+		/* Modules are closing (a stop or a handover): nothing to apply to. */
+		log_event(LOG_LEVEL_WARN, "signal", "signal=HUP action=ignored note=\"stopping\"");
+		return;
+	}
 	if (signum == SIGHUP) {
 		log_event(LOG_LEVEL_INFO, "signal", "signal=HUP action=reload");
 		(void)relay_reload(&m->relay, err, sizeof(err));
