@@ -132,6 +132,8 @@
 #define ROLL_MIN_BYTES     (1ull << 20)         /* dead bytes worth a roll */
 #define ROLL_SEG_DIVISOR   8                    /* dead >= seg_size/8: roll */
 #define ROLL_FREE_DIVISOR  4                    /* dead >= free/4: roll */
+#define BALLAST_BYTES      (1ull << 20)         /* room kept for state records */
+#define BALLAST_LOW        (256u * 1024)        /* free below this: release it */
 
 enum pend_cb { CB_NONE, CB_DONE, CB_COMMIT };
 
@@ -160,6 +162,9 @@ struct fjob {
 	struct journal *j;
 	struct pend *head;
 	bool close_active;            /* close the active segment first */
+	bool release_ballast;         /* free space is low: release it first */
+	bool make_ballast;            /* (re)create the ballast file at the end */
+	bool ballast_now;             /* whether it exists after the job */
 	uint8_t *snap;                /* HOLD records for a new segment */
 	size_t snap_len;
 	int status;
@@ -383,6 +388,7 @@ w_rotate(struct journal *j, struct fjob *job)
 	}
 	job->created[job->ncreated++] = w->segno;
 	w->size = 0;
+	w->synced = 0;
 	w->stage_len = 0;
 	spool_seg_hdr_encode(hdr, w->segno);
 	if ((rc = w_write(j, hdr, sizeof(hdr))) != 0)
@@ -451,6 +457,99 @@ tmp_path(char *buf, size_t len, const char *tdir, spool_qid qid)
 	snprintf(buf, len, "%s/%s", tdir, q);
 }
 
+/*
+ * BALLAST.  A full disk must not stop the postmaster from deleting mail,
+ * but a DELETE is a record that needs space, and so does the new segment it
+ * may start.  The journal therefore keeps DIR/ballast, BALLAST_BYTES
+ * allocated while the disk has room.  A flush job that starts while the
+ * last free-space figure is under BALLAST_LOW unlinks it before writing, and
+ * one that fails with ENOSPC anyway unlinks it after (its records still
+ * fail: their callers were told SPOOL_EIO), so the state records fit;
+ * admission keeps refusing messages while free space is under the disk
+ * reserve.  A later flush job makes the ballast again once free space is
+ * above the reserve plus its size plus twice BALLAST_LOW (so that making it
+ * does not bring the release threshold back at once).  Only flush jobs
+ * touch the file, one at a time.
+ */
+static void
+ballast_path(char *buf, size_t len, const struct journal *j)
+{
+	snprintf(buf, len, "%s/ballast", j->dir);
+}
+
+static bool
+ballast_make(const struct journal *j)
+{
+	char path[4096];
+	int fd, rc;
+
+	ballast_path(path, sizeof(path), j);
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return false;
+	rc = posix_fallocate(fd, 0, (off_t)BALLAST_BYTES);
+	(void)close(fd);
+	if (rc != 0)
+		(void)unlink(path);
+	return rc == 0;
+}
+
+/* Threadpool: unlink the ballast if it is there. */
+static void
+ballast_release(const struct journal *j, struct fjob *job)
+{
+	char path[4096];
+
+	if (!job->ballast_now)
+		return;
+	ballast_path(path, sizeof(path), j);
+	if (unlink(path) == 0 || errno == ENOENT)
+		job->ballast_now = false;
+}
+
+/* Threadpool, end of a flush job that ended with RC. */
+static void
+ballast_work(struct journal *j, struct fjob *job, int rc)
+{
+	if (rc == -ENOSPC)
+		ballast_release(j, job);
+	else if (rc == 0 && job->make_ballast && !job->ballast_now)
+		job->ballast_now = ballast_make(j);
+}
+
+/* Write every record of JOB, fdatasync, fsync journal/ for a new segment.
+ * On failure the active descriptor is closed and never used again. */
+static int
+flush_write(struct journal *j, struct fjob *job, int *srcfd, uint64_t *srcno)
+{
+	struct wstate *w = &j->w;
+	int rc = 0;
+
+	for (struct pend *p = job->head; p != NULL && rc == 0; p = p->next)
+		rc = w_pend(j, job, p, srcfd, srcno);
+	if (rc == 0 && w->fd >= 0 && (rc = w_stage_flush(j)) == 0) {
+		if (fdatasync(w->fd) != 0)
+			rc = -errno;
+		else
+			w->synced = w->size;
+	}
+	/* A new directory entry is durable only once the directory is. */
+	if (rc == 0 && job->ncreated > 0)
+		rc = fsync_dir(j->jdir);
+	if (rc != 0 && w->fd >= 0) {
+		/* Never write to or fsync this descriptor again.  What it got
+		 * after the last good fdatasync was never acknowledged: cut it
+		 * off, so that a full disk gets that space back now rather than
+		 * when the segment dies (best effort; recovery would cut it as a
+		 * torn tail anyway). */
+		(void)ftruncate(w->fd, (off_t)w->synced);
+		(void)close(w->fd);
+		w->fd = -1;
+		w->stage_len = 0;
+	}
+	return rc;
+}
+
 static void
 flush_work(uv_work_t *req)
 {
@@ -459,7 +558,7 @@ flush_work(uv_work_t *req)
 	struct wstate *w = &j->w;
 	struct statvfs vfs;
 	uint64_t srcno = 0;
-	int srcfd = -1, rc = 0;
+	int srcfd = -1, rc;
 
 	/* A roll: everything in the active segment was fdatasync'd by the job
 	 * that wrote it, so closing it is all there is to do; the next record
@@ -469,19 +568,20 @@ flush_work(uv_work_t *req)
 		w->fd = -1;
 		w->stage_len = 0;
 	}
-	for (struct pend *p = job->head; p != NULL && rc == 0; p = p->next)
-		rc = w_pend(j, job, p, &srcfd, &srcno);
-	if (rc == 0 && w->fd >= 0 && (rc = w_stage_flush(j)) == 0 &&
-	    fdatasync(w->fd) != 0)
-		rc = -errno;
-	/* A new directory entry is durable only once the directory is. */
-	if (rc == 0 && job->ncreated > 0)
-		rc = fsync_dir(j->jdir);
-	if (rc != 0 && w->fd >= 0) {
-		/* Never write to or fsync this descriptor again. */
-		(void)close(w->fd);
-		w->fd = -1;
-		w->stage_len = 0;
+	if (job->release_ballast)
+		ballast_release(j, job);
+	rc = flush_write(j, job, &srcfd, &srcno);
+	/*
+	 * Out of space with the ballast still there: release it and write the
+	 * whole job again, into a new segment (the old descriptor is closed
+	 * and never used again).  Records of the first attempt that reached
+	 * the old segment are harmless twice: replay keeps the later copy of a
+	 * message, and every state record is idempotent.
+	 */
+	if (rc == -ENOSPC && job->ballast_now) {
+		ballast_release(j, job);
+		if (!job->ballast_now)
+			rc = flush_write(j, job, &srcfd, &srcno);
 	}
 	if (srcfd >= 0)
 		(void)close(srcfd);
@@ -496,6 +596,7 @@ flush_work(uv_work_t *req)
 		tmp_path(path, sizeof(path), j->tdir, p->tx->qid);
 		(void)unlink(path);
 	}
+	ballast_work(j, job, rc);
 	job->status = rc == 0 ? 0 : SPOOL_EIO;
 	if (statvfs(j->dir, &vfs) == 0) {
 		job->free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
@@ -553,6 +654,7 @@ flush_after(uv_work_t *req, int uvstatus)
 	j->flush_running = false;
 	j->run_head = NULL;
 	j->nsyncs++;
+	j->ballast = job->ballast_now;
 	for (size_t i = 0; i < job->ncreated; i++)
 		spool__seg_add(j, job->created[i]);
 	j->active_segno = j->w.fd >= 0 ? j->w.segno : 0;
@@ -660,6 +762,10 @@ flush_start(struct journal *j)
 	job->head = j->run_head = j->pq_head;
 	job->close_active = j->roll_wanted;
 	j->roll_wanted = false;
+	job->ballast_now = j->ballast;
+	job->release_ballast = j->ballast && j->free_bytes < BALLAST_LOW;
+	job->make_ballast = !j->ballast && !j->closing &&
+	    j->free_bytes > j->sp->disk_reserve + BALLAST_BYTES + 2 * BALLAST_LOW;
 	j->pq_head = NULL;
 	j->pq_tail = &j->pq_head;
 	build_snapshot(j, job);
@@ -978,6 +1084,11 @@ maint_check(struct journal *j)
 		return;
 	}
 	if (s->live_bytes >= j->seg_size / COMPACT_DIVISOR)
+		return;
+	/* Copies need room: never let them eat the disk reserve or the
+	 * ballast's share (a full disk would fail them, and the space they
+	 * took until the job failed is what a DELETE needs). */
+	if (j->free_bytes < j->sp->disk_reserve + s->live_bytes + BALLAST_BYTES)
 		return;
 	/* Within the budget only: the statvfs tick comes back each second. */
 	if (!spool__compact_take(&j->cbudget, j->sp->now_ms(), j->seg_size,
@@ -1607,6 +1718,8 @@ static int
 journal_prepare(struct journal *j, struct spool_recovery_stats *stats)
 {
 	struct statvfs vfs;
+	struct stat sb;
+	char path[4096];
 	int64_t t0 = util_mono_ms();
 	int rc;
 
@@ -1623,6 +1736,14 @@ journal_prepare(struct journal *j, struct spool_recovery_stats *stats)
 	if (statvfs(j->dir, &vfs) != 0)
 		return -errno;
 	j->free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+	/* The ballast of the last run is kept; otherwise made when there is
+	 * room for it (BALLAST above). */
+	ballast_path(path, sizeof(path), j);
+	if (stat(path, &sb) == 0 && (uint64_t)sb.st_blocks * 512 >= BALLAST_BYTES)
+		j->ballast = true;
+	else if (j->free_bytes > j->sp->disk_reserve + BALLAST_BYTES + 2 * BALLAST_LOW &&
+	    (j->ballast = ballast_make(j)) && statvfs(j->dir, &vfs) == 0)
+		j->free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
 	stats->duration_ms = (uint64_t)(util_mono_ms() - t0);
 	return 0;
 }

@@ -31,6 +31,7 @@ struct seg {
 struct wstate {
 	int fd;                       /* active segment, -1 if none */
 	uint64_t segno, size, next_segno;
+	uint64_t synced;              /* bytes of it the last fdatasync covered */
 	uint8_t *stage;
 	size_t stage_len;
 };
@@ -75,6 +76,8 @@ struct journal {
 	bool roll_wanted;             /* the next flush job closes the active
 	                               * segment (roll_check) */
 	struct compact_budget cbudget;
+	bool ballast;                 /* DIR/ballast holds its room (flush jobs
+	                               * release and remake it) */
 	uint64_t ncopies;             /* messages compaction set out to copy */
 
 	uint64_t nsyncs;              /* flush jobs that reached fdatasync */

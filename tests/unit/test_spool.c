@@ -372,6 +372,23 @@ int __wrap_fdatasync(int fd);
 /* While set, fdatasync does its work and then reports EIO (as a failing
  * disk does after dropping the pages). */
 static bool fdatasync_fails;
+/* While positive, write(2) fails with ENOSPC, writes nothing and counts
+ * down. */
+static int write_enospc;
+
+ssize_t __real_write(int fd, const void *buf, size_t len);
+ssize_t __wrap_write(int fd, const void *buf, size_t len);
+
+ssize_t
+__wrap_write(int fd, const void *buf, size_t len)
+{
+	if (write_enospc > 0) {
+		write_enospc--;
+		errno = ENOSPC;
+		return -1;
+	}
+	return __real_write(fd, buf, len);
+}
 
 int
 __wrap_fdatasync(int fd)
@@ -1237,6 +1254,47 @@ test_compaction_bounded_after_eio(void **state)
 }
 
 static void
+test_ballast_for_state_records(void **state)
+{
+	/* The journal keeps 1 MiB of ballast in spool_dir so that a DELETE
+	 * still fits when the disk is full: a journal write that fails with
+	 * ENOSPC releases it and the batch is written again into a new
+	 * segment; when that fails too the batch fails (the caller's 451);
+	 * once there is room again the ballast comes back. */
+	struct ctx c;
+	struct stat sb;
+	struct wait w = { 0 };
+	char ballast[128];
+	spool_qid q, x;
+	(void)state;
+
+	ctx_init(&c);
+	sp_open(&c);
+	snprintf(ballast, sizeof(ballast), "%s/ballast", c.dir);
+	assert_int_equal(stat(ballast, &sb), 0);
+	assert_true((uint64_t)sb.st_blocks * 512 >= 1u << 20);
+	assert_int_equal(append(&c, "acme", 1, (const uint8_t *)"hello", 5, 5, &q), 0);
+	write_enospc = 1;
+	assert_int_equal(append(&c, "acme", 1, (const uint8_t *)"more", 4, 4, &x), 0);
+	assert_int_equal(write_enospc, 0);
+	assert_false(file_exists(ballast));
+	/* Now without ballast: a full disk fails the batch. */
+	write_enospc = 1000;
+	assert_int_equal(append(&c, "acme", 1, (const uint8_t *)"lost", 4, 4, &x), SPOOL_EIO);
+	write_enospc = 0;
+	assert_int_equal(spool_delete(c.sp, q, on_done, &w), 0);
+	run_until(&c, &w.done);
+	assert_int_equal(w.status, 0);
+	assert_int_equal(spool_find(c.sp, q, &(struct spool_item){ 0 }), SPOOL_ENOENT);
+	/* /tmp has room: the flush job that stored the DELETE made it again. */
+	assert_true(file_exists(ballast));
+	sp_close(&c);
+	sp_open(&c);
+	assert_int_equal(c.st.messages, 1);      /* "more", once */
+	ctx_end(&c);
+}
+
+static void
 test_held_survives_segment_deletion(void **state)
 {
 	/* The held flag survives a reopen even after the segment holding the
@@ -1664,6 +1722,7 @@ main(void)
 		cmocka_unit_test(test_roll_and_budget_policy),
 		cmocka_unit_test(test_delete_reclaims_active_segment),
 		cmocka_unit_test(test_compaction_bounded_after_eio),
+		cmocka_unit_test(test_ballast_for_state_records),
 		cmocka_unit_test(test_rcpt_state_and_abort),
 		cmocka_unit_test(test_group_commit_batches),
 		cmocka_unit_test(test_warned_survives_reopen_and_compaction),
