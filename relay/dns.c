@@ -315,17 +315,19 @@ dns_cache_flush(struct dns *dns)
 	dns->ncache = 0;
 }
 
-/* Drop expired entries; when that is not enough, everything. */
+/* Drop the expired entries, and with NEGATIVE every NXDOMAIN/NODATA. */
 static void
-dns_cache_make_room(struct dns *dns, uint64_t now)
+dns_cache_drop(struct dns *dns, uint64_t now, bool negative)
 {
 	for (size_t b = 0; b < DNS_CACHE_BUCKETS; b++) {
 		struct dns_cache_entry **pp = &dns->cache[b];
 
 		while (*pp != NULL) {
 			struct dns_cache_entry *e = *pp;
+			bool drop = e->expires <= now || (negative &&
+			    (e->status == DNS_ENXDOMAIN || e->status == DNS_ENODATA));
 
-			if (e->expires <= now) {
+			if (drop) {
 				*pp = e->next;
 				dns_cache_entry_free(e);
 				dns->ncache--;
@@ -334,7 +336,20 @@ dns_cache_make_room(struct dns *dns, uint64_t now)
 			}
 		}
 	}
-	/* Rare (4096 live names) and harmless: the next lookups refill it. */
+}
+
+/*
+ * Drop expired entries; when that is not enough, the negative answers
+ * (a DNSBL's "not listed" for each client of a busy minute must not push
+ * the drain's MX and address answers out); then everything.
+ */
+static void
+dns_cache_make_room(struct dns *dns, uint64_t now)
+{
+	dns_cache_drop(dns, now, false);
+	if (dns->ncache >= DNS_CACHE_MAX_ENTRIES)
+		dns_cache_drop(dns, now, true);
+	/* Rare (4096 live answers) and harmless: the next lookups refill it. */
 	if (dns->ncache >= DNS_CACHE_MAX_ENTRIES)
 		dns_cache_flush(dns);
 }

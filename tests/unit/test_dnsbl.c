@@ -3,7 +3,9 @@
  * on a real loop against a small UDP name server in this file that lists,
  * clears or never answers by query name: the listing and its code, zones
  * that are clear, the deadline when a zone stays silent, the progress
- * callbacks, and freeing from inside the callback.  The daemon end to end
+ * callbacks, freeing from inside the callback, and that the "not listed"
+ * answers of many clients do not push other answers out of the resolver's
+ * cache.  The daemon end to end
  * (450 at RCPT) is tests/integration/test_dnsbl.py.
  */
 #include <stdarg.h>
@@ -119,6 +121,7 @@ test_zone_union(void **state)
 struct fake_ns {
 	uv_udp_t udp;
 	unsigned queries;
+	unsigned listed_queries;      /* of them, for *.listed.test */
 	unsigned port;
 	char buf[1024];
 };
@@ -186,6 +189,7 @@ ns_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf,
 	if (strstr(name, ".silent.test") != NULL)
 		return;
 	listed = strstr(name, ".listed.test") != NULL;
+	ns->listed_queries += listed;
 	refused = strstr(name, ".refused.test") != NULL;
 	r = malloc(sizeof(uv_udp_send_t) + end + sizeof(rr) + 4);
 	assert_non_null(r);
@@ -374,6 +378,78 @@ test_no_zones_is_async(void **state)
 	run_finish(&r);
 }
 
+struct lookups {
+	uv_loop_t *loop;
+	unsigned done, ok, nxdomain;
+	unsigned want;                /* stop the loop when done reaches it */
+};
+
+/* Run the loop until L has WANT answers (uv_stop from the callback: a
+ * cache hit completes from a timer, after which UV_RUN_ONCE would go on
+ * to wait for I/O that never comes). */
+static void
+lookups_wait(struct lookups *l, unsigned want)
+{
+	l->want = want;
+	if (l->done < want)
+		(void)uv_run(l->loop, UV_RUN_DEFAULT);
+	assert_int_equal(l->done, want);
+}
+
+static void
+on_lookup(void *arg, int status, const struct sockaddr_storage *addrs, size_t n)
+{
+	struct lookups *l = arg;
+
+	(void)addrs;
+	(void)n;
+	l->done++;
+	l->ok += status == DNS_OK;
+	l->nxdomain += status == DNS_ENXDOMAIN;
+	if (l->done == l->want)
+		uv_stop(l->loop);
+}
+
+static void
+test_negative_answers_do_not_evict(void **state)
+{
+	/* A busy minute of clean DNSBL answers (NXDOMAIN, more than the
+	 * cache holds) must not push out a positive answer: the second
+	 * lookup of keep.listed.test is a cache hit. */
+	struct run r = { 0 };
+	struct lookups l = { 0 };
+	char servers[64], name[64];
+	unsigned issued = 0;
+
+	(void)state;
+	assert_int_equal(uv_loop_init(&r.loop), 0);
+	ns_start(&r.loop, &r.ns);
+	snprintf(servers, sizeof(servers), "127.0.0.1:%u", r.ns.port);
+	assert_int_equal(dns_new(&r.loop, servers, &r.dns), DNS_OK);
+	l.loop = &r.loop;
+	assert_int_equal(dns_a(r.dns, "keep.listed.test", on_lookup, &l, NULL), DNS_OK);
+	lookups_wait(&l, ++issued);
+	assert_int_equal(l.ok, 1);
+	/* In batches, so that the test server's socket buffer keeps up. */
+	for (unsigned i = 0; i < 4200; i++) {
+		snprintf(name, sizeof(name), "%u.0.0.10.clean.test", i);
+		assert_int_equal(dns_a(r.dns, name, on_lookup, &l, NULL), DNS_OK);
+		issued++;
+		if (issued % 200 == 0)
+			lookups_wait(&l, issued);
+	}
+	lookups_wait(&l, issued);
+	assert_int_equal(l.nxdomain, 4200);
+	assert_int_equal(dns_a(r.dns, "keep.listed.test", on_lookup, &l, NULL), DNS_OK);
+	lookups_wait(&l, ++issued);
+	assert_int_equal(l.ok, 2);
+	assert_int_equal(r.ns.listed_queries, 1);
+	uv_close((uv_handle_t *)&r.ns.udp, NULL);
+	dns_free(r.dns, NULL, NULL);
+	assert_int_equal(uv_run(&r.loop, UV_RUN_DEFAULT), 0);
+	assert_int_equal(uv_loop_close(&r.loop), 0);
+}
+
 int
 main(void)
 {
@@ -385,6 +461,7 @@ main(void)
 		cmocka_unit_test(test_all_answer_before_deadline),
 		cmocka_unit_test(test_free_inside_callback),
 		cmocka_unit_test(test_no_zones_is_async),
+		cmocka_unit_test(test_negative_answers_do_not_evict),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
