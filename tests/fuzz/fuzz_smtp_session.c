@@ -13,7 +13,9 @@
  *   D text    DATA, then TEXT with '|' as line breaks, then CRLF.CRLF
  *   B text    BDAT <len> LAST with TEXT as the chunk ('+' first: no LAST)
  *   S N Q     RSET, NOOP, QUIT        V/T/P arg  VRFY, ETRN, HELP
- *   X         STARTTLS (the server has no certificate)
+ *   X         STARTTLS (the server has a self-signed certificate)
+ *   Z bytes   everything after the Z to the end of the input, as it is
+ *             (after STARTTLS: a TLS ClientHello, or garbage, for the pump)
  *   anything else is sent as it is, NULs and bare CRs included, with CRLF.
  * Byte 0 of the input picks the size of the client's writes (1..128, so
  * commands arrive split anywhere) and, with its top bit, lock-step (wait
@@ -22,7 +24,8 @@
  * it sends the text.  After the script the client half-closes and reads
  * until the server closes.  Checks:
  *   - every reply line is CRLF-terminated, at most 512 octets, and starts
- *     with a 2xx-5xx code and ' ' or '-'; the first is 220 (or 421);
+ *     with a 2xx-5xx code and ' ' or '-'; the first is 220 (or 421); after
+ *     "220 2.0.0 Ready to start TLS" the bytes are TLS and not checked;
  *   - the session ends by itself once the client is gone (no hang) and
  *     the server has no session left afterwards;
  *   - each "250 2.0.0 Ok: queued as" is one message in the spool and one
@@ -48,6 +51,7 @@
 #include "mxspool/config.h"
 #include "mxspool/smtp_server.h"
 #include "mxspool/spool.h"
+#include "mxspool/tls.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -62,6 +66,7 @@ struct fz {
 	struct config *cfg;
 	struct spool *sp;
 	struct smtp_server *srv;
+	struct tls_ctx *tls;          /* NULL when openssl(1) could not make a cert */
 	int port;
 	unsigned accepted;
 	bool bad_tenant;
@@ -101,7 +106,7 @@ fz_get(void)
 	static struct fz *fz;   /* one server for the whole run */
 	struct spool_options so = { .backend = "ram", .disk_reserve = 0 };
 	struct smtp_server_deps deps = { 0 };
-	char text[2048], path[128], err[512];
+	char text[2048], path[128], err[512], cmd[512], cert[128], key[128];
 	FILE *fp;
 
 	if (fz != NULL)
@@ -142,12 +147,21 @@ fz_get(void)
 	}
 	fclose(fp);
 	fz->cfg->listen[0].port = 0;   /* the kernel picks */
+	/* STARTTLS needs a certificate: a throwaway one, made once. */
+	snprintf(cert, sizeof(cert), "%s/cert.pem", fz->dir);
+	snprintf(key, sizeof(key), "%s/key.pem", fz->dir);
+	snprintf(cmd, sizeof(cmd), "openssl req -x509 -newkey ec -pkeyopt "
+	    "ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=mx.test "
+	    "-keyout %s -out %s >/dev/null 2>&1", key, cert);
+	if (system(cmd) != 0 ||
+	    tls_server_ctx_new(cert, key, &fz->tls, err, sizeof(err)) != TLS_OK)
+		fz->tls = NULL;
 	CHECK(spool_open(&fz->loop, &so, &fz->sp, NULL) == 0);
 	deps.loop = &fz->loop;
 	deps.hooks.arg = fz;
 	deps.hooks.on_accepted = on_accepted;
 	deps.hooks.on_etrn = on_etrn;
-	if (smtp_server_new(&deps, fz->cfg, NULL, &fz->srv, err, sizeof(err)) != 0) {
+	if (smtp_server_new(&deps, fz->cfg, fz->tls, &fz->srv, err, sizeof(err)) != 0) {
 		fprintf(stderr, "fuzz_smtp_session: server: %s\n", err);
 		abort();
 	}
@@ -282,13 +296,14 @@ struct replies {
 	char line[REPLY_LINE_MAX + 1];
 	size_t len;
 	unsigned lines, finals, queued;
+	bool tls;                     /* STARTTLS answered: the rest is TLS */
 };
 
 /* Check every complete reply line in the octets received. */
 static void
 replies_push(struct replies *r, const char *p, size_t n)
 {
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n && !r->tls; i++) {
 		CHECK(r->len < REPLY_LINE_MAX);   /* 512 with CRLF */
 		r->line[r->len++] = p[i];
 		if (p[i] != '\n')
@@ -308,6 +323,9 @@ replies_push(struct replies *r, const char *p, size_t n)
 			r->queued++;
 		if (r->line[3] == ' ')
 			r->finals++;
+		if (r->len == 30 && memcmp(r->line, "220 2.0.0 Ready to start TLS\r\n",
+		    30) == 0)
+			r->tls = true;
 		r->lines++;
 		r->len = 0;
 	}
@@ -352,8 +370,9 @@ run_session(struct fz *fz, const struct buf *script, size_t step,
 		ssize_t n;
 
 		CHECK(now_ms() < end);   /* a session that never ends */
+		/* Past STARTTLS no reply is read any more: send the rest. */
 		while (next_sync < script->nsync &&
-		    rep->finals >= script->sync[next_sync].want)
+		    (rep->tls || rep->finals >= script->sync[next_sync].want))
 			next_sync++;
 		if (rep->lines == 0) {
 			/* The greeting first: no early talking. */
@@ -424,6 +443,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	script->p = malloc(SCRIPT_MAX);
 	CHECK(script->p != NULL);
 	for (size_t i = 1; i <= size; i++) {
+		if (i == start && i < size && data[i] == 'Z') {
+			/* The rest of the input, raw, once every command so
+			 * far is answered (the TLS handshake after STARTTLS). */
+			sync_here(script);
+			put(script, data + i + 1, size - i - 1);
+			break;
+		}
 		if (i < size && data[i] != '\n')
 			continue;
 		script_line(script, (const char *)data + start, i - start);
