@@ -1412,6 +1412,111 @@ test_every_session_refused_goes_down(void **state)
 	fx_close(&fx);
 }
 
+/* ---- the fleet's gate (drain_deps.gate, fleet.h) ----------------------- */
+
+struct gate_log {
+	bool allow;
+	unsigned asked, refused, leases, dones, failed;
+	struct drain_gate_ask last;
+};
+
+static int64_t
+gate_take(void *arg, const char *tenant, const struct drain_gate_ask *a)
+{
+	struct gate_log *g = arg;
+
+	assert_string_equal(tenant, "demo");
+	g->asked++;
+	g->last = *a;
+	if (!g->allow) {
+		g->refused++;
+		return 20;
+	}
+	if (a->new_conn)
+		g->leases++;
+	return 0;
+}
+
+static void
+gate_done(void *arg, const char *tenant, bool failed)
+{
+	struct gate_log *g = arg;
+
+	assert_string_equal(tenant, "demo");
+	g->dones++;
+	g->failed += failed;
+}
+
+/* The fixture with the gate's record behind it (fx first: the predicates
+ * get the fx). */
+struct gate_fx {
+	struct fx fx;
+	struct gate_log g;
+};
+
+static bool
+pred_gate_balanced(struct fx *fx)
+{
+	const struct gate_log *g = &((struct gate_fx *)fx)->g;
+
+	return g->dones == g->leases;
+}
+
+/* A refusal by the gate sends nothing and takes no lease; once it grants,
+ * the message goes, the first send asks for a connection, every lease
+ * comes back through done(), and a 421 comes back as failed (the fleet
+ * cuts the shared limit on it). */
+static void
+test_gate_refuses_grants_and_leases(void **state)
+{
+	struct gate_fx *gf = calloc(1, sizeof(*gf));
+	struct fx *fx = &gf->fx;
+	struct gate_log *g = &gf->g;
+	struct drain_gate gate = { g, gate_take, gate_done };
+	struct drain_deps deps;
+	struct fx_opts o = { 0 };
+
+	(void)state;
+	assert_non_null(gf);
+	fx_open(fx, &o);
+	memset(&deps, 0, sizeof(deps));
+	deps.loop = &fx->loop;
+	deps.spool = fx->sp;
+	deps.dns = fx->dns;
+	deps.stats = fx->st;
+	deps.now_ms = fake_clock;
+	deps.gate = &gate;
+	assert_int_equal(drain_new(&deps, fx->cfg, NULL, &fx->d), 0);
+	fx_wait(fx, pred_up, "primary up");
+	(void)fx_queue(fx, "a@sender.test", "u1@example.test", "m1");
+	drain_kick(fx->d, "demo");
+	(void)fx_run_until(fx, NULL, QUIET_MS);
+	assert_true(g->refused >= 2);         /* asked again after its wait */
+	assert_int_equal(fx->prim.nmsg, 0);
+	assert_int_equal(g->leases, 0);
+	assert_true(g->last.rate == 1000 && g->last.limit > 0 && g->last.size > 0);
+	assert_true(g->last.new_conn);
+	assert_int_equal(g->last.concurrency, 1);
+	g->allow = true;
+	fx->want = 1;
+	fx_wait(fx, pred_delivered, "the delivery once granted");
+	assert_int_equal(g->leases, 1);
+	fx_wait(fx, pred_gate_balanced, "the idle connection's lease back");
+	assert_int_equal(g->failed, 0);
+	fx->prim.data_reply = "421 4.3.2 shutting down";
+	fx->prim.drop_after_data = true;
+	(void)fx_queue(fx, "a@sender.test", "u2@example.test", "m2");
+	drain_kick(fx->d, "demo");
+	fx_wait(fx, pred_down, "down after a 421");
+	fx_wait(fx, pred_gate_balanced, "the failed connection's lease back");
+	/* The failed session may be retried once on a new connection (the
+	 * drain's concurrency grace): every lease still comes back. */
+	assert_true(g->leases >= 2);
+	assert_true(g->failed >= 1);
+	fx_close(fx);
+	free(gf);
+}
+
 int
 main(void)
 {
@@ -1439,6 +1544,7 @@ main(void)
 		cmocka_unit_test(test_outage_tenant_override),
 		cmocka_unit_test(test_expired_not_delivered_after_outage),
 		cmocka_unit_test(test_caps_recorded_after_probe),
+		cmocka_unit_test(test_gate_refuses_grants_and_leases),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
