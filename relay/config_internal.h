@@ -1,7 +1,8 @@
 /*
  * config_internal.h - shared between the files of the config module only
  * (config.c: the key tables and the inih loader; config_value.c: the pure
- * value parsers).  Nothing outside relay/config*.c may include it; the
+ * value parsers; config_recipients.c: recipients entries and lookups).
+ * Nothing outside relay/config*.c may include it; the
  * public interface is mxspool/config.h.
  *
  * The parsers return NULL when S is valid (and store the value), or a short
@@ -73,6 +74,11 @@ const char *config__hostport_reason(const char *s, uint16_t defport,
     struct config_hostport *out);
 /* ADDR, ADDR/PREFIX or [V6]/PREFIX with no bits set past the prefix. */
 const char *config__cidr_reason(const char *s, struct config_cidr *out);
+/* qsort/bsearch order of an array of strings (config_recipients.c). */
+int config__cmp_str(const void *a, const void *b);
+/* A recipients entry S whose last '@' is AT, with a quoted local part that
+ * is a plain dot-string unquoted in place; returns AT's new place. */
+char *config__recipients_unquote(char *s, char *at);
 /* Free the N strings of V and V itself (lists of names). */
 void config__strv_free(char **v, size_t n);
 

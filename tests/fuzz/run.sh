@@ -50,7 +50,7 @@ out=$(cd "$out" && pwd)
 [ -f "$out/config.h" ] || echo '#define PACKAGE_VERSION "fuzz"' > "$out/config.h"
 
 r=$top/relay
-core="$r/util.c $r/log.c $r/config.c $r/config_value.c"
+core="$r/util.c $r/log.c $r/config.c $r/config_value.c $r/config_recipients.c"
 proto="$r/smtp_proto.c $r/smtp_proto_hdr.c"
 spool="$r/spool.c $r/spool_codec.c $r/spool_index.c $r/spool_journal.c
   $r/spool_recover.c $r/spool_ram.c"
