@@ -66,14 +66,8 @@
 #include "config_internal.h"
 
 /* An entry of the domain index: the domain string belongs to the tenant. */
-struct config_domain_ref {
-	const char *domain;
-	const struct config_tenant *tenant;
-};
-
 /* Limits of values we accept; the unit is in the name. */
 #define RATE_MAX 1000000.0            /* messages per second */
-#define ADDR_MAX 1024                 /* longest address config_tenant_accepts() looks up */
 #define TOKEN_MAX 256                 /* longest list item (a line is shorter) */
 #define SOCKET_PATH_MAX (sizeof(((struct sockaddr_un *)0)->sun_path) - 1)
 

@@ -74,6 +74,14 @@ const char *config__hostport_reason(const char *s, uint16_t defport,
     struct config_hostport *out);
 /* ADDR, ADDR/PREFIX or [V6]/PREFIX with no bits set past the prefix. */
 const char *config__cidr_reason(const char *s, struct config_cidr *out);
+/* cfg->domain_index: every tenant domain, sorted, for the per-RCPT lookup. */
+struct config_domain_ref {
+	const char *domain;
+	const struct config_tenant *tenant;
+};
+
+#define ADDR_MAX 1024                 /* longest address config_tenant_accepts() looks up */
+
 /* qsort/bsearch order of an array of strings (config_recipients.c). */
 int config__cmp_str(const void *a, const void *b);
 /* A recipients entry S whose last '@' is AT, with a quoted local part that
