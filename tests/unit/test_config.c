@@ -964,6 +964,48 @@ test_files(void **state)
 }
 
 static void
+test_recipients_fuzz_findings(void **state)
+{
+	/* What fuzz_recipients found: an empty file accepts nobody (and does
+	 * not hand bsearch() a NULL array); a quoted local part that is a plain
+	 * dot-string is listed unquoted, as the SMTP parser hands it over; a
+	 * domain with two trailing dots is refused, not stored with one. */
+	char rcpt[256], text[1024], path[256], err[CONFIG_ERRLEN];
+	struct config *cfg, *c2 = NULL;
+	const struct config_tenant *t;
+
+	(void)state;
+	write_file(rcpt, sizeof(rcpt), "");
+	snprintf(text, sizeof(text), SERVER TENANT "recipients = %s\n", rcpt);
+	cfg = load_ok(text);
+	t = &cfg->tenants[0];
+	assert_int_equal(t->nrecipients, 0);
+	assert_false(config_tenant_accepts(t, "anyone@a.example"));
+	config_free(cfg);
+	unlink(rcpt);
+
+	write_file(rcpt, sizeof(rcpt), "\"John.Doe\"@a.example\n\"a(b\"@a.example\n");
+	snprintf(text, sizeof(text), SERVER TENANT "recipients = %s\n", rcpt);
+	cfg = load_ok(text);
+	t = &cfg->tenants[0];
+	assert_int_equal(t->nrecipients, 2);
+	assert_true(config_tenant_accepts(t, "john.doe@a.example"));
+	assert_true(config_tenant_accepts(t, "\"a(b\"@a.example"));
+	config_free(cfg);
+	unlink(rcpt);
+
+	write_file(rcpt, sizeof(rcpt), "x@a.example..\n");
+	snprintf(text, sizeof(text), SERVER TENANT "recipients = %s\n", rcpt);
+	write_file(path, sizeof(path), text);
+	assert_int_equal(config_load(path, &c2, err, sizeof(err)), -1);
+	assert_null(c2);
+	if (strstr(err, "the domain is not one of the tenant's domains") == NULL)
+		fail_msg("wanted a refusal of x@a.example.., got \"%s\"", err);
+	unlink(path);
+	unlink(rcpt);
+}
+
+static void
 test_reload_sees_file_changes(void **state)
 {
 	/* Loading again picks up an edited recipients file. */
@@ -1566,6 +1608,7 @@ main(void)
 		cmocka_unit_test(test_duplicates),
 		cmocka_unit_test(test_nonsense),
 		cmocka_unit_test(test_files),
+		cmocka_unit_test(test_recipients_fuzz_findings),
 		cmocka_unit_test(test_reload_sees_file_changes),
 		cmocka_unit_test(test_open_and_stream),
 		cmocka_unit_test(test_example_file_is_defaults),
