@@ -19,9 +19,12 @@
  * The shared limit: a cut halves the current value (not below 0.5 msg/s)
  * and stores it with the time; it then grows back by max(0.5, rate / 20)
  * per second, up to drain_rate, as the drain's own AIMD does.  A grant runs
- * the bucket at min(shared limit, the asking node's own limit), so a node
- * that is ramping up or backing off slows the fleet when it asks, and a
- * cut by any node slows every node at its next grant.
+ * the bucket at min(shared limit, the highest own limit (ramp x AIMD) any
+ * node asked with in the last 2 s): nodes that ramp up together ramp the
+ * fleet, one node that restarts and ramps alone does not hold back the
+ * others (its own drain paces it), and a cut by any node (a failed
+ * connection, or a drop of its own limit) slows every node at its next
+ * grant.
  *
  * Calls are timed: the oldest unanswered call older than FLEET_CALL_MS,
  * or a connect that takes longer than FLEET_CONNECT_MS, drops the
@@ -71,13 +74,15 @@ static const char *const fleet_lua[FS__N] = {
 	"local now = t[1] * 1000000 + t[2]\n"
 	"local want, rate, ceil = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
 	"local depth, wantb, bw = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])\n"
-	"local v = redis.call('HMGET', KEYS[1], 'tat', 'btat', 'lim', 'cut')\n"
+	"local v = redis.call('HMGET', KEYS[1], 'tat', 'btat', 'lim', 'cut', 'cmax', 'cts')\n"
 	"local tat = tonumber(v[1]) or now\n"
 	"local btat = tonumber(v[2]) or now\n"
 	"local shared = rate\n"
 	"if v[3] then shared = math.min(rate, tonumber(v[3]) +\n"
 	"  math.max(0.5, rate / 20) * (now - tonumber(v[4])) / 1e6) end\n"
-	"local T = 1e6 / math.max(math.min(shared, ceil), 0.01)\n"
+	"local cm, cts = tonumber(v[5]), tonumber(v[6])\n"
+	"if cm == nil or now - cts >= 2000000 or ceil >= cm then cm = ceil cts = now end\n"
+	"local T = 1e6 / math.max(math.min(shared, cm), 0.01)\n"
 	"if tat < now then tat = now end\n"
 	"if btat < now then btat = now end\n"
 	"local g, gb, wait = 0, 0, 0\n"
@@ -94,7 +99,8 @@ static const char *const fleet_lua[FS__N] = {
 	"if g > 0 then tat = tat + g * T end\n"
 	"if gb > 0 then btat = btat + gb * 1e6 / bw end\n"
 	"redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat),\n"
-	"  'btat', string.format('%.0f', btat))\n"
+	"  'btat', string.format('%.0f', btat), 'cmax', string.format('%.6f', cm),\n"
+	"  'cts', string.format('%.0f', cts))\n"
 	"redis.call('PEXPIRE', KEYS[1], 86400000)\n"
 	"return {g, gb, math.ceil(math.max(wait, 0) / 1000), string.format('%.3f', shared)}\n",
 
@@ -847,12 +853,14 @@ fleet_ask_grant(struct fleet *f, struct fleet_tenant *t, unsigned msgs,
 {
 	const struct fleet_ask *a = &t->last;
 	struct fleet_call *c = fleet_call_new(f, FC_GRANT, t->name);
-	unsigned depth = fleet_batch(a->limit);
+	unsigned depth = fleet_batch(a->rate);
 
 	if (c == NULL)
 		return;
-	/* The bucket's depth is one batch (or drain_burst, when larger):
-	 * the fleet may get ahead of drain_rate by that much, no more. */
+	/* The bucket's depth is one batch at drain_rate (or drain_burst, when
+	 * larger), the same whoever asks, so a node that asks for less (it
+	 * is ramping) still finds tokens: the fleet may get ahead of
+	 * drain_rate by that much, no more. */
 	if (a->burst > depth)
 		depth = (unsigned)a->burst;
 	if (fleet_script_args(c, FS_GRANT, 1) != 0 ||

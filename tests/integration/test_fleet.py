@@ -462,3 +462,31 @@ def test_redis_password(daemon_factory, primary, tmp_path):
         assert r.cmd("ZRANGE", "mxspool:nodes", 0, -1) == ["node0"]
     finally:
         r.kill()
+
+
+def test_one_node_ramping_alone_does_not_hold_back_the_others(
+        daemon_factory, primary_factory, redis):
+    # node1 ramps from 1 msg/s over 10 minutes (a node that just
+    # restarted) and is draining; then node0, at full speed, gets its
+    # backlog.  The fleet runs at the highest limit a node asks with:
+    # node0 takes what node1 does not use.
+    per = 60
+    primary = primary_factory(start=False)
+    n1 = make_node(daemon_factory, primary, redis, 1, drain_ramp="10m",
+                   drain_initial_rate=1)
+    n0 = make_node(daemon_factory, primary, redis, 0)
+    fill(n1, 1, per)
+    primary.start()
+    mxtest.wait_until(lambda: len(primary.messages) >= 3, 15,
+                      what="node1 draining slowly")
+    fill(n0, 0, per)
+    mxtest.wait_until(lambda: sum(1 for m in primary.messages if node_of(m) == 0) >= per,
+                      30, what="node0's backlog delivered")
+    got = list(primary.messages)
+    a0 = [m.arrived for m in got if node_of(m) == 0]
+    rate0 = measured_rate(a0)
+    assert rate0 >= 0.8 * RATE, "node0 held back to %.1f msg/s" % rate0
+    during = [m for m in got if node_of(m) == 1 and a0[0] <= m.arrived <= a0[-1]]
+    assert len(during) >= 1, "node1 stopped while node0 drained"
+    print("ramping node1 beside node0: node0 %.1f msg/s, node1 %d messages meanwhile"
+          % (rate0, len(during)))
