@@ -481,10 +481,19 @@ relay_reload(struct relay *r, char *err, size_t errlen)
 		relay_reload_refused(err);
 		return -1;
 	}
+	/*
+	 * The outbound context is made again at every reload too, so that a
+	 * renewed ca_file is read even under the same name.  When that fails
+	 * (logged) but the settings are the same, the running context stays:
+	 * a broken CA bundle must not turn verify into "no TLS context".
+	 */
 	new_client = cfg->tls_outbound != old->tls_outbound ||
 	    relay_str_changed(cfg->tls_ca_file, old->tls_ca_file);
-	if (new_client)
-		client = relay_tls_client_new(cfg);
+	client = relay_tls_client_new(cfg);
+	if (client == NULL && !new_client)
+		client = r->tls_client;      /* kept; nothing to free below */
+	else
+		new_client = true;
 	relay_note_restart_keys(r, r->started_cfg ? r->started_cfg : old, cfg);
 	/*
 	 * The listen, spool and control keys keep their old values until a

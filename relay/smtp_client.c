@@ -340,6 +340,7 @@ sc_free(struct smtp_client *c)
 	free(c->tx.rcpt);
 	free(c->tx.accepted);
 	tls_conn_free(c->tls);
+	tls_ctx_free(c->tls_ctx);   /* from smtp_client_new() */
 	free(c);
 }
 
@@ -1205,7 +1206,9 @@ smtp_client_new(const struct smtp_client_options *o,
 	snprintf(c->host, sizeof(c->host), "%s", o->host ? o->host : "");
 	snprintf(c->helo, sizeof(c->helo), "%s", o->helo_name);
 	c->tls_mode = o->tls_mode;
-	c->tls_ctx = o->tls_ctx;
+	/* Our own reference: a reload may free the relay's context before
+	 * this session reaches STARTTLS. */
+	c->tls_ctx = tls_ctx_ref(o->tls_ctx);
 	c->timeout_ms = o->timeout_ms ? o->timeout_ms : SC_DEFAULT_TIMEOUT_MS;
 	c->connect_timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms :
 	    c->timeout_ms;
@@ -1217,6 +1220,7 @@ smtp_client_new(const struct smtp_client_options *o,
 
 	rc = uv_tcp_init(c->loop, &c->tcp);
 	if (rc < 0) {
+		tls_ctx_free(c->tls_ctx);
 		free(c);
 		return rc;
 	}

@@ -57,6 +57,7 @@ const char tls_default_ciphersuites[] =
 
 struct tls_ctx {
 	SSL_CTX *ssl_ctx;
+	unsigned refs;                /* tls_ctx_ref() + 1; freed at 0 */
 	bool is_server;
 	enum tls_client_mode mode;
 };
@@ -247,6 +248,7 @@ tls_server_ctx_new(const char *cert_file, const char *key_file,
 		goto done;
 	}
 	t->ssl_ctx = c;
+	t->refs = 1;
 	t->is_server = true;
 	t->mode = TLS_CLIENT_NONE;
 	*out = t;
@@ -302,6 +304,7 @@ tls_client_ctx_new(enum tls_client_mode mode, const char *ca_file,
 	SSL_CTX_set_verify(c, mode == TLS_CLIENT_VERIFY ? SSL_VERIFY_PEER :
 	    SSL_VERIFY_NONE, NULL);
 	t->ssl_ctx = c;
+	t->refs = 1;
 	t->is_server = false;
 	t->mode = mode;
 	*out = t;
@@ -312,10 +315,18 @@ done:
 	return rc;
 }
 
+struct tls_ctx *
+tls_ctx_ref(struct tls_ctx *ctx)
+{
+	if (ctx != NULL)
+		ctx->refs++;
+	return ctx;
+}
+
 void
 tls_ctx_free(struct tls_ctx *ctx)
 {
-	if (ctx == NULL)
+	if (ctx == NULL || --ctx->refs > 0)
 		return;
 	SSL_CTX_free(ctx->ssl_ctx);
 	free(ctx);

@@ -99,6 +99,13 @@ int tls_ctx_set_ciphers(struct tls_ctx *ctx, const char *ciphers,
 int tls_client_ctx_new(enum tls_client_mode mode, const char *ca_file,
     struct tls_ctx **out, char *err, size_t errlen);
 
+/*
+ * Another reference to CTX (returned; NULL stays NULL), for a holder that
+ * makes conns from it later, e.g. an outbound session that reaches
+ * STARTTLS after a reload replaced the relay's context.  Each reference is
+ * dropped with tls_ctx_free().
+ */
+struct tls_ctx *tls_ctx_ref(struct tls_ctx *ctx);
 /* Drop the caller's reference; conns made from it stay usable.  NULL ok. */
 void tls_ctx_free(struct tls_ctx *ctx);
 

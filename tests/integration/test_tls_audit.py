@@ -233,6 +233,50 @@ def test_certificate_reload_on_sighup(daemon_factory, certs):
     assert d.running
 
 
+@needs_openssl
+def test_outbound_ca_file_reread_at_reload(daemon_factory, primary_factory, certs):
+    """[tls] outbound = verify: with a ca_file that does not hold the
+    primary's certificate nothing is delivered; once the same file is
+    renewed with the right certificate, a reload (same path: no key
+    changed) makes the relay trust it and the message is delivered over
+    verified TLS.  Before, the outbound context was made again only when
+    outbound or the path of ca_file changed."""
+    import mxtest
+    a_cert, a_key = certs["a"]
+    p = primary_factory(tls_cert=mxtest.Cert(a_cert, a_key))
+    ca = os.path.join(os.path.dirname(certs["live"][0]), "ca.pem")
+    install(certs["b"][0], ca)
+    d = daemon_factory(primary=p, tls={"outbound": "verify", "ca_file": ca}, tenants={
+        "demo": {"domains": ["example.test"], "primary": p.hostport,
+                 "probe_interval": "1s", "probe_up_after": 1}})
+    s = Plain(d.smtp_port)
+    try:
+        assert s.cmd("EHLO client.test")[-1].startswith("250 ")
+        assert s.cmd("MAIL FROM:<a@client.test>")[0].startswith("250 ")
+        assert s.cmd("RCPT TO:<u@example.test>")[0].startswith("250 ")
+        assert s.cmd("DATA")[0].startswith("354 ")
+        assert s.cmd("Subject: verify\r\n\r\nhello\r\n.")[0].startswith("250 ")
+    finally:
+        s.close()
+    d.wait_log(re.compile("^(probe|defer)$"), timeout=15,
+               reason=re.compile("verif|certificate", re.I))
+    assert p.messages == []
+    install(a_cert, ca)
+    reload_and_wait(d, "ok")
+    # A session that connected before a reload reaches STARTTLS after it:
+    # it holds its own reference to the context the reload replaced (under
+    # ASan, a use after free before).  The slow banner keeps it waiting.
+    p.slow(int(scaled(500)))
+    seen = p.total_connections
+    d.ctl("flush", check=True)
+    p.wait_connections(seen + 1, timeout=15)
+    reload_and_wait(d, "ok")
+    p.slow(0)
+    [m] = p.wait_for(1, timeout=30)
+    assert m.tls, "delivered without TLS"
+    assert d.running
+
+
 # ---------------------------------------------------------------- testssl.sh
 
 TESTSSL_SEVERITIES_OK = {"OK", "INFO"}
