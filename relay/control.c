@@ -92,10 +92,21 @@ struct control_bulk {
 	struct control_match *match;  /* queue: the matches, for the rows */
 	size_t nmatch;
 	unsigned loading;
+	unsigned deleting;            /* DELETE records not yet stored */
 	bool pumping;
 	bool starting;                /* in control_bulk_start: the caller sends */
+	bool single;                  /* delete QUEUEID: answer as before */
 	int done;                     /* messages deleted / bounced / matched */
+	int failed;                   /* DELETE records that could not be stored */
+	uint64_t bytes;               /* message bytes deleted */
 	int64_t now;
+};
+
+/* One DELETE in flight for a bulk (or single) delete. */
+struct control_del {
+	struct control_bulk *b;
+	spool_qid qid;
+	uint64_t size;
 };
 
 struct control_client {
@@ -553,6 +564,8 @@ control_cmd_show(struct control_req *q)
 	}
 }
 
+static void control_delete_async(struct control_req *q, spool_qid qid);
+
 /* delete and bounce of one queue id, as before the filters. */
 static void
 control_delete_one(struct control_req *q, bool bounce, spool_qid qid, bool dry_run)
@@ -571,6 +584,14 @@ control_delete_one(struct control_req *q, bool bounce, spool_qid qid, bool dry_r
 		struct control_ack a = { bounce ? CONTROL_ACK_BOUNCE_N : CONTROL_ACK_DELETE_N,
 		    NULL, 1, NULL, true };
 		control_render_ack(&a, q->json, q->out);
+		return;
+	}
+	if (!bounce && q->client != NULL) {
+		/* Answered once the DELETE record is stored. */
+		if ((rc = spool_find(q->relay->spool, qid, &it)) != 0)
+			control_error(q, "%s: %s", id, spool_strerror(rc));
+		else
+			control_delete_async(q, qid);
 		return;
 	}
 	rc = bounce ? drain_bounce(q->relay->drain, qid) :
@@ -1336,11 +1357,55 @@ control_bulk_match(const struct control_bulk *b, const struct spool_msg *m)
 	return false;
 }
 
+static void control_bulk_pump(struct control_bulk *b);
+
+/* A DELETE record is stored (STATUS 0: the message is gone from the queue)
+ * or could not be: counted either way; the answer waits for the last. */
+static void
+control_bulk_deleted(void *arg, int status)
+{
+	struct control_del *x = arg;
+	struct control_bulk *b = x->b;
+	char id[SPOOL_QID_STRLEN + 1];
+
+	b->deleting--;
+	spool_qid_format(x->qid, id);
+	if (status == 0) {
+		b->done++;
+		b->bytes += x->size;
+		log_event(LOG_LEVEL_INFO, "delete", "qid=%s size=%" PRIu64 " by=mxspoolctl",
+		    id, x->size);
+	} else {
+		b->failed++;
+		log_event(LOG_LEVEL_WARN, "delete", "qid=%s result=failed error=\"%s\" by=mxspoolctl",
+		    id, spool_strerror(status));
+	}
+	free(x);
+	control_bulk_pump(b);
+}
+
+/* Start the DELETE of QID; the answer comes after its record is stored. */
+static void
+control_bulk_delete(struct control_bulk *b, spool_qid qid)
+{
+	struct control_del *x = xcalloc(1, sizeof(*x));
+	struct spool_item it;
+
+	x->b = b;
+	x->qid = qid;
+	if (spool_find(b->relay->spool, qid, &it) == 0)
+		x->size = it.size;
+	if (spool_delete(b->relay->spool, qid, control_bulk_deleted, x) != 0) {
+		free(x);      /* gone meanwhile: not counted */
+		return;
+	}
+	b->deleting++;
+}
+
 /* A match: listed (M: its envelope), counted, or deleted / bounced now. */
 static void
 control_bulk_act(struct control_bulk *b, spool_qid qid, const struct spool_msg *m)
 {
-	char id[SPOOL_QID_STRLEN + 1];
 	int rc;
 
 	if (b->verb == CONTROL_BULK_QUEUE) {
@@ -1356,15 +1421,14 @@ control_bulk_act(struct control_bulk *b, spool_qid qid, const struct spool_msg *
 		b->done++;
 		return;
 	}
-	rc = b->verb == CONTROL_BULK_BOUNCE ? drain_bounce(b->relay->drain, qid) :
-	    spool_delete(b->relay->spool, qid, NULL, NULL);
+	if (b->verb == CONTROL_BULK_DELETE) {
+		control_bulk_delete(b, qid);
+		return;
+	}
+	rc = drain_bounce(b->relay->drain, qid);
 	if (rc != 0)
 		return;   /* being delivered, or gone meanwhile: not counted */
 	b->done++;
-	if (b->verb == CONTROL_BULK_DELETE) {
-		spool_qid_format(qid, id);
-		log_event(LOG_LEVEL_INFO, "delete", "qid=%s by=mxspoolctl", id);
-	}
 }
 
 static int
@@ -1398,12 +1462,34 @@ control_bulk_finish(struct control_bulk *b)
 	struct spool_item it;
 
 	cl->bulk = NULL;
+	if (b->single && b->done == 0) {
+		char id[SPOOL_QID_STRLEN + 1], msg[128];
+
+		spool_qid_format(b->f.qid, id);
+		snprintf(msg, sizeof(msg), "%s: %s", id, b->failed ?
+		    "journal write failed, the message is still queued" :
+		    spool_strerror(SPOOL_ENOENT));
+		control_render_error(&cl->out, msg);
+		control_bulk_send(b);
+		return;
+	}
 	if (b->verb != CONTROL_BULK_QUEUE) {
 		struct control_ack a = { b->verb == CONTROL_BULK_BOUNCE ?
 		    CONTROL_ACK_BOUNCE_N : CONTROL_ACK_DELETE_N, NULL, b->done, NULL,
 		    b->f.dry_run };
+		struct spool_reclaim ri;
 
-		control_render_ack(&a, cl->want_json, &cl->out);
+		if (b->single)
+			a.kind = CONTROL_ACK_DELETE;
+		if (b->verb == CONTROL_BULK_DELETE && !b->f.dry_run) {
+			struct control_freed fr = { b->bytes, b->failed, 0, 0 };
+
+			spool_reclaim_info(b->relay->spool, &ri);
+			fr.reclaim_soon = ri.soon_bytes;
+			fr.reclaim_later = ri.dead_bytes - ri.soon_bytes;
+			control_render_delete_ack(&a, &fr, cl->want_json, &cl->out);
+		} else
+			control_render_ack(&a, cl->want_json, &cl->out);
 		control_bulk_send(b);
 		return;
 	}
@@ -1456,7 +1542,7 @@ control_bulk_pump(struct control_bulk *b)
 			b->loading--;
 	}
 	b->pumping = false;
-	if (b->loading > 0)
+	if (b->loading > 0 || b->deleting > 0)
 		return;
 	if (b->cl == NULL)
 		control_bulk_free(b);
@@ -1487,6 +1573,45 @@ control_bulk_loaded(void *arg, int status, struct spool_msg *m)
 	control_bulk_pump(b);
 }
 
+/* Delete every candidate of B (a new bulk for Q's client) and answer once
+ * every DELETE record is stored: the operator's "deleted" means the mail
+ * will not come back after a crash. */
+static void
+control_bulk_delete_all(struct control_req *q, struct control_bulk *b)
+{
+	uv_timer_stop(&q->client->timer);
+	q->client->bulk = b;
+	b->starting = true;
+	b->pumping = true;
+	for (size_t i = 0; i < b->ncand; i++)
+		control_bulk_act(b, b->cand[i], NULL);
+	b->next = b->ncand;
+	b->pumping = false;
+	control_bulk_pump(b);
+	/* Answered at once (B is gone, the answer in q->out) or later. */
+	if (q->client->bulk != NULL)
+		b->starting = false;
+}
+
+/* delete QUEUEID on a connection: as a bulk of one. */
+static void
+control_delete_async(struct control_req *q, spool_qid qid)
+{
+	struct control_bulk *b = xcalloc(1, sizeof(*b));
+
+	b->cl = q->client;
+	b->relay = q->relay;
+	b->verb = CONTROL_BULK_DELETE;
+	b->single = true;
+	b->f.qid = qid;
+	b->f.has_qid = true;
+	b->now = util_now_ms();
+	b->cand = xcalloc(1, sizeof(*b->cand));
+	b->cand[0] = qid;
+	b->ncand = b->cap = 1;
+	control_bulk_delete_all(q, b);
+}
+
 static void
 control_bulk_start(struct control_req *q, const struct control_filter *f,
     enum control_bulk_verb verb)
@@ -1511,6 +1636,12 @@ control_bulk_start(struct control_req *q, const struct control_filter *f,
 		    b->cap, control_bulk_keep, b, b->cand);
 	} else {
 		spool_foreach(q->relay->spool, f->tenant, control_bulk_collect, b);
+	}
+	if (f->from == NULL && f->to == NULL && verb == CONTROL_BULK_DELETE &&
+	    !f->dry_run) {
+		/* The index decides; the answer waits for the DELETE records. */
+		control_bulk_delete_all(q, b);
+		return;
 	}
 	if (f->from == NULL && f->to == NULL && verb != CONTROL_BULK_QUEUE) {
 		/* The index decides: act on every candidate now. */

@@ -249,6 +249,20 @@ struct control_ack {
 void control_render_ack(const struct control_ack *a, bool json,
     struct control_buf *out);
 
+/* What a delete (DELETE or DELETE_N, records stored) freed: message bytes,
+ * deletes that failed, and the spool's spool_reclaim_info() as the journal
+ * space back within seconds and later. */
+struct control_freed {
+	uint64_t bytes;
+	int failed;
+	uint64_t reclaim_soon, reclaim_later;
+};
+/* control_render_ack() of A followed by F: text gets a line (two with
+ * failures), JSON the keys bytes, failed, reclaim_now_bytes and
+ * reclaim_later_bytes. */
+void control_render_delete_ack(const struct control_ack *a,
+    const struct control_freed *f, bool json, struct control_buf *out);
+
 /* Replace OUT's content with "error MESSAGE\n". */
 void control_render_error(struct control_buf *out, const char *msg);
 

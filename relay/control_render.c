@@ -636,6 +636,53 @@ control_render_restart_keys(struct control_buf *b, const char *keys, bool json)
 	control_buf_printf(b, "]}\n");
 }
 
+/*
+ * After a delete whose records are stored: how much mail went, and when its
+ * disk space comes back (spool_reclaim_info: now = a roll, unlink or
+ * compaction within seconds; later = when older segments holding live mail
+ * go or the active segment fills).
+ */
+static void
+control_render_freed(const struct control_freed *f, bool json, struct control_buf *b)
+{
+	if (json) {
+		/* Appended to the object the caller opened. */
+		control_buf_printf(b, ", \"bytes\": %" PRIu64 ", \"failed\": %d, "
+		    "\"reclaim_now_bytes\": %" PRIu64 ", \"reclaim_later_bytes\": %" PRIu64,
+		    f->bytes, f->failed, f->reclaim_soon, f->reclaim_later);
+		return;
+	}
+	control_buf_printf(b, "%" PRIu64 " bytes of mail; journal space held by removed mail: "
+	    "%" PRIu64 " bytes back within seconds, %" PRIu64 " bytes later (when older "
+	    "segments with queued mail go, or the active one fills)\n",
+	    f->bytes, f->reclaim_soon, f->reclaim_later);
+	if (f->failed > 0)
+		control_buf_printf(b, "%d message%s could not be deleted (journal write failed; "
+		    "still queued)\n", f->failed, f->failed == 1 ? "" : "s");
+}
+
+void
+control_render_delete_ack(const struct control_ack *a,
+    const struct control_freed *f, bool json, struct control_buf *b)
+{
+	size_t mark;
+
+	control_render_ack(a, json, b);
+	if (f->bytes == 0 && f->failed == 0)
+		return;          /* nothing went: the plain answer */
+	if (!json) {
+		control_render_freed(f, false, b);
+		return;
+	}
+	/* Reopen the one-line object: drop its "}\n" and continue it. */
+	mark = b->len;
+	if (mark >= 2 && b->data[mark - 2] == '}' && b->data[mark - 1] == '\n') {
+		b->len = mark - 2;
+		control_render_freed(f, true, b);
+		control_buf_printf(b, "}\n");
+	}
+}
+
 /* The acknowledgement of a bulk action (delete/bounce by filter, requeue). */
 static void
 control_render_ack_bulk(const struct control_ack *a, bool json, struct control_buf *b)

@@ -852,6 +852,14 @@ spool_flush_count(const struct spool *sp)
 	return sp->ops->flush_count != NULL ? sp->ops->flush_count(sp->be) : 0;
 }
 
+void
+spool_reclaim_info(struct spool *sp, struct spool_reclaim *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (sp->ops->reclaim != NULL)
+		sp->ops->reclaim(sp->be, out);
+}
+
 uint64_t
 spool_compact_copies(const struct spool *sp)
 {

@@ -126,6 +126,8 @@ struct spool_ops {
 	uint64_t (*flush_count)(const void *be);
 	/* Messages compaction set out to copy so far (tests), or NULL. */
 	uint64_t (*compact_copies)(const void *be);
+	/* spool_reclaim_info(), or NULL (nothing held). */
+	void (*reclaim)(const void *be, struct spool_reclaim *out);
 };
 
 extern const struct spool_ops spool_journal_ops;

@@ -1221,6 +1221,34 @@ journal_flush_count(const void *be)
 	return ((const struct journal *)be)->nsyncs;
 }
 
+/* spool_reclaim_info: walk the segments oldest first; one that will not
+ * go now keeps every later one (DELETION at the top of this file). */
+static void
+journal_reclaim(const void *be, struct spool_reclaim *out)
+{
+	const struct journal *j = be;
+	bool chain = j->backup == NULL && !j->maint_stuck;
+
+	for (size_t i = 0; i < j->nsegs; i++) {
+		const struct seg *s = &j->segs[i];
+		uint64_t dead = s->size > s->live_bytes ? s->size - s->live_bytes : 0;
+		bool going;
+
+		if (s->no == j->active_segno)
+			going = spool__roll_wanted(s->size, s->live_bytes, j->seg_size,
+			    j->free_bytes);
+		else
+			going = s->live_msgs == 0 ||
+			    (s->live_bytes < j->seg_size / COMPACT_DIVISOR &&
+			    j->free_bytes >= j->sp->disk_reserve + s->live_bytes +
+			    BALLAST_BYTES);
+		chain = chain && going;
+		out->dead_bytes += dead;
+		if (chain)
+			out->soon_bytes += dead;
+	}
+}
+
 static uint64_t
 journal_compact_copies(const void *be)
 {
@@ -1918,4 +1946,5 @@ const struct spool_ops spool_journal_ops = {
 	.post = journal_post,
 	.flush_count = journal_flush_count,
 	.compact_copies = journal_compact_copies,
+	.reclaim = journal_reclaim,
 };

@@ -9,6 +9,10 @@
  *                            and fsyncs of its parent directory are logged
  *   POWERCUT_LOG=/abs/file   the log, one text line per completed call
  *   POWERCUT_DATA=/abs/file  the bytes of every logged write, back to back
+ *   POWERCUT_SYNC_DELAY_US=N each watched fsync/fdatasync first sleeps N
+ *                            microseconds, as a slow disk would: an answer
+ *                            that does not wait for its sync then comes
+ *                            visibly before it (default 0)
  *
  * Each line is "SEQ NS OP ARGS", SEQ counting lines from 1 and NS the
  * CLOCK_MONOTONIC time in nanoseconds, both taken under one lock, so lines
@@ -453,7 +457,13 @@ static int
 synced(int fd, int (*fn)(int))
 {
 	unsigned long long start = fd_tracked(fd) ? seq_now() : 0;
-	int rc = fn(fd), saved = errno;
+	const char *delay = getenv("POWERCUT_SYNC_DELAY_US");
+	int rc, saved;
+
+	if (fd_tracked(fd) && delay != NULL && atol(delay) > 0)
+		usleep((useconds_t)atol(delay));
+	rc = fn(fd);
+	saved = errno;
 
 	if (rc == 0 && fd_tracked(fd))
 		emit(NULL, 0, "S %d %llu", fd, start);

@@ -206,6 +206,18 @@ struct spool_tenant_stats {
 };
 void spool_tenant_stats(struct spool *sp, const char *tenant,
     struct spool_tenant_stats *out);
+/*
+ * Disk space held by mail that is gone (delivered or deleted): DEAD_BYTES
+ * in all, of which SOON_BYTES is in segments maintenance gives back now
+ * (within seconds: a roll of the active segment, an unlink, a compaction);
+ * the rest waits until the older segments holding live mail are reclaimed
+ * or the active segment fills.  Zero for the RAM backend.
+ */
+struct spool_reclaim {
+	uint64_t dead_bytes;
+	uint64_t soon_bytes;
+};
+void spool_reclaim_info(struct spool *sp, struct spool_reclaim *out);
 uint64_t spool_total_bytes(struct spool *sp);
 /* Flush jobs run so far, each one fdatasync of the journal (a group
  * commit): /metrics and the benchmarks divide accepted messages by it. */

@@ -87,7 +87,7 @@ def test_power_cut_states(daemon_factory, tmp_path):
     spool = os.path.join(base, "spool")
     log, data = os.path.join(base, "fs.log"), os.path.join(base, "fs.data")
     env = {"LD_PRELOAD": shim, "POWERCUT_ROOT": spool, "POWERCUT_LOG": log,
-           "POWERCUT_DATA": data,
+           "POWERCUT_DATA": data, "POWERCUT_SYNC_DELAY_US": "20000",
            "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") +
            ":verify_asan_link_order=0"}
     d = daemon_factory(workdir=base, env=env)
@@ -105,6 +105,14 @@ def test_power_cut_states(daemon_factory, tmp_path):
         assert not t.is_alive(), "client did not finish"
     assert not errors, errors
     assert len(acked) == nclients * per
+    # Then an operator deletes every fourth message: "deleted" must mean
+    # gone for good, whatever the cut.
+    deletes = []
+    for q, _ in acked[::4]:
+        t0 = time.monotonic_ns()
+        r = d.ctl("delete", q, check=True, timeout=scaled(30))
+        assert r.stdout.splitlines()[0] == "deleted", r.stdout
+        deletes.append((q, t0, time.monotonic_ns()))
     assert d.stop() == 0
 
     lg = powercut.Log(log, data, spool)
@@ -120,7 +128,9 @@ def test_power_cut_states(daemon_factory, tmp_path):
     for n, k in enumerate(points):
         rep.advance(k)
         cut_ns = lg.ns_at(k)
-        required = {q for q, ns in acked if ns < cut_ns}
+        asked = {q for q, t0, _ in deletes if t0 < cut_ns}
+        required = {q for q, ns in acked if ns < cut_ns} - asked
+        gone = {q for q, _, t1 in deletes if t1 < cut_ns}
         for variant in (("synced", "torn") if want == "all" else
                         (("synced", "torn")[n % 2],)):
             top = mxtest.short_dir(tmp_path, "s%d%s" % (k, variant[0]))
@@ -133,6 +143,11 @@ def test_power_cut_states(daemon_factory, tmp_path):
             assert not missing, (
                 "cut after log line %d of %d (%s): %d acknowledged messages lost, e.g. %s"
                 % (k, len(lg.lines), variant, len(missing), sorted(missing)[:3]))
+            back = gone & have
+            assert not back, (
+                "cut after log line %d of %d (%s): %d messages answered 'deleted' are "
+                "queued again, e.g. %s" % (k, len(lg.lines), variant, len(back),
+                                           sorted(back)[:3]))
             tried += 1
             required_total += len(required)
             worst = k

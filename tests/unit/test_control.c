@@ -743,6 +743,35 @@ test_acks(void **state)
 	control_buf_free(&b);
 }
 
+static void
+test_render_delete_freed(void **state)
+{
+	/* A delete answered after its records are stored says how much mail
+	 * went and when the disk space comes back, in text and JSON; the
+	 * plain acknowledgement stays the first line / the same key. */
+	struct control_ack one = { CONTROL_ACK_DELETE, NULL, 0, NULL, false };
+	struct control_ack many = { CONTROL_ACK_DELETE_N, NULL, 3, NULL, false };
+	struct control_freed f = { 3000, 0, 8192, 100 };
+	struct control_freed bad = { 0, 2, 0, 0 };
+	struct control_buf b = { 0 };
+
+	(void)state;
+	control_render_delete_ack(&one, &f, false, &b);
+	assert_string_equal(b.data, "ok\ndeleted\n3000 bytes of mail; journal space held by "
+	    "removed mail: 8192 bytes back within seconds, 100 bytes later (when older "
+	    "segments with queued mail go, or the active one fills)\n");
+	b.len = 0;
+	control_render_delete_ack(&many, &f, true, &b);
+	assert_string_equal(b.data, "ok\n{\"deleted\": 3, \"bytes\": 3000, \"failed\": 0, "
+	    "\"reclaim_now_bytes\": 8192, \"reclaim_later_bytes\": 100}\n");
+	b.len = 0;
+	control_render_delete_ack(&many, &bad, false, &b);
+	assert_non_null(strstr(b.data, "deleted 3 messages\n"));
+	assert_non_null(strstr(b.data, "2 messages could not be deleted (journal write failed; "
+	    "still queued)\n"));
+	control_buf_free(&b);
+}
+
 /* recipients TENANT: a table (text) and an array (JSON) from the same
  * fields, the count and the truncation mark. */
 static void
@@ -902,6 +931,7 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_render_delete_freed),
 		cmocka_unit_test(test_json_checker_rejects),
 		cmocka_unit_test_setup_teardown(test_status_text, setup_status,
 		    teardown_status),

@@ -1170,6 +1170,7 @@ test_delete_reclaims_active_segment(void **state)
 	struct ctx c;
 	enum { N = 40 };
 	static uint8_t data[64 * 1024];
+	struct spool_reclaim ri;
 	spool_qid q[N];
 	char p1[256];
 	(void)state;
@@ -1182,14 +1183,24 @@ test_delete_reclaims_active_segment(void **state)
 		assert_int_equal(append(&c, "acme", 1, data, sizeof(data), 16384, &q[i]), 0);
 	}
 	seg_file(&c, 1, p1, sizeof(p1));
+	spool_reclaim_info(c.sp, &ri);
+	assert_true(ri.dead_bytes < 4096);       /* the segment header */
 	for (int i = 2; i < N; i++) {
 		struct wait w = { 0 };
 
 		assert_int_equal(spool_delete(c.sp, q[i], on_done, &w), 0);
 		run_until(&c, &w.done);
 		assert_int_equal(w.status, 0);
+		if (i == 2) {
+			/* One message's worth: held until the segment goes. */
+			spool_reclaim_info(c.sp, &ri);
+			assert_true(ri.dead_bytes > sizeof(data));
+			assert_int_equal(ri.soon_bytes, 0);
+		}
 	}
 	assert_true(wait_gone(&c, p1));
+	spool_reclaim_info(c.sp, &ri);
+	assert_true(ri.dead_bytes < 10 * sizeof(data));
 	for (int i = 0; i < 2; i++)
 		expect_content(&c, q[i], sizeof(data), 500 + (unsigned)i);
 	sp_close(&c);
