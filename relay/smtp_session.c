@@ -380,6 +380,7 @@ smtp_session_next_command(struct smtp_session *sess)
 		smtp_session_reply_close(sess, smtp_proto_status_name(rc));
 		return SMTP_NEXT_STOP;   /* may destroy */
 	}
+	uv_timer_again(&sess->timer);   /* a whole command: the next deadline */
 	/* Dispatch from a copy: the command may consume or discard input. */
 	memcpy(cmdline, line, line_len);
 	cmdline[line_len] = '\0';
@@ -532,7 +533,18 @@ smtp_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		    sess->tls ? "client closed (no close_notify)" : "client closed");
 		return;   /* may destroy */
 	}
-	uv_timer_again(&sess->timer);
+	/*
+	 * smtp_timeout is a deadline per command, not per read: in the
+	 * command phase the timer restarts only when a whole command line has
+	 * arrived (smtp_session_next_command), so a client that trickles a
+	 * byte every few seconds (slowloris) cannot hold a connection past
+	 * smtp_timeout without ever finishing a command.  Message data and a
+	 * TLS handshake restart it on every read: a large message on a slow
+	 * link is progress.
+	 */
+	if (sess->state == SMTP_STATE_DATA || sess->state == SMTP_STATE_BDAT ||
+	    sess->state == SMTP_STATE_TLS)
+		uv_timer_again(&sess->timer);
 	if (sess->tls) {
 		smtp_tls_input(sess, buf->base, (size_t)n);
 		return;

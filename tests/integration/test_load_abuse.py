@@ -200,6 +200,47 @@ def test_per_address_counts_follow_connects_and_closes(daemon_factory):
     assert d.running
 
 
+def test_trickled_command_times_out(daemon_factory):
+    """smtp_timeout = 2s is a deadline per command line: a client that
+    sends a byte of an endless EHLO every 0.3 s gets "421 4.4.2" within
+    about two seconds (before, every byte restarted the timer and the
+    connection lived as long as the trickle), while one that sends a whole
+    NOOP every 0.5 s for 4 s is still served."""
+    d = daemon_factory(server={"smtp_timeout": "2s"})
+    fast = socket.create_connection(("127.0.0.1", d.smtp_port), timeout=scaled(10))
+    slow = socket.create_connection(("127.0.0.1", d.smtp_port), timeout=scaled(10))
+    try:
+        ff, sf = fast.makefile("rb"), slow.makefile("rb")
+        assert ff.readline().startswith(b"220 ") and sf.readline().startswith(b"220 ")
+        slow.setblocking(False)
+        t0 = time.monotonic()
+        got, sent, t421 = b"", 0, None
+        while time.monotonic() - t0 < 4.0:
+            if sent % 2 == 0:
+                fast.sendall(b"NOOP\r\n")
+                assert ff.readline() == b"250 2.0.0 Ok\r\n"
+            try:
+                slow.send(b"EHLO slow.test "[sent % 15:sent % 15 + 1] if sent < 15 else b"x")
+            except OSError:
+                pass   # the daemon closed it
+            try:
+                got += slow.recv(4096)
+            except BlockingIOError:
+                pass
+            if b"\r\n" in got and t421 is None:
+                t421 = time.monotonic() - t0
+            sent += 1
+            time.sleep(0.25)
+        assert got.startswith(b"421 4.4.2 mx.test Error: timeout exceeded\r\n"), got
+        assert t421 is not None and 1.5 <= t421 <= scaled(3.5), t421
+        fast.sendall(b"QUIT\r\n")
+        assert ff.readline().startswith(b"221 ")
+    finally:
+        fast.close()
+        slow.close()
+    assert len(d.log_lines("disconnect", reason="timeout")) == 1
+
+
 def slowloris(socks, stop, interval, phase):
     """Every INTERVAL seconds send each socket its next byte of PHASE[i]
     (a command line, or DATA content after the 354), never finishing."""
