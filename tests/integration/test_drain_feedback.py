@@ -248,6 +248,8 @@ def test_postfix_connection_limit_cuts_concurrency(daemon_factory, postfix):
           "burst (%.1f s for %d messages); %d refusals, limit now %d (%s)"
           % (rate, achieved, 100 * achieved / rate, times[-1] - times[0], n,
              refusals, st["drain_concurrency_limit"], st["limit_reason"]))
+    for c in cuts:
+        print("#   %s limit=%s %s" % (c["_line"][11:23], c["limit"], c["reason"]))
     assert not downs, downs
     assert refusals >= 1
     assert any(c["limit"] == "2" for c in cuts), cuts
