@@ -102,6 +102,17 @@
  * the old segment is unlinked and journal/ fsync'd.  A crash in between
  * leaves the message twice, and replay keeps the later copy.
  *
+ * Space comes back only when a segment is unlinked.  So that deleting mail
+ * on a full disk helps at once, an active segment under a quarter live with
+ * at least 1 MiB dead (and an eighth of the segment size or a quarter of the
+ * free space) is closed by the next flush job (roll_check), and becomes
+ * fair game for the rules above.  Compaction starts only within a byte
+ * budget (spool__compact_take: a quarter segment per second, one segment of
+ * burst), so repeated write errors, each of which closes a segment, cannot
+ * make it copy the same messages again and again; and only with room for
+ * its copies above the disk reserve and the ballast (BALLAST, at
+ * flush_work), which keeps 1 MiB free for the DELETE records themselves.
+ *
  * THREADING.  See relay/spool_journal.h: struct journal belongs to the loop
  * thread except the active segment's write state, which only the running
  * flush job touches.  No file call runs on the loop thread after open.
