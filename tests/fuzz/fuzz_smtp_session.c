@@ -21,7 +21,7 @@
  * commands arrive split anywhere) and, with its top bit, lock-step (wait
  * for each reply) instead of pipelining.  Either way the client waits, as
  * RFC 5321 and 2920 ask, for the greeting and for the reply to DATA before
- * it sends the text.  After the script the client half-closes and reads
+ * it sends the text; a wait ends after SYNC_QUIET_MS of silence.  After the script the client half-closes and reads
  * until the server closes.  Checks:
  *   - every reply line is CRLF-terminated, at most 512 octets, and starts
  *     with a 2xx-5xx code and ' ' or '-'; the first is 220 (or 421); after
@@ -60,6 +60,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define SCRIPT_MAX (256u * 1024)
 #define REPLY_LINE_MAX 512
 #define SESSION_DEADLINE_MS 10000   /* one input; generous for ASan */
+/* A wait for a reply gives up after this long without a byte from the
+ * server: the script may have put it into DATA ("dAtA" as a raw line),
+ * where no reply comes until the end of the text. */
+#define SYNC_QUIET_MS 50
 
 struct fz {
 	uv_loop_t loop;
@@ -352,7 +356,7 @@ run_session(struct fz *fz, const struct buf *script, size_t step,
     struct replies *rep)
 {
 	struct sockaddr_in sin = { .sin_family = AF_INET };
-	int64_t end = now_ms() + SESSION_DEADLINE_MS;
+	int64_t end = now_ms() + SESSION_DEADLINE_MS, heard = now_ms();
 	size_t sent = 0, next_sync = 0;
 	bool eof = false, shut = false;
 	char in[8192];
@@ -372,7 +376,9 @@ run_session(struct fz *fz, const struct buf *script, size_t step,
 		CHECK(now_ms() < end);   /* a session that never ends */
 		/* Past STARTTLS no reply is read any more: send the rest. */
 		while (next_sync < script->nsync &&
-		    (rep->tls || rep->finals >= script->sync[next_sync].want))
+		    (rep->tls || rep->finals >= script->sync[next_sync].want ||
+		    (sent == script->sync[next_sync].off && rep->lines > 0 &&
+		    now_ms() - heard > SYNC_QUIET_MS)))
 			next_sync++;
 		if (rep->lines == 0) {
 			/* The greeting first: no early talking. */
@@ -392,8 +398,10 @@ run_session(struct fz *fz, const struct buf *script, size_t step,
 			shut = true;
 		}
 		pump(fz, fd, POLLIN);
-		while ((n = recv(fd, in, sizeof(in), 0)) > 0)
+		while ((n = recv(fd, in, sizeof(in), 0)) > 0) {
 			replies_push(rep, in, (size_t)n);
+			heard = now_ms();
+		}
 		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
 			eof = true;
 	}
