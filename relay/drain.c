@@ -64,6 +64,7 @@ static void drain_tenant_run(struct drain_tenant *t);
 static void drain_tenant_maybe_free(struct drain_tenant *t);
 static void conn_assign(struct drain_conn *cn, struct drain_job *j);
 static void job_route(struct drain_job *j);
+static void tenant_gate_done(struct drain_tenant *t, bool failed);
 static struct drain_dest *tenant_dest_for(struct drain_tenant *t,
     const char *addr);
 static void job_on_write(void *arg, int status);
@@ -256,6 +257,8 @@ job_free(struct drain_job *j)
 
 	if (j->claimed && (!j->settled || j->write_failed))
 		spool_release(t->d->spool, j->qid);
+	if (j->lease)
+		tenant_gate_done(t, false);   /* taken for a connection not opened */
 	for (struct drain_job **pp = &t->jobs; *pp; pp = &(*pp)->next) {
 		if (*pp == j) {
 			*pp = j->next;
@@ -1071,8 +1074,10 @@ job_route(struct drain_job *j)
 		return;
 	}
 	cn = conn_free_slot(t, ds, &can_open);
-	if (cn == NULL && can_open)
-		cn = conn_new(t, ds);
+	if (cn == NULL && can_open && (cn = conn_new(t, ds)) != NULL) {
+		cn->leased = j->lease;
+		j->lease = false;
+	}
 	if (cn == NULL) {
 		conns_quit_idle_but(t, ds);
 		return;                       /* job_free() releases the claim */
@@ -1318,13 +1323,14 @@ tenant_probe_due(struct drain_tenant *t, int64_t now)
  * job_route() chooses; here it is enough that some connection is free or
  * may be opened. */
 static bool
-tenant_slot(struct drain_tenant *t, struct drain_conn **cn)
+tenant_slot(struct drain_tenant *t, struct drain_conn **cn, bool *opens)
 {
 	unsigned live = 0, idle = 0, limit = drain_conc_limit(&t->conc);
 	bool can_open;
 
 	if (t->ndests == 1) {
 		*cn = conn_free_slot(t, &t->dests[0], &can_open);
+		*opens = *cn == NULL;
 		return *cn != NULL || can_open;
 	}
 	*cn = NULL;
@@ -1336,7 +1342,9 @@ tenant_slot(struct drain_tenant *t, struct drain_conn **cn)
 		    (c->ready ? smtp_client_is_ready(c->c) : true))
 			idle++;
 	}
-	/* Each message being loaded will want one of those. */
+	/* Each message being loaded will want one of those; with no idle one
+	 * left for this message, it will likely open a connection. */
+	*opens = idle <= t->nrouting;
 	return idle + (live < limit ? limit - live : 0) > t->nrouting;
 }
 
@@ -1370,7 +1378,7 @@ drain_tenant_run(struct drain_tenant *t)
 		struct spool_item item;
 		spool_qid qid;
 		int64_t wait, next;
-		bool single = t->ndests == 1;
+		bool single = t->ndests == 1, opens;
 		int rc;
 
 		wait = drain_policy_wait_ms(&t->pol, 0, now);
@@ -1378,7 +1386,7 @@ drain_tenant_run(struct drain_tenant *t)
 			sleep_ms = wait;
 			break;
 		}
-		if (!tenant_slot(t, &cn))
+		if (!tenant_slot(t, &cn, &opens))
 			break;        /* a finishing delivery runs us again */
 		rc = spool_claim_next(sp, t->name, drain__now(d), &qid);
 		if (rc != 0) {
@@ -1390,8 +1398,7 @@ drain_tenant_run(struct drain_tenant *t)
 		}
 		if (spool_find(sp, qid, &item) != 0)
 			item.size = 0;
-		if ((wait = tenant_gate_take(t, item.size, single && cn == NULL,
-		    now)) > 0) {
+		if ((wait = tenant_gate_take(t, item.size, opens, now)) > 0) {
 			spool_release(sp, qid);
 			sleep_ms = wait;
 			break;
@@ -1405,13 +1412,17 @@ drain_tenant_run(struct drain_tenant *t)
 			cn->leased = true;
 		if ((single && cn == NULL) ||
 		    drain__job_start(t, qid, cn, true, DRAIN_JOB_DELIVER) != 0) {
-			if (single && cn == NULL) {
+			if (single && cn == NULL)
 				spool_release(sp, qid);
+			if (opens && cn == NULL)
 				tenant_gate_done(t, false);   /* its lease */
-			}
 			sleep_ms = 1000;
 			break;
 		}
+		/* Several destinations: the lease goes to the connection that
+		 * job_route() opens, or back to the gate (job_free()). */
+		if (!single && opens && t->d->gate != NULL)
+			t->jobs->lease = true;    /* the job just started */
 	}
 	tenant_sleep(t, sleep_ms);
 }

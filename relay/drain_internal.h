@@ -155,6 +155,8 @@ struct drain_job {
 	size_t ncrcpt, off;
 	bool counted;                 /* the meter has counted it */
 	bool routing;                 /* counted in t->nrouting */
+	bool lease;                   /* a gate's connection lease for the
+	                               * connection job_route() may open */
 	bool other_dest;              /* recipients of another destination are
 	                               * left pending (released at the end) */
 	/* outcome lists */
