@@ -1196,6 +1196,46 @@ probe_connect(struct drain_dest *ds)
 	}
 }
 
+static bool
+dest_same_targets(const struct drain_dest *a, const struct drain_dest *b)
+{
+	if (a->ntargets == 0 || a->ntargets != b->ntargets)
+		return false;
+	for (size_t i = 0; i < a->ntargets; i++)
+		if (memcmp(&a->targets[i].addr, &b->targets[i].addr,
+		    sizeof(a->targets[i].addr)) != 0)
+			return false;
+	return true;
+}
+
+/*
+ * Domains whose MX hosts resolve to the same addresses (an ISP's fifty
+ * domains on one server) are one destination: DS becomes an alias of the
+ * first other one with its addresses, so their mail shares connections,
+ * probes and state; those that were DS's aliases follow it.  Addresses that
+ * differ (again) make DS its own destination.
+ */
+static void
+dest_alias(struct drain_dest *ds)
+{
+	struct drain_tenant *t = ds->t;
+	struct drain_dest *to = NULL;
+
+	for (size_t i = 0; i < t->ndests && to == NULL; i++) {
+		struct drain_dest *o = &t->dests[i];
+
+		if (o != ds && o->alias == NULL && dest_same_targets(o, ds))
+			to = o;
+	}
+	if (to != ds->alias)
+		log_event(LOG_LEVEL_INFO, "destination", "tenant=%s domain=%s "
+		    "same_as=%s", t->name, ds->domain, to ? to->domain : "none");
+	ds->alias = to;
+	for (size_t i = 0; to != NULL && i < t->ndests; i++)
+		if (t->dests[i].alias == ds)
+			t->dests[i].alias = to;
+}
+
 static void
 dest_on_resolved(void *arg, int status, const char *why,
     struct drain_target *tg, size_t n)
@@ -1210,9 +1250,13 @@ dest_on_resolved(void *arg, int status, const char *why,
 		ds->targets = tg;
 		ds->ntargets = n;
 		ds->targets_mono = util_mono_ms();
+		if (ds->t->ndests > 1)
+			dest_alias(ds);
 	} else {
 		free(tg);
 	}
+	if (ds->alias != NULL)
+		for_probe = false;    /* its destination's probes tell */
 	if (!for_probe) {
 		drain_tenant_run(ds->t);
 		return;
@@ -1252,8 +1296,9 @@ tenant_dest_for(struct drain_tenant *t, const char *addr)
 	if (t->ndests > 1 && at != NULL)
 		for (size_t i = 0; i < t->ndests; i++)
 			if (strcasecmp(t->dests[i].domain, at + 1) == 0)
-				return &t->dests[i];
-	return &t->dests[0];
+				return t->dests[i].alias ? t->dests[i].alias :
+				    &t->dests[i];
+	return t->dests[0].alias ? t->dests[0].alias : &t->dests[0];
 }
 
 /* ---- the scheduler ----------------------------------------------------- */
@@ -1300,7 +1345,10 @@ tenant_probe_due(struct drain_tenant *t, int64_t now)
 	for (size_t i = 0; i < t->ndests && !t->removed; i++) {
 		struct drain_dest *ds = &t->dests[i];
 
-		if (drain_primary_get(&ds->pr) == DRAIN_PRIMARY_UP) {
+		if (drain_primary_get(&ds->pr) == DRAIN_PRIMARY_UP ||
+		    ds->alias != NULL) {
+			/* An alias is only looked up again (its addresses may
+			 * part from its destination's). */
 			if (ds->res == NULL &&
 			    now - ds->targets_mono > DRAIN_RESOLVE_TTL_MS)
 				dest_resolve(ds, false);

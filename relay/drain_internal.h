@@ -93,6 +93,8 @@ struct drain_dest {
 	struct drain_target probe_tg;
 	char probe_why[256];
 	char probe_last[256];         /* the last probe's end, for watch */
+	struct drain_dest *alias;     /* same addresses as this one, which
+	                               * stands for it (dest_alias()); NULL */
 };
 
 /* A delivery connection to the primary. */

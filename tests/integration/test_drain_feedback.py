@@ -416,12 +416,13 @@ def test_rcptmax_splits_recipients(daemon_factory, scripted):
 
 
 def test_each_domain_to_its_own_mx(daemon_factory, scripted, dns):
-    """primary = mx for a tenant of two domains whose MX hosts differ
-    (127.0.0.2 for example.test, 127.0.0.3 for example.org, both preferred
+    """primary = mx for a tenant of domains whose MX hosts differ
+    (127.0.0.2 for example.test, 127.0.0.3 for example.org, all preferred
     over us): each message goes to its recipients' domain's MX, a message
     to both is split between them, and each MX has its own probe state: the
     second one down does not stop the first one's mail, and its mail goes
-    once it is up."""
+    once it is up.  A third domain whose MX is the first one's server
+    (example.net) shares its destination: one transaction for both."""
     port = free_port()
     a = scripted(host="127.0.0.2", port=port, name="mx-a.example.test")
     b = scripted(start=False, host="127.0.0.3", port=port,
@@ -429,18 +430,26 @@ def test_each_domain_to_its_own_mx(daemon_factory, scripted, dns):
     server = dns({
         "example.test": {"MX": [(10, "mx-a.example.test"), (20, "mx.test")]},
         "example.org": {"MX": [(10, "mx-b.example.org"), (20, "mx.test")]},
+        # example.net lives on example.test's server: one destination.
+        "example.net": {"MX": [(5, "mail.example.net"), (20, "mx.test")]},
+        "mail.example.net": {"A": ["127.0.0.2"]},
         "mx-a.example.test": {"A": ["127.0.0.2"]},
         "mx-b.example.org": {"A": ["127.0.0.3"]},
         "mx.test": {"A": ["127.0.0.1"]},
     })
     d = daemon_factory(dns=server, server={"mx_port": port}, tenants={
-        "demo": tenant("mx", domains=["example.test", "example.org"],
-                       drain_rate=20)})
+        "demo": tenant("mx", domains=["example.test", "example.org",
+                                      "example.net"], drain_rate=20)})
+    # Whichever of the two resolved last says it is the other's alias.
+    d.wait_log("destination", timeout=scaled(10),
+               domain=lambda v: v in ("example.net", "example.test"),
+               same_as=lambda v: v in ("example.net", "example.test"))
     send(d, 3, to=["t@example.test"])
     send(d, 3, to=["o@example.org"], start=3)
     send(d, 1, to=["both@example.test", "both@example.org"], start=6)
-    wait_until(lambda: len(a.messages) >= 4, scaled(15),
-               what="example.test's mail at its MX")
+    send(d, 1, to=["n@example.net", "n@example.test"], start=7)
+    wait_until(lambda: len(a.messages) >= 5, scaled(15),
+               what="example.test's and example.net's mail at their MX")
     # example.org's MX is down: its mail waits, example.test's went.
     st = d.tenant_status("demo")
     assert st["primary_state"] == "up"
@@ -455,7 +464,11 @@ def test_each_domain_to_its_own_mx(daemon_factory, scripted, dns):
     rb = sorted(r for rs, _ in b.messages for r in rs)
     print("\n# example.test -> 127.0.0.2: %s; example.org -> 127.0.0.3: %s"
           % (ra, rb))
-    assert ra == ["both@example.test"] + ["t@example.test"] * 3
+    assert ra == ["both@example.test", "n@example.net", "n@example.test"] + \
+        ["t@example.test"] * 3
     assert rb == ["both@example.org"] + ["o@example.org"] * 3
-    assert d.tenant_status("demo")["delivered_total"] == 8
+    # Same server, same destination: one transaction for both domains.
+    assert sorted(["n@example.net", "n@example.test"]) in \
+        [sorted(rs) for rs, _ in a.messages]
+    assert d.tenant_status("demo")["delivered_total"] == 10
     assert d.log_lines("probe", domain="example.org", state="up")
