@@ -65,8 +65,6 @@ static void drain_tenant_maybe_free(struct drain_tenant *t);
 static void conn_assign(struct drain_conn *cn, struct drain_job *j);
 static void job_route(struct drain_job *j);
 static void tenant_gate_done(struct drain_tenant *t, bool failed);
-static struct drain_dest *tenant_dest_for(struct drain_tenant *t,
-    const char *addr);
 static void job_on_write(void *arg, int status);
 
 /* ---- shared helpers (drain_internal.h) ---------------------------------- */
@@ -503,7 +501,7 @@ job_prepare(struct drain_job *j)
 		/* A delivery goes to one destination: its first pending
 		 * recipient's; the others' recipients wait for the next round. */
 		if (j->kind == DRAIN_JOB_DELIVER && t->ndests > 1) {
-			struct drain_dest *ds = tenant_dest_for(t, env->rcpt[i].addr);
+			struct drain_dest *ds = drain__dest_for(t, env->rcpt[i].addr);
 
 			if (j->ds == NULL)
 				j->ds = ds;
@@ -1196,46 +1194,6 @@ probe_connect(struct drain_dest *ds)
 	}
 }
 
-static bool
-dest_same_targets(const struct drain_dest *a, const struct drain_dest *b)
-{
-	if (a->ntargets == 0 || a->ntargets != b->ntargets)
-		return false;
-	for (size_t i = 0; i < a->ntargets; i++)
-		if (memcmp(&a->targets[i].addr, &b->targets[i].addr,
-		    sizeof(a->targets[i].addr)) != 0)
-			return false;
-	return true;
-}
-
-/*
- * Domains whose MX hosts resolve to the same addresses (an ISP's fifty
- * domains on one server) are one destination: DS becomes an alias of the
- * first other one with its addresses, so their mail shares connections,
- * probes and state; those that were DS's aliases follow it.  Addresses that
- * differ (again) make DS its own destination.
- */
-static void
-dest_alias(struct drain_dest *ds)
-{
-	struct drain_tenant *t = ds->t;
-	struct drain_dest *to = NULL;
-
-	for (size_t i = 0; i < t->ndests && to == NULL; i++) {
-		struct drain_dest *o = &t->dests[i];
-
-		if (o != ds && o->alias == NULL && dest_same_targets(o, ds))
-			to = o;
-	}
-	if (to != ds->alias)
-		log_event(LOG_LEVEL_INFO, "destination", "tenant=%s domain=%s "
-		    "same_as=%s", t->name, ds->domain, to ? to->domain : "none");
-	ds->alias = to;
-	for (size_t i = 0; to != NULL && i < t->ndests; i++)
-		if (t->dests[i].alias == ds)
-			t->dests[i].alias = to;
-}
-
 static void
 dest_on_resolved(void *arg, int status, const char *why,
     struct drain_target *tg, size_t n)
@@ -1251,7 +1209,7 @@ dest_on_resolved(void *arg, int status, const char *why,
 		ds->ntargets = n;
 		ds->targets_mono = util_mono_ms();
 		if (ds->t->ndests > 1)
-			dest_alias(ds);
+			drain__dest_alias(ds);
 	} else {
 		free(tg);
 	}
@@ -1284,21 +1242,6 @@ dest_resolve(struct drain_dest *ds, bool for_probe)
 	    t->nhosts, ds->domain, cfg->mx_port, dest_on_resolved, ds);
 	if (ds->res == NULL && for_probe)
 		probe_result(ds, false, "cannot resolve the primary (no resolver)");
-}
-
-/* The destination of a recipient: its domain's (primary = mx with several
- * domains), else the tenant's one. */
-static struct drain_dest *
-tenant_dest_for(struct drain_tenant *t, const char *addr)
-{
-	const char *at = strrchr(addr, '@');
-
-	if (t->ndests > 1 && at != NULL)
-		for (size_t i = 0; i < t->ndests; i++)
-			if (strcasecmp(t->dests[i].domain, at + 1) == 0)
-				return t->dests[i].alias ? t->dests[i].alias :
-				    &t->dests[i];
-	return t->dests[0].alias ? t->dests[0].alias : &t->dests[0];
 }
 
 /* ---- the scheduler ----------------------------------------------------- */
@@ -1970,7 +1913,7 @@ drain_primary_target(struct drain *d, const char *tenant, const char *rcpt,
 	if (t == NULL || d->closing || t->ndests == 0)
 		return false;
 	/* The destination RCPT's mail would go to (primary = mx: its domain's). */
-	ds = tenant_dest_for(t, rcpt);
+	ds = drain__dest_for(t, rcpt);
 	if (drain_primary_get(&ds->pr) != DRAIN_PRIMARY_UP)
 		return false;
 	*addr = ds->probe_tg.addr;

@@ -7,7 +7,8 @@
  *                   public API except drain_bounce().
  *   drain_target.c  where mail goes: "primary = host[:port], ..." or
  *                   "primary = mx" resolved into addresses, our own
- *                   addresses dropped; also where a DSN goes.
+ *                   addresses dropped; which destination a recipient's
+ *                   mail goes to; also where a DSN goes.
  *   drain_bounce.c  DSNs: the bounce after a 5xx or expiry, the delay
  *                   warning, the operator's "mxspoolctl bounce".
  *   drain_age.c     the clock: once a second per tenant, the expiry and
@@ -286,6 +287,12 @@ typedef void (*drain__resolve_cb)(void *arg, int status, const char *why,
 struct drain_resolve *drain__resolve_start(struct drain *d,
     const struct config_hostport *hosts, size_t nhosts, const char *domain,
     uint16_t mx_port, drain__resolve_cb cb, void *arg);
+/* With primary = mx and several domains: the destination of a recipient
+ * ADDR (its domain's, or the one that stands for it), else T's only one. */
+struct drain_dest *drain__dest_for(struct drain_tenant *t, const char *addr);
+/* DS has (new) addresses: it becomes an alias of another destination of
+ * its tenant with the same addresses, or its own again. */
+void drain__dest_alias(struct drain_dest *ds);
 /* Drop pending lookups and free RES (NULL is fine); CB never runs. */
 void drain__resolve_cancel(struct drain_resolve *res);
 /* Recompute D's own addresses from cfg->listen (wildcards expanded to the

@@ -4,8 +4,9 @@
  *
  * "primary = host[:port], ..." resolves each host in order (A and AAAA,
  * through dns_addrs(), which answers literals too).  "primary = mx" looks
- * up the MX records of the tenant's first domain (all domains of a tenant
- * share one primary) and keeps the hosts dns_select_primaries() returns:
+ * up the MX records of a destination's domain (one destination per domain
+ * of the tenant; those whose hosts have the same addresses are merged, see
+ * drain__dest_alias) and keeps the hosts dns_select_primaries() returns:
  * preference strictly lower than ours, our names being [server] hostname;
  * if our own entry cannot be placed, that function picks the safe side.
  * Those hosts are then resolved on [server] mx_port.  Either way an address
@@ -24,9 +25,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "mxspool/config.h"
 #include "mxspool/dns.h"
+#include "mxspool/log.h"
 #include "drain_internal.h"
 
 /* One host of a resolution and the addresses found for it. */
@@ -294,6 +297,63 @@ drain__resolve_start(struct drain *d, const struct config_hostport *hosts,
 		return NULL;
 	}
 	return res;
+}
+
+/* ---- destinations ----------------------------------------------------- */
+
+static bool
+dest_same_targets(const struct drain_dest *a, const struct drain_dest *b)
+{
+	if (a->ntargets == 0 || a->ntargets != b->ntargets)
+		return false;
+	for (size_t i = 0; i < a->ntargets; i++)
+		if (memcmp(&a->targets[i].addr, &b->targets[i].addr,
+		    sizeof(a->targets[i].addr)) != 0)
+			return false;
+	return true;
+}
+
+/*
+ * Domains whose MX hosts resolve to the same addresses (an ISP's fifty
+ * domains on one server) are one destination: DS becomes an alias of the
+ * first other one with its addresses, so their mail shares connections,
+ * probes and state; those that were DS's aliases follow it.  Addresses that
+ * differ (again) make DS its own destination.  See drain_internal.h.
+ */
+void
+drain__dest_alias(struct drain_dest *ds)
+{
+	struct drain_tenant *t = ds->t;
+	struct drain_dest *to = NULL;
+
+	for (size_t i = 0; i < t->ndests && to == NULL; i++) {
+		struct drain_dest *o = &t->dests[i];
+
+		if (o != ds && o->alias == NULL && dest_same_targets(o, ds))
+			to = o;
+	}
+	if (to != ds->alias)
+		log_event(LOG_LEVEL_INFO, "destination", "tenant=%s domain=%s "
+		    "same_as=%s", t->name, ds->domain, to ? to->domain : "none");
+	ds->alias = to;
+	for (size_t i = 0; to != NULL && i < t->ndests; i++)
+		if (t->dests[i].alias == ds)
+			t->dests[i].alias = to;
+}
+
+/* The destination of a recipient: its domain's (primary = mx with several
+ * domains), else the tenant's one. */
+struct drain_dest *
+drain__dest_for(struct drain_tenant *t, const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+
+	if (t->ndests > 1 && at != NULL)
+		for (size_t i = 0; i < t->ndests; i++)
+			if (strcasecmp(t->dests[i].domain, at + 1) == 0)
+				return t->dests[i].alias ? t->dests[i].alias :
+				    &t->dests[i];
+	return t->dests[0].alias ? t->dests[0].alias : &t->dests[0];
 }
 
 /* ---- our own addresses ------------------------------------------------- */
