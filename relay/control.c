@@ -254,6 +254,8 @@ control_fill_status(struct relay *r, struct control_status *st)
 	st->bounced_total = stats_total(r->stats, STAT_BOUNCED);
 	st->connections = r->server ? smtp_server_connections(r->server) : 0;
 	st->spool_bytes = r->spool ? spool_total_bytes(r->spool) : 0;
+	st->index_state = r->spool != NULL && spool_index_loading(r->spool,
+	    &st->index_scanned_bytes, &st->index_old_bytes) ? "loading" : "ready";
 	st->journal_syncs = r->spool ? spool_flush_count(r->spool) : 0;
 	if (r->server != NULL) {
 		struct smtp_server_abuse ab;

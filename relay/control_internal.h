@@ -84,6 +84,10 @@ struct control_status {
 	uint64_t bounced_total;
 	unsigned connections;
 	uint64_t spool_bytes;
+	/* "loading" while the old segments are scanned after a start
+	 * (spool_index_loading), then "ready"; their bytes scanned and all. */
+	const char *index_state;
+	uint64_t index_scanned_bytes, index_old_bytes;
 	uint64_t journal_syncs;       /* spool_flush_count */
 	/* Intake refusals (issue 11), for /metrics only: RCPTs deferred for
 	 * a DNSBL listing, MAILs and RCPTs over a client's rate. */

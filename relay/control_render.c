@@ -139,6 +139,9 @@ static const struct control_field status_fields[] = {
 	{ "bounced_total", NULL, 0, CONTROL_K_U64, ROW(control_status, bounced_total), 0 },
 	{ "connections", NULL, 0, CONTROL_K_UINT, ROW(control_status, connections), 0 },
 	{ "spool_bytes", NULL, 0, CONTROL_K_U64, ROW(control_status, spool_bytes), 0 },
+	{ "index_state", NULL, 0, CONTROL_K_STR_NULL, ROW(control_status, index_state), 0 },
+	{ "index_scanned_bytes", NULL, 0, CONTROL_K_U64, ROW(control_status, index_scanned_bytes), 0 },
+	{ "index_old_bytes", NULL, 0, CONTROL_K_U64, ROW(control_status, index_old_bytes), 0 },
 };
 
 #define T(m) ROW(control_tenant_row, m)
@@ -497,6 +500,10 @@ control_render_status(const struct control_status *st, bool json,
 	    " bytes\naccepted %" PRIu64 ", delivered %" PRIu64 ", bounced %" PRIu64 "\n\n",
 	    st->version, (long long)st->uptime_s, st->connections, st->spool_bytes,
 	    st->accepted_total, st->delivered_total, st->bounced_total);
+	if (st->index_state != NULL && strcmp(st->index_state, "loading") == 0)
+		control_buf_printf(b, "index loading: %" PRIu64 " of %" PRIu64
+		    " bytes of the old journal scanned; queued figures are partial,"
+		    " the drain waits\n\n", st->index_scanned_bytes, st->index_old_bytes);
 	if (st->fleet_state != NULL)
 		control_buf_printf(b, "fleet %s (status --fleet shows every node)\n\n",
 		    st->fleet_state);

@@ -764,6 +764,30 @@ main_takeover(struct main_state *m)
 	return 0;
 }
 
+/* The background index load ended (spool_options.on_indexed): from now on
+ * the drain sees the old mail.  A scan that failed (a read error) leaves an
+ * index that must not be drained from: stop, as a failed open would. */
+static void
+main_indexed(void *arg, int status, const struct spool_recovery_stats *rs)
+{
+	struct main_state *m = arg;
+
+	if (status != 0) {
+		log_event(LOG_LEVEL_ERR, "index", "state=failed error=\"%s\"",
+		    status < -1000 ? spool_strerror(status) : strerror(-status));
+		m->exit_code = EX_IOERR;
+		main_stop(m);
+		return;
+	}
+	log_event(LOG_LEVEL_INFO, "index", "state=ready segments=%llu messages=%llu "
+	    "records=%llu bytes=%llu torn_bytes=%llu corrupt_records=%llu "
+	    "duration_ms=%llu", (unsigned long long)rs->segments,
+	    (unsigned long long)rs->messages, (unsigned long long)rs->records,
+	    (unsigned long long)rs->bytes, (unsigned long long)rs->torn_bytes,
+	    (unsigned long long)rs->corrupt_records,
+	    (unsigned long long)rs->duration_ms);
+}
+
 static int
 main_run(struct main_state *m)
 {
@@ -782,6 +806,11 @@ main_run(struct main_state *m)
 	so.dir = r->cfg->spool_dir;
 	so.disk_reserve = r->cfg->disk_reserve;
 	so.commit_window_ms = r->cfg->commit_window_ms;
+	/* Take mail at once whatever the spool's size; the old segments are
+	 * indexed on the loop meanwhile (mxspoold(8), STARTUP). */
+	so.index_background = true;
+	so.on_indexed = main_indexed;
+	so.on_indexed_arg = m;
 	rc = spool_open(r->loop, &so, &r->spool, &rs);
 	if (rc != 0) {
 		fprintf(stderr, "mxspoold: cannot open spool %s: %s\n",
@@ -789,10 +818,11 @@ main_run(struct main_state *m)
 		return EX_IOERR;
 	}
 	log_event(LOG_LEVEL_INFO, "recovery", "segments=%llu messages=%llu bytes=%llu "
-	    "torn_bytes=%llu corrupt_records=%llu duration_ms=%llu",
+	    "torn_bytes=%llu corrupt_records=%llu duration_ms=%llu index_state=%s",
 	    (unsigned long long)rs.segments, (unsigned long long)rs.messages,
 	    (unsigned long long)rs.bytes, (unsigned long long)rs.torn_bytes,
-	    (unsigned long long)rs.corrupt_records, (unsigned long long)rs.duration_ms);
+	    (unsigned long long)rs.corrupt_records, (unsigned long long)rs.duration_ms,
+	    spool_index_loading(r->spool, NULL, NULL) ? "loading" : "ready");
 	if (main_signals(m) != 0) {
 		fprintf(stderr, "mxspoold: cannot install signal handlers\n");
 		return EX_OSERR;

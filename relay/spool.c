@@ -88,6 +88,7 @@ spool_strerror(int status)
 	case SPOOL_ENOMEM: return "out of memory";
 	case SPOOL_EINVAL: return "invalid argument";
 	case SPOOL_ECLOSED: return "spool is closing";
+	case SPOOL_EBUSY: return "index still loading, try again later";
 	default: return status < 0 ? strerror(-status) : "unknown status";
 	}
 }
@@ -135,6 +136,10 @@ spool_open(uv_loop_t *loop, const struct spool_options *opts,
 	sp->ops = ops;
 	sp->disk_reserve = opts->disk_reserve;
 	sp->now_ms = opts->now_ms ? opts->now_ms : util_now_ms;
+	sp->on_indexed = opts->on_indexed;
+	sp->on_indexed_arg = opts->on_indexed_arg;
+	sp->load_step = opts->index_step_records;
+	sp->load_background = opts->index_background;
 	sp->ix = spool_index_new(NULL);
 	if (sp->ix == NULL) {
 		free(sp);
@@ -187,6 +192,28 @@ void
 spool_set_disk_reserve(struct spool *sp, uint64_t bytes)
 {
 	sp->disk_reserve = bytes;
+}
+
+/*
+ * LOADING: while a background load runs (spool_index_loading), what the old
+ * segments hold is not known yet.  Mail is taken, but quotas count the
+ * unscanned bytes as if all were the tenant's (spool_index_set_unknown);
+ * nothing is claimed for delivery and the aged walk sees nothing, since a
+ * message's DELETE, recipient and deferral records may be in a later,
+ * unscanned segment (delivering it now could deliver it twice); and changes
+ * to old messages, to hold flags and to capabilities are refused with
+ * SPOOL_EBUSY, since an older record found later would be replayed over
+ * them (a deleted message would come back from a compaction copy).  This
+ * run's messages live in segments >= load_first_seg and change freely.
+ */
+bool
+spool_index_loading(const struct spool *sp, uint64_t *done, uint64_t *total)
+{
+	if (done != NULL)
+		*done = sp->loading ? sp->load_done : sp->load_total;
+	if (total != NULL)
+		*total = sp->load_total;
+	return sp->loading;
 }
 
 static int
@@ -383,6 +410,8 @@ spool_claim_next(struct spool *sp, const char *tenant, int64_t now_ms,
 {
 	if (tenant == NULL || out == NULL)
 		return SPOOL_EINVAL;
+	if (sp->loading)
+		return SPOOL_ENOENT;          /* LOADING */
 	return spool_index_claim_next(sp->ix, tenant, now_ms, out);
 }
 
@@ -407,7 +436,12 @@ spool_retry_now(struct spool *sp, const char *tenant)
 int64_t
 spool_next_due_ms(struct spool *sp, const char *tenant)
 {
-	return tenant == NULL ? -1 : spool_index_next_due_ms(sp->ix, tenant);
+	if (tenant == NULL)
+		return -1;
+	/* LOADING: look again in a moment; the load's end wakes nobody. */
+	if (sp->loading)
+		return sp->now_ms() + 500;
+	return spool_index_next_due_ms(sp->ix, tenant);
 }
 
 /* ---- loading and reading ----------------------------------------------- */
@@ -538,7 +572,11 @@ spool_state_slot(struct spool *sp, spool_qid qid, uint32_t *slot)
 	if (sp->closing)
 		return SPOOL_ECLOSED;
 	*slot = spool_index_lookup(sp->ix, qid);
-	return *slot == SPOOL_INDEX_NONE ? SPOOL_ENOENT : 0;
+	if (*slot == SPOOL_INDEX_NONE)
+		return sp->loading ? SPOOL_EBUSY : SPOOL_ENOENT;
+	if (sp->loading && spool_index_at(sp->ix, *slot)->seg < sp->load_first_seg)
+		return SPOOL_EBUSY;           /* LOADING */
+	return 0;
 }
 
 /* A state change waiting for its record to be stored. */
@@ -689,6 +727,8 @@ spool_set_held(struct spool *sp, const char *tenant, bool held,
 		return SPOOL_ECLOSED;
 	if (tenant == NULL)
 		return SPOOL_EINVAL;
+	if (sp->loading)
+		return SPOOL_EBUSY;           /* LOADING */
 	n = spool_hold_body_encode(b, sizeof(b), tenant, held);
 	if (n < 0)
 		return n;
@@ -739,7 +779,7 @@ unsigned
 spool_walk_aged(struct spool *sp, const char *tenant, int64_t expire_before_ms,
     int64_t warn_before_ms, unsigned max, spool_age_cb cb, void *arg)
 {
-	if (sp->closing)
+	if (sp->closing || sp->loading)   /* LOADING */
 		return 0;
 	return spool_index_walk_aged(sp->ix, tenant, expire_before_ms,
 	    warn_before_ms, max, cb, arg);
@@ -765,6 +805,8 @@ spool_set_caps(struct spool *sp, const char *tenant,
 		return SPOOL_ECLOSED;
 	if (tenant == NULL || caps == NULL)
 		return SPOOL_EINVAL;
+	if (sp->loading)
+		return SPOOL_EBUSY;           /* LOADING */
 	if ((n = spool_caps_body_encode(b, sizeof(b), tenant, caps)) < 0)
 		return n;
 	if ((t = spool_index_tenant_get(sp->ix, tenant, strlen(tenant))) < 0)

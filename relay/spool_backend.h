@@ -49,6 +49,14 @@ struct spool {
 	uint64_t disk_reserve;
 	int64_t (*now_ms)(void);
 	bool closing;
+	/* A background load (spool_index_loading): set by the backend. */
+	bool loading;
+	uint32_t load_first_seg;      /* entries below: old segments */
+	uint64_t load_done, load_total;
+	uint32_t load_step;           /* spool_options.index_step_records */
+	bool load_background;         /* spool_options.index_background */
+	void (*on_indexed)(void *, int, const struct spool_recovery_stats *);
+	void *on_indexed_arg;
 	void (*close_done)(void *);
 	void *close_arg;
 };

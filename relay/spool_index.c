@@ -82,6 +82,7 @@ struct spool_index {
 	spool_qid last_qid;
 	uint64_t total_bytes;
 	uint64_t pend_bytes_total;
+	uint64_t unknown_bytes, unknown_msgs;   /* spool_index_set_unknown */
 	bool bulk;
 	struct spool_index_hooks hooks;
 	struct reply_slot *replies;   /* last replies, allocated on first use */
@@ -416,15 +417,22 @@ spool_index_admit(const struct spool_index *ix, int ti, uint64_t size,
 	const struct tenant *t = ti < 0 ? NULL : ix->tenants[ti];
 
 	if (t != NULL && t->quota_bytes != 0 &&
-	    t->bytes + t->pend_bytes + size > t->quota_bytes)
+	    t->bytes + t->pend_bytes + ix->unknown_bytes + size > t->quota_bytes)
 		return SPOOL_EQUOTA;
 	if (t != NULL && t->quota_msgs != 0 &&
-	    t->messages + t->pend_messages + 1 > t->quota_msgs)
+	    t->messages + t->pend_messages + ix->unknown_msgs + 1 > t->quota_msgs)
 		return SPOOL_EQUOTA;
 	/* The free-space figure does not yet know about bytes being committed. */
 	if (free_bytes < reserve + ix->pend_bytes_total + size)
 		return SPOOL_ENOSPC;
 	return 0;
+}
+
+void
+spool_index_set_unknown(struct spool_index *ix, uint64_t bytes, uint64_t msgs)
+{
+	ix->unknown_bytes = bytes;
+	ix->unknown_msgs = msgs;
 }
 
 void
@@ -939,10 +947,14 @@ spool_index_bulk_end(struct spool_index *ix)
 		if (!(spool_ent_flags(e) & SPOOL_ENT_LIVE))
 			continue;
 		loc_hook(ix, e, true);
+		live++;
+		/* Claimed during a background load (a DELETE being written):
+		 * queued by its release, not here. */
+		if (spool_ent_flags(e) & SPOOL_ENT_CLAIMED)
+			continue;
 		t = ix->tenants[e->tenant];
 		h_set(ix, &t->wait, t->wait.n++, i);
 		ent_set(e, SPOOL_ENT_WAITING);
-		live++;
 	}
 	for (uint32_t i = 0; i < ix->ntenants; i++) {
 		struct tenant *t = ix->tenants[i];

@@ -127,6 +127,10 @@ void spool_index_set_quota(struct spool_index *ix, const char *name,
 int spool_index_admit(const struct spool_index *ix, int t, uint64_t size,
     uint64_t free_bytes, uint64_t reserve);
 void spool_index_reserve(struct spool_index *ix, unsigned t, uint64_t size);
+/* While a background load runs: BYTES and MSGS not scanned yet, counted as
+ * every tenant's by admit (conservative quotas); 0, 0 when it is done. */
+void spool_index_set_unknown(struct spool_index *ix, uint64_t bytes,
+    uint64_t msgs);
 void spool_index_unreserve(struct spool_index *ix, unsigned t, uint64_t size);
 
 /* Entries.  lookup returns a slot or SPOOL_INDEX_NONE; at returns NULL for

@@ -1070,7 +1070,8 @@ maint_check(struct journal *j)
 
 	roll_check(j);
 	if (j->maint_running || j->maint_stuck || j->closing || j->nsegs == 0 ||
-	    j->backup != NULL)   /* a backup holds every segment in place */
+	    j->backup != NULL ||  /* a backup holds every segment in place */
+	    j->loader != NULL)    /* liveness is known at the load's end */
 		return;
 	/* Only the oldest segment: see DELETION at the top of this file. */
 	s = &j->segs[0];
@@ -1158,7 +1159,8 @@ roll_check(struct journal *j)
 	struct seg *a;
 
 	if (j->closing || j->roll_wanted || j->active_segno == 0 ||
-	    j->backup != NULL || (a = spool__seg_find(j, j->active_segno)) == NULL)
+	    j->backup != NULL || j->loader != NULL ||
+	    (a = spool__seg_find(j, j->active_segno)) == NULL)
 		return;
 	if (!spool__roll_wanted(a->size, a->live_bytes, j->seg_size, j->free_bytes))
 		return;
@@ -1895,6 +1897,7 @@ close_maybe_finish(struct journal *j)
 {
 	if (!j->closing || j->closed_handles || j->nreqs > 0 ||
 	    j->flush_running || j->pq_head != NULL || j->window_armed)
+	spool__load_stop(j);
 		return;
 	if (j->w.fd >= 0) {
 		uv_work_t *req = xcalloc(1, sizeof(*req));
@@ -1959,3 +1962,4 @@ const struct spool_ops spool_journal_ops = {
 	.compact_copies = journal_compact_copies,
 	.reclaim = journal_reclaim,
 };
+	spool__load_stop(j);

@@ -83,6 +83,7 @@ struct journal {
 	uint64_t nsyncs;              /* flush jobs that reached fdatasync */
 	struct spool_backup *backup;  /* running (spool_backup.c): no unlink
 	                               * and no compaction while set */
+	struct spool_loader *loader;  /* background load running, or NULL */
 	unsigned nreqs;               /* work requests in flight */
 	unsigned nhandles;            /* open handles */
 	bool closing, closed_handles;
@@ -100,8 +101,37 @@ void spool__seg_path(char *buf, size_t len, const char *jdir, uint64_t no);
  * order, verify, replay into J's index, set corrupt records aside, cut torn
  * tails, empty tmp/, and set J's next segment number.  Runs on the calling
  * thread before the loop serves anyone.  0 or a negative status / -errno.
+ * With sp->load_background, only the header pass runs here and the scan
+ * goes on in the background (spool__load_start).
  */
 int spool__journal_recover(struct journal *j, struct spool_recovery_stats *st);
+
+/*
+ * The same in steps (a background load): begin checks every segment header,
+ * fills the segment table, sets the next segment number and the queue-id
+ * floor, empties tmp/ and puts the index in bulk mode; each step scans
+ * records for about BUDGET_NS (0: to the end; MAX_RECORDS != 0: at most
+ * that many, for tests) and sets *DONE at the end; end leaves bulk mode and fills *ST (NULL: after a failure, nothing is
+ * built) and frees L (NULL is fine).  Segments numbered first_new and up
+ * are this run's; progress counts scanned bytes of the old ones.
+ */
+struct spool_loader;
+int spool__load_begin(struct journal *j, struct spool_loader **out);
+int spool__load_step(struct journal *j, struct spool_loader *L,
+    uint64_t budget_ns, uint32_t max_records, bool *done);
+void spool__load_end(struct journal *j, struct spool_loader *L,
+    struct spool_recovery_stats *st);
+void spool__load_progress(const struct spool_loader *L, uint64_t *done,
+    uint64_t *total);
+uint64_t spool__load_first_new(const struct spool_loader *L);
+/* spool_options.index_background: load_begin, then steps from an idle
+ * handle of the loader's own until the end, which clears sp->loading (on
+ * success), pokes maintenance and calls sp->on_indexed.  *ST gets the
+ * header pass's figures.  stop (at close, or a failed open) abandons a
+ * running load; the handle's close frees the loader and touches nothing
+ * else, so the journal may be gone by then. */
+int spool__load_start(struct journal *j, struct spool_recovery_stats *st);
+void spool__load_stop(struct journal *j);
 
 /*
  * Pure policy, unit-tested on given numbers and clocks.

@@ -6,10 +6,14 @@
  * the byte layouts are those of the ON-DISK FORMAT comment at the top of
  * relay/spool_journal.c; read that first.
  *
- * It runs synchronously inside spool_open, before the loop serves anyone,
- * which is why plain pread/ftruncate are fine here and nowhere else.  The
- * index is filled in bulk mode (relay/spool_index.h): heaps and segment
- * liveness are built once at the end.
+ * It runs either synchronously inside spool_open, before the loop serves
+ * anyone, or (spool_options.index_background) in slices of a few
+ * milliseconds on the loop while the daemon already takes mail: plain
+ * pread/ftruncate on the loop thread, bounded by the slice.  The index is
+ * filled in bulk mode (relay/spool_index.h) either way: heaps and segment
+ * liveness are built once at the end.  What the rest of the spool refuses
+ * or counts conservatively meanwhile is described in relay/spool.c
+ * (LOADING).
  */
 #include "config.h"
 
@@ -222,6 +226,16 @@ replay(struct journal *j, const struct spool_rec_hdr *h, const uint8_t *body,
 		return SPOOL_ECORRUPT;
 	slot = tenant_rec ? SPOOL_INDEX_NONE : spool_index_lookup(ix, h->qid);
 	e = slot == SPOOL_INDEX_NONE ? NULL : spool_index_at(ix, slot);
+	/* While the daemon already takes mail (a background load), an old
+	 * record never touches a message this run wrote: qid_floor keeps their
+	 * ids apart, and should a clock have made them meet, the old message
+	 * is set aside rather than merged into the new one. */
+	if (e != NULL && j->loader != NULL &&
+	    e->seg >= spool__load_first_new(j->loader)) {
+		if (h->type == SPOOL_REC_MSG)
+			return SPOOL_ECORRUPT;
+		e = NULL;
+	}
 	switch (h->type) {
 	case SPOOL_REC_MSG:
 		if (spool_msg_prefix_decode(body, avail, h->len, &pf) != 0)
@@ -409,23 +423,28 @@ recover_bad_header(struct journal *j, int fd, uint64_t no, const uint8_t *p,
 	return 0;
 }
 
-/* Recover one segment: verify, replay, set aside, cut the torn tail. */
+/*
+ * Open segment NO and check its header: *FD is the open file and *SIZE its
+ * length when it is a segment to scan (added to the segment table), or -1
+ * when it was removed or moved aside.
+ */
 static int
-recover_seg(struct journal *j, uint64_t no, struct rwin *w,
-    struct spool_recovery_stats *st)
+seg_open(struct journal *j, uint64_t no, struct rwin *w, int *fdp,
+    uint64_t *sizep, struct spool_recovery_stats *st)
 {
 	char path[4096];
 	struct stat sb;
-	uint64_t size, off, segno, whole, next = 0;
+	uint64_t size, segno;
 	const uint8_t *p;
 	int fd, rc = 0;
 
+	*fdp = -1;
 	spool__seg_path(path, sizeof(path), j->jdir, no);
 	if ((fd = open(path, O_RDWR | O_CLOEXEC)) < 0)
 		return -errno;
 	if (fstat(fd, &sb) != 0) {
 		rc = -errno;
-		goto done;
+		goto fail;
 	}
 	size = (uint64_t)sb.st_size;
 	w->fd = fd;
@@ -436,40 +455,65 @@ recover_seg(struct journal *j, uint64_t no, struct rwin *w,
 		bool scan;
 
 		if ((rc = recover_bad_header(j, fd, no, p, size, &scan, st)) != 0)
-			goto done;
+			goto fail;
 		w->len = 0;          /* the window holds the old header */
 		if (!scan)
 			p = NULL;
 	}
 	if (p == NULL) {
 		rc = recover_not_seg(j, path, no, size, st);
-		goto done;
+		goto fail;
 	}
 	spool__seg_add(j, no)->size = size;
 	st->segments++;
-	off = SPOOL_SEG_HDR_LEN;
-	while (off < size) {
-		switch (recover_rec(j, w, no, off, size, &whole)) {
+	*fdp = fd;
+	*sizep = size;
+	return 0;
+fail:
+	(void)close(fd);
+	return rc;
+}
+
+/*
+ * Verify and replay the records of the open segment NO from *OFF on, at most
+ * MAX of them (0: all).  *OFF is where the next call goes on and *SIZE the
+ * segment's length (a torn tail cuts it); *DONE is set at its end.
+ */
+static int
+seg_scan(struct journal *j, struct rwin *w, uint64_t no, uint64_t *offp,
+    uint64_t *sizep, uint64_t max, bool *done, struct spool_recovery_stats *st)
+{
+	uint64_t off = *offp, whole, next = 0, n = 0;
+	bool cut = false;
+	int rc = 0;
+
+	*done = false;
+	while (off < *sizep && (max == 0 || n < max)) {
+		n++;
+		switch (recover_rec(j, w, no, off, *sizep, &whole)) {
 		case REC_GOOD:
 			st->records++;
 			off += whole;
 			continue;
 		case REC_IOERR:
-			rc = SPOOL_EIO;
-			goto done;
+			return SPOOL_EIO;
 		case REC_BAD:
 			break;
 		}
-		if ((rc = recover_bad(j, w, no, off, whole, &size, &next, st)) != 0)
-			goto done;
-		if (next == 0)
+		if ((rc = recover_bad(j, w, no, off, whole, sizep, &next, st)) != 0)
+			return rc;
+		if (next == 0) {
+			cut = true;      /* a torn tail: the segment ends here */
 			break;
+		}
 		off = next;
 	}
-	st->bytes += size;
-done:
-	(void)close(fd);
-	return rc;
+	if (off >= *sizep || cut) {
+		*done = true;
+		st->bytes += *sizep;
+	}
+	*offp = off;
+	return 0;
 }
 
 /* ---- the whole journal ------------------------------------------------- */
@@ -527,28 +571,269 @@ list_segments(struct journal *j, uint64_t **out, size_t *n)
 	return 0;
 }
 
+/* The recovery in progress: what spool__load_begin found, and where the
+ * scan is. */
+struct spool_loader {
+	uint64_t *nos, *sizes;        /* segments to scan, their lengths */
+	size_t n, i;
+	int fd;                       /* segment nos[i] while it is open */
+	uint64_t off, size;
+	struct rwin w;
+	uint64_t first_new;           /* segments from here on are this run's */
+	uint64_t total_bytes, done_bytes;
+	struct spool_recovery_stats st;
+	int64_t t0;
+	uv_idle_t idle;               /* a background load's steps */
+	bool idle_open;
+	struct journal *j;
+};
+
+/* A queue id above every one the old segments can hold: queue ids are
+ * taken from the clock when a message begins, before its record is
+ * written, so none is later than the newest segment's modification time
+ * (one second of margin for file systems with coarse times). */
+static void
+qid_floor(struct journal *j, const struct stat *sb)
+{
+	int64_t ms = (int64_t)sb->st_mtim.tv_sec * 1000 +
+	    sb->st_mtim.tv_nsec / 1000000 + 1000;
+
+	if (ms > 0)
+		spool_index_qid_seen(j->ix, (spool_qid)ms << 20);
+}
+
+int
+spool__load_begin(struct journal *j, struct spool_loader **out)
+{
+	struct spool_loader *L = xcalloc(1, sizeof(*L));
+	uint64_t *nos, maxno = 0;
+	size_t n, k = 0;
+	int rc;
+
+	*out = NULL;
+	if ((rc = list_segments(j, &nos, &n)) != 0) {
+		free(L);
+		return rc;
+	}
+	L->t0 = util_mono_ms();
+	L->fd = -1;
+	L->w.fd = -1;
+	L->w.cap = RECOVER_BUF;
+	L->w.buf = xmalloc(L->w.cap);
+	L->nos = nos;
+	L->sizes = xcalloc(n > 0 ? n : 1, sizeof(*L->sizes));
+	/* Headers first, so that the segment table is complete (and in
+	 * order) before this run adds a segment of its own. */
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		struct stat sb;
+		int fd;
+
+		maxno = nos[i];
+		if ((rc = seg_open(j, nos[i], &L->w, &fd, &L->sizes[k], &L->st)) != 0 ||
+		    fd < 0)
+			continue;
+		if (fstat(fd, &sb) == 0)
+			qid_floor(j, &sb);
+		(void)close(fd);
+		L->total_bytes += L->sizes[k];
+		nos[k++] = nos[i];
+	}
+	L->n = k;
+	L->w.fd = -1;
+	L->w.len = 0;
+	L->first_new = maxno + 1;
+	j->w.next_segno = maxno + 1;
+	if (rc == 0)
+		rc = clean_tmp(j);
+	spool_index_bulk_begin(j->ix);
+	*out = L;
+	return rc;
+}
+
+int
+spool__load_step(struct journal *j, struct spool_loader *L, uint64_t budget_ns,
+    uint32_t max_records, bool *done)
+{
+	uint64_t t0 = uv_hrtime();
+	bool seg_done;
+	int rc;
+
+	*done = false;
+	while (L->i < L->n) {
+		uint64_t no = L->nos[L->i];
+
+		if (L->fd < 0) {
+			char path[4096];
+
+			spool__seg_path(path, sizeof(path), j->jdir, no);
+			if ((L->fd = open(path, O_RDWR | O_CLOEXEC)) < 0)
+				return -errno;
+			L->w.fd = L->fd;
+			L->w.base = 0;
+			L->w.len = 0;
+			L->off = SPOOL_SEG_HDR_LEN;
+			L->size = L->sizes[L->i];
+		}
+		rc = seg_scan(j, &L->w, no, &L->off, &L->size,
+		    max_records != 0 ? max_records : budget_ns == 0 ? 0 : 4096,
+		    &seg_done, &L->st);
+		if (rc != 0)
+			return rc;
+		if (seg_done) {
+			(void)close(L->fd);
+			L->fd = -1;
+			L->done_bytes += L->sizes[L->i];
+			L->i++;
+		}
+		if (max_records != 0 ||
+		    (budget_ns != 0 && uv_hrtime() - t0 >= budget_ns))
+			return 0;
+	}
+	*done = true;
+	return 0;
+}
+
+/* The idle handle is closed: free the loader, and nothing else (the
+ * journal may be gone by now). */
+static void
+loader_closed(uv_handle_t *h)
+{
+	free(h->data);
+}
+
+void
+spool__load_end(struct journal *j, struct spool_loader *L,
+    struct spool_recovery_stats *st)
+{
+	if (L == NULL)
+		return;
+	if (L->fd >= 0)
+		(void)close(L->fd);
+	if (st != NULL) {
+		/* Segment liveness, heaps and oldest figures, in one pass. */
+		L->st.messages = spool_index_bulk_end(j->ix);
+		L->st.duration_ms = (uint64_t)(util_mono_ms() - L->t0);
+		*st = L->st;
+	}
+	free(L->w.buf);
+	free(L->nos);
+	free(L->sizes);
+	L->w.buf = NULL;
+	L->nos = L->sizes = NULL;
+	if (L->idle_open)
+		uv_close((uv_handle_t *)&L->idle, loader_closed);
+	else
+		free(L);
+}
+
+void
+spool__load_progress(const struct spool_loader *L, uint64_t *done,
+    uint64_t *total)
+{
+	*done = L->done_bytes + (L->fd >= 0 ? L->off : 0);
+	*total = L->total_bytes;
+}
+
+uint64_t
+spool__load_first_new(const struct spool_loader *L)
+{
+	return L->first_new;
+}
+
 int
 spool__journal_recover(struct journal *j, struct spool_recovery_stats *st)
 {
-	struct rwin w = { .fd = -1, .cap = RECOVER_BUF };
-	uint64_t *nos, maxno = 0;
-	size_t n;
+	struct spool_loader *L;
+	bool done;
 	int rc;
 
-	if ((rc = list_segments(j, &nos, &n)) != 0)
-		return rc;
-	w.buf = xmalloc(w.cap);
-	spool_index_bulk_begin(j->ix);
-	for (size_t i = 0; i < n && rc == 0; i++) {
-		rc = recover_seg(j, nos[i], &w, st);
-		maxno = nos[i];
+	if (j->sp->load_background)
+		return spool__load_start(j, st);
+	rc = spool__load_begin(j, &L);
+	if (rc == 0)
+		rc = spool__load_step(j, L, 0, 0, &done);
+	spool__load_end(j, L, rc == 0 ? st : NULL);
+	return rc;
+}
+
+/* ---- the background load ------------------------------------------------ */
+
+#define LOAD_SLICE_NS  (4u * 1000 * 1000)   /* loop time per step */
+#define LOAD_MIN_REC   64u                  /* unscanned bytes per message,
+                                             * at most (LOADING quotas) */
+
+static void
+load_publish(struct journal *j)
+{
+	uint64_t done, total;
+
+	spool__load_progress(j->loader, &done, &total);
+	j->sp->load_done = done;
+	j->sp->load_total = total;
+	spool_index_set_unknown(j->ix, total - done, (total - done) / LOAD_MIN_REC);
+}
+
+static void
+load_idle_cb(uv_idle_t *h)
+{
+	struct spool_loader *L = h->data;
+	struct journal *j = L->j;
+	struct spool *sp = j->sp;
+	struct spool_recovery_stats st;
+	bool done = false;
+	int rc = spool__load_step(j, L, LOAD_SLICE_NS, sp->load_step, &done);
+
+	load_publish(j);
+	if (rc == 0 && !done)
+		return;
+	(void)uv_idle_stop(h);
+	memset(&st, 0, sizeof(st));
+	j->loader = NULL;
+	spool__load_end(j, L, rc == 0 ? &st : NULL);
+	if (rc == 0) {
+		/* Only now may the drain, the aged walk and maintenance see the
+		 * old messages: every later record of theirs has been read. */
+		spool_index_set_unknown(j->ix, 0, 0);
+		sp->load_done = sp->load_total;
+		sp->loading = false;
+		spool__journal_poke(j);
 	}
-	/* Segment liveness, heaps and oldest figures, in one pass. */
-	st->messages = spool_index_bulk_end(j->ix);
-	free(w.buf);
-	free(nos);
-	if (rc != 0)
+	if (sp->on_indexed != NULL)
+		sp->on_indexed(sp->on_indexed_arg, rc, &st);
+}
+
+int
+spool__load_start(struct journal *j, struct spool_recovery_stats *st)
+{
+	struct spool_loader *L;
+	int rc;
+
+	if ((rc = spool__load_begin(j, &L)) != 0) {
+		spool__load_end(j, L, NULL);
 		return rc;
-	j->w.next_segno = maxno + 1;
-	return clean_tmp(j);
+	}
+	*st = L->st;
+	L->j = j;
+	j->loader = L;
+	j->sp->loading = true;
+	j->sp->load_first_seg = (uint32_t)L->first_new;
+	load_publish(j);
+	if ((rc = uv_idle_init(j->loop, &L->idle)) != 0)
+		return rc;            /* the journal's open fails: load_stop */
+	L->idle.data = L;
+	L->idle_open = true;
+	return uv_idle_start(&L->idle, load_idle_cb);
+}
+
+void
+spool__load_stop(struct journal *j)
+{
+	struct spool_loader *L = j->loader;
+
+	if (L == NULL)
+		return;
+	if (L->idle_open)
+		(void)uv_idle_stop(&L->idle);
+	j->loader = NULL;
+	spool__load_end(j, L, NULL);
 }

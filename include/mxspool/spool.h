@@ -50,6 +50,7 @@ enum spool_status {
 	SPOOL_ENOMEM = -1006,
 	SPOOL_EINVAL = -1007,
 	SPOOL_ECLOSED = -1008,        /* spool is shutting down */
+	SPOOL_EBUSY = -1009,          /* the index is still loading: not yet */
 };
 const char *spool_strerror(int status);
 
@@ -80,6 +81,8 @@ enum spool_rcpt_state {
 	SPOOL_RCPT_BOUNCED,
 };
 
+struct spool_recovery_stats;
+
 struct spool_options {
 	const char *dir;              /* spool_dir; journal/ and tmp/ go below */
 	uint64_t disk_reserve;        /* bytes of free space to keep */
@@ -90,6 +93,18 @@ struct spool_options {
 	                               * DIR; "ram": memory only (DIR, the
 	                               * segment size and the commit window are
 	                               * ignored).  Another name: SPOOL_EINVAL */
+	bool index_background;        /* journal: scan the old segments on the
+	                               * loop after spool_open returns (see
+	                               * spool_index_loading) */
+	/* Called once when a background load ends: STATUS 0 and the figures,
+	 * or the error that stopped it (the index then holds only what this
+	 * run wrote and what was scanned; the caller should stop).  Not called
+	 * when the spool is closed first. */
+	void (*on_indexed)(void *arg, int status,
+	    const struct spool_recovery_stats *st);
+	void *on_indexed_arg;
+	uint32_t index_step_records;  /* tests: records per loop iteration of
+	                               * a background load; 0 = 4 ms of work */
 };
 
 struct spool_recovery_stats {
@@ -107,6 +122,18 @@ struct spool_recovery_stats {
  */
 int spool_open(uv_loop_t *loop, const struct spool_options *opts,
     struct spool **out, struct spool_recovery_stats *stats);
+/*
+ * A background load (index_background) is running: the index holds this
+ * run's messages and those of the old segments scanned so far.  Meanwhile
+ * mail is accepted (quotas count every unscanned byte as the tenant's, and
+ * an unscanned message count of bytes / 64), nothing is claimed for
+ * delivery, the aged walk finds nothing, and changes to messages of the old
+ * segments, hold/release and capabilities answer SPOOL_EBUSY; a later
+ * record in an old segment could otherwise undo them.  DONE/TOTAL (may be
+ * NULL) get the old segments' scanned and total bytes.
+ */
+bool spool_index_loading(const struct spool *sp, uint64_t *done,
+    uint64_t *total);
 /* Stop taking work, wait for in-flight commits, then call DONE (may be NULL). */
 void spool_close(struct spool *sp, void (*done)(void *arg), void *arg);
 
