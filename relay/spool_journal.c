@@ -1838,6 +1838,7 @@ journal_open(struct spool *sp, const struct spool_options *opts, void **be,
 	maint_check(j);
 	return 0;
 fail:
+	spool__load_stop(j);
 	spool_index_set_hooks(j->ix, NULL);
 	if (j->nhandles > 0) {
 		/* Handles exist: they must be closed through the loop; the
@@ -1897,7 +1898,6 @@ close_maybe_finish(struct journal *j)
 {
 	if (!j->closing || j->closed_handles || j->nreqs > 0 ||
 	    j->flush_running || j->pq_head != NULL || j->window_armed)
-	spool__load_stop(j);
 		return;
 	if (j->w.fd >= 0) {
 		uv_work_t *req = xcalloc(1, sizeof(*req));
@@ -1935,6 +1935,7 @@ journal_close(void *be, void (*finish)(void *arg), void *arg)
 	j->closing = true;
 	j->finish = finish;
 	j->finish_arg = arg;
+	spool__load_stop(j);
 	if (j->window_armed) {
 		/* Do not make the last commits wait out the window. */
 		(void)uv_timer_stop(&j->window_timer);
@@ -1962,4 +1963,3 @@ const struct spool_ops spool_journal_ops = {
 	.compact_copies = journal_compact_copies,
 	.reclaim = journal_reclaim,
 };
-	spool__load_stop(j);
