@@ -33,6 +33,9 @@
 #include "spool_journal.h"
 
 #define RECOVER_BUF  (8u * 1024 * 1024)   /* recovery read window */
+#define LOAD_BUF     (1u * 1024 * 1024)   /* ... in the background: one read
+                                           * of it stalls the loop (cold
+                                           * disk: about 10 ms) */
 #define PROBE_CHUNK  (1u << 20)           /* resync scan and set-aside copy */
 
 struct rwin {
@@ -588,7 +591,8 @@ struct spool_loader {
 	struct journal *j;
 };
 
-/* A queue id above every one the old segments can hold: queue ids are
+/* A background load: new queue ids must be above every one the old
+ * segments hold, before those are read.  Queue ids are
  * taken from the clock when a message begins, before its record is
  * written, so none is later than the newest segment's modification time
  * (one second of margin for file systems with coarse times). */
@@ -618,7 +622,7 @@ spool__load_begin(struct journal *j, struct spool_loader **out)
 	L->t0 = util_mono_ms();
 	L->fd = -1;
 	L->w.fd = -1;
-	L->w.cap = RECOVER_BUF;
+	L->w.cap = j->sp->load_background ? LOAD_BUF : RECOVER_BUF;
 	L->w.buf = xmalloc(L->w.cap);
 	L->nos = nos;
 	L->sizes = xcalloc(n > 0 ? n : 1, sizeof(*L->sizes));
@@ -632,7 +636,7 @@ spool__load_begin(struct journal *j, struct spool_loader **out)
 		if ((rc = seg_open(j, nos[i], &L->w, &fd, &L->sizes[k], &L->st)) != 0 ||
 		    fd < 0)
 			continue;
-		if (fstat(fd, &sb) == 0)
+		if (j->sp->load_background && fstat(fd, &sb) == 0)
 			qid_floor(j, &sb);
 		(void)close(fd);
 		L->total_bytes += L->sizes[k];
