@@ -938,6 +938,10 @@ spool_index_bulk_end(struct spool_index *ix)
 			t->wait.cap = (uint32_t)t->messages;
 			t->wait.v = xrealloc(t->wait.v, t->wait.cap * sizeof(uint32_t));
 		}
+		/* The oldest comes out of the pass below: a first status after
+		 * a start need not scan 25 million entries for it. */
+		t->oldest = UINT64_MAX;
+		t->oldest_dirty = false;
 	}
 	/* Build what the bulk inserts skipped: hooks, heaps, oldest. */
 	for (uint32_t i = 0; i < ix->nents; i++) {
@@ -948,11 +952,13 @@ spool_index_bulk_end(struct spool_index *ix)
 			continue;
 		loc_hook(ix, e, true);
 		live++;
+		t = ix->tenants[e->tenant];
+		if (e->qid < t->oldest)
+			t->oldest = e->qid;
 		/* Claimed during a background load (a DELETE being written):
 		 * queued by its release, not here. */
 		if (spool_ent_flags(e) & SPOOL_ENT_CLAIMED)
 			continue;
-		t = ix->tenants[e->tenant];
 		h_set(ix, &t->wait, t->wait.n++, i);
 		ent_set(e, SPOOL_ENT_WAITING);
 	}
@@ -961,7 +967,6 @@ spool_index_bulk_end(struct spool_index *ix)
 
 		for (uint32_t k = t->wait.n / 2; k-- > 0;)
 			h_down(ix, &t->wait, false, k);
-		t->oldest_dirty = t->messages > 0;
 	}
 	fifo_rebuild(ix);
 	return live;
