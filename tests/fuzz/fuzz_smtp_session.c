@@ -21,16 +21,17 @@
  * commands arrive split anywhere) and, with its top bit, lock-step (wait
  * for each reply) instead of pipelining.  Either way the client waits, as
  * RFC 5321 and 2920 ask, for the greeting and for the reply to DATA before
- * it sends the text; a wait ends after SYNC_QUIET_MS of silence.  After the script the client half-closes and reads
- * until the server closes.  Checks:
+ * it sends the text; a wait ends after SYNC_QUIET_MS of silence.  After
+ * the script the client waits for the last reply (or silence, or the
+ * server's close) and resets the connection.  Checks:
  *   - every reply line is CRLF-terminated, at most 512 octets, and starts
  *     with a 2xx-5xx code and ' ' or '-'; the first is 220 (or 421); after
  *     "220 2.0.0 Ready to start TLS" the bytes are TLS and not checked;
  *   - the session ends by itself once the client is gone (no hang) and
  *     the server has no session left afterwards;
- *   - each "250 2.0.0 Ok: queued as" is one message in the spool and one
- *     on_accepted call, for a tenant of the config, and nothing else got
- *     in: no accept without a durable message, no message without a 250.
+ *   - each on_accepted call is one message in the spool, for a tenant of
+ *     the config, and each "250 2.0.0 Ok: queued as" the client read is
+ *     one of them (a 250 the reset cut off may be missing).
  * Spooled messages are deleted after each input so memory stays flat.
  */
 #include <errno.h>
@@ -358,7 +359,7 @@ run_session(struct fz *fz, const struct buf *script, size_t step,
 	struct sockaddr_in sin = { .sin_family = AF_INET };
 	int64_t end = now_ms() + SESSION_DEADLINE_MS, heard = now_ms();
 	size_t sent = 0, next_sync = 0;
-	bool eof = false, shut = false;
+	bool eof = false;
 	char in[8192];
 	int fd, one = 1;
 
@@ -393,9 +394,9 @@ run_session(struct fz *fz, const struct buf *script, size_t step,
 				sent += (size_t)n;
 			else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
 				sent = script->len;   /* the server closed on us */
-		} else if (!shut) {
-			(void)shutdown(fd, SHUT_WR);
-			shut = true;
+		} else if (rep->tls || rep->finals >= script->replies ||
+		    now_ms() - heard > SYNC_QUIET_MS) {
+			break;   /* everything sent and answered, or silence */
 		}
 		pump(fz, fd, POLLIN);
 		while ((n = recv(fd, in, sizeof(in), 0)) > 0) {
@@ -404,6 +405,16 @@ run_session(struct fz *fz, const struct buf *script, size_t step,
 		}
 		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
 			eof = true;
+	}
+	/* Go away with a reset, not a FIN: the end that closes first sits in
+	 * TIME_WAIT for a minute, and at a thousand sessions a second the
+	 * machine's ephemeral ports would run out (connect() then fails, for
+	 * every test on the machine).  The server must then drop the session
+	 * whatever state it was in. */
+	{
+		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+		(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 	}
 	close(fd);
 	/* The session's memory goes in close callbacks and spool callbacks. */
@@ -469,8 +480,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	queued = spool_total_messages(fz->sp);
 	CHECK(!fz->bad_tenant);
-	CHECK(fz->accepted - before == rep.queued);
-	CHECK(queued == rep.queued);
+	CHECK(fz->accepted - before == queued);
+	CHECK(rep.queued <= queued);
 	spool_foreach(fz->sp, NULL, on_item, &c);
 	CHECK(!c.bad && c.n == queued);
 	for (size_t i = 0; i < c.n; i++)
