@@ -280,6 +280,9 @@ def test_outbound_ca_file_reread_at_reload(daemon_factory, primary_factory, cert
 # ---------------------------------------------------------------- testssl.sh
 
 TESTSSL_SEVERITIES_OK = {"OK", "INFO"}
+# Notes about testssl.sh's own OpenSSL, not about the server: on a minimal
+# Debian root it warns that the local openssl has no GOST engine.
+TESTSSL_ABOUT_THE_SCANNER = {"engine_problem"}
 
 
 def test_testssl_finds_nothing(daemon_factory, tmp_path):
@@ -308,7 +311,8 @@ def test_testssl_finds_nothing(daemon_factory, tmp_path):
     for f in findings:
         by_id.setdefault(f["id"], []).append(f)
     assert "scanProblem" not in by_id, by_id["scanProblem"]
-    bad = [f for f in findings if f.get("severity") not in TESTSSL_SEVERITIES_OK]
+    bad = [f for f in findings if f.get("severity") not in TESTSSL_SEVERITIES_OK
+           and f["id"] not in TESTSSL_ABOUT_THE_SCANNER]
     assert bad == [], "testssl.sh findings:\n" + "\n".join(
         "%s %s: %s" % (f["severity"], f["id"], f["finding"]) for f in bad)
     for proto in ("SSLv2", "SSLv3", "TLS1", "TLS1_1"):
