@@ -1267,8 +1267,7 @@ data_fail(struct smtp_data_decoder *d, int error)
  * Octets from IN[I] on that are plain text in DATA_TEXT state (no CR, LF
  * or NUL) and keep the line within its limit: the whole body of a line
  * after its first octet.  The state machine would copy each of them and
- * count it into line_len, nothing else; this finds them 8 at a time, which
- * took the decoder from about 31 instructions per octet to about 3.
+ * count it into line_len, nothing else; this finds them 8 at a time.
  */
 static size_t
 data_text_run(const struct smtp_data_decoder *d, const char *in, size_t i,
@@ -1308,9 +1307,9 @@ smtp_proto_data_push(struct smtp_data_decoder *d, const char *in,
 	for (i = 0; i < inlen; i++) {
 		unsigned char c;
 
-		if (d->state == DATA_TEXT && d->error == 0 &&
-		    d->line_len < d->max_line - 2) {
-			size_t n = data_text_run(d, in, i, inlen);
+		while (d->state == DATA_TEXT && d->error == 0) {
+			size_t n = d->line_len < d->max_line - 2 ?
+			    data_text_run(d, in, i, inlen) : 0;
 
 			/* In place with nothing unstuffed yet, O == I. */
 			if (n > 0 && out + o != in + i)
@@ -1318,9 +1317,21 @@ smtp_proto_data_push(struct smtp_data_decoder *d, const char *in,
 			o += n;
 			i += n;
 			d->line_len += n;
-			if (i == inlen)
+			/* CR LF and a plain octet that is not a dot: the machine
+			 * would copy the three and be in text again with one
+			 * octet on the new line; so does this, and runs on. */
+			if (inlen - i < 3 || in[i] != '\r' || in[i + 1] != '\n' ||
+			    in[i + 2] == '.' || in[i + 2] == '\r' ||
+			    in[i + 2] == '\n' || in[i + 2] == '\0')
 				break;
+			if (out + o != in + i)
+				memmove(out + o, in + i, 3);
+			o += 3;
+			i += 3;
+			d->line_len = 1;
 		}
+		if (i == inlen)
+			break;
 		c = (unsigned char)in[i];
 		switch (d->state) {
 		case DATA_BOL:
