@@ -26,6 +26,9 @@
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "mxspool/smtp_proto.h"
 
@@ -1267,7 +1270,8 @@ data_fail(struct smtp_data_decoder *d, int error)
  * Octets from IN[I] on that are plain text in DATA_TEXT state (no CR, LF
  * or NUL) and keep the line within its limit: the whole body of a line
  * after its first octet.  The state machine would copy each of them and
- * count it into line_len, nothing else; this finds them 8 at a time.
+ * count it into line_len, nothing else; this finds them 16 at a time with
+ * SSE2 (every x86-64), 8 at a time elsewhere.
  */
 static size_t
 data_text_run(const struct smtp_data_decoder *d, const char *in, size_t i,
@@ -1277,6 +1281,21 @@ data_text_run(const struct smtp_data_decoder *d, const char *in, size_t i,
 	size_t lim = inlen - i < room ? inlen - i : room;
 	const char *p = in + i;
 
+#ifdef __SSE2__
+	const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
+	const __m128i nul = _mm_setzero_si128();
+
+	while (n + 16 <= lim) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + n));
+		unsigned m = (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(
+		    _mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf)),
+		    _mm_cmpeq_epi8(v, nul)));
+
+		if (m != 0)
+			return n + (size_t)__builtin_ctz(m);
+		n += 16;
+	}
+#endif
 	while (n + 8 <= lim) {
 		uint64_t v;
 
