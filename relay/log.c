@@ -39,26 +39,70 @@ log_init(const char *progname, int debug)
 	log_stamp = getenv("JOURNAL_STREAM") == NULL;
 }
 
+/* Append K octets of S at *N, within LEN (one octet kept for the end). */
+static void
+log_put(char *buf, size_t len, size_t *n, const char *s, size_t k)
+{
+	if (*n + k > len - 1)
+		k = len - 1 - *n;
+	memcpy(buf + *n, s, k);
+	*n += k;
+}
+
+/* Append V in decimal, zero-padded to WIDTH digits (at most 20). */
+static void
+log_put_num(char *buf, size_t len, size_t *n, unsigned long v, int width)
+{
+	char d[20];
+	int k = 0;
+
+	do {
+		d[sizeof(d) - 1 - k++] = (char)('0' + v % 10);
+		v /= 10;
+	} while ((v > 0 || k < width) && k < (int)sizeof(d));
+	log_put(buf, len, n, d + sizeof(d) - k, (size_t)k);
+}
+
+/*
+ * "2026-12-01T13:55:36.767Z prog[pid]: level=info ": by hand rather than
+ * with strftime and three snprintf calls, which were 40 % of the
+ * instructions of the one accept line every message logs.
+ */
 static size_t
 log_prefix(char *buf, size_t len, enum log_level level)
 {
-	int n = 0;
+	const char *name = log_level_names[level];
+	size_t n = 0;
 
 	if (log_stamp) {
 		struct timespec ts;
 		struct tm tm;
-		char when[32];
 
 		clock_gettime(CLOCK_REALTIME, &ts);
 		gmtime_r(&ts.tv_sec, &tm);
-		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
-		n = snprintf(buf, len, "%s.%03ldZ %s[%ld]: ", when,
-		    ts.tv_nsec / 1000000, log_progname, (long)getpid());
+		log_put_num(buf, len, &n, (unsigned long)tm.tm_year + 1900, 4);
+		log_put(buf, len, &n, "-", 1);
+		log_put_num(buf, len, &n, (unsigned long)tm.tm_mon + 1, 2);
+		log_put(buf, len, &n, "-", 1);
+		log_put_num(buf, len, &n, (unsigned long)tm.tm_mday, 2);
+		log_put(buf, len, &n, "T", 1);
+		log_put_num(buf, len, &n, (unsigned long)tm.tm_hour, 2);
+		log_put(buf, len, &n, ":", 1);
+		log_put_num(buf, len, &n, (unsigned long)tm.tm_min, 2);
+		log_put(buf, len, &n, ":", 1);
+		log_put_num(buf, len, &n, (unsigned long)tm.tm_sec, 2);
+		log_put(buf, len, &n, ".", 1);
+		log_put_num(buf, len, &n, (unsigned long)(ts.tv_nsec / 1000000), 3);
+		log_put(buf, len, &n, "Z ", 2);
+		log_put(buf, len, &n, log_progname, strlen(log_progname));
+		log_put(buf, len, &n, "[", 1);
+		log_put_num(buf, len, &n, (unsigned long)getpid(), 1);
+		log_put(buf, len, &n, "]: ", 3);
 	}
-	if (n < 0)
-		n = 0;
-	n += snprintf(buf + n, len - (size_t)n, "level=%s ", log_level_names[level]);
-	return (size_t)n < len ? (size_t)n : len - 1;
+	log_put(buf, len, &n, "level=", 6);
+	log_put(buf, len, &n, name, strlen(name));
+	log_put(buf, len, &n, " ", 1);
+	return n;
 }
 
 static void
@@ -86,10 +130,10 @@ log_vevent(enum log_level level, const char *event, const char *fmt, va_list ap)
 	int m;
 
 	n = log_prefix(buf, sizeof(buf), level);
-	m = snprintf(buf + n, sizeof(buf) - n, "event=%s%s", event,
-	    fmt && *fmt ? " " : "");
-	if (m > 0)
-		n += (size_t)m;
+	log_put(buf, sizeof(buf), &n, "event=", 6);
+	log_put(buf, sizeof(buf), &n, event, strlen(event));
+	if (fmt && *fmt)
+		log_put(buf, sizeof(buf), &n, " ", 1);
 	if (n < sizeof(buf) && fmt && *fmt) {
 		m = vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
 		if (m > 0)

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mxspool/log.h"
@@ -79,6 +80,50 @@ test_event_line(void **state)
 	unsetenv("JOURNAL_STREAM");
 }
 
+/* With a stamp: "YYYY-MM-DDTHH:MM:SS.mmmZ prog[pid]: level=... event=...",
+ * the UTC time of the call. */
+static void
+test_event_line_stamped(void **state)
+{
+	int fds[2], saved;
+	char out[512], want[64];
+	struct tm tm;
+	struct timespec t0, t1;
+	ssize_t n;
+
+	(void)state;
+	assert_int_equal(pipe(fds), 0);
+	saved = dup(STDERR_FILENO);
+	assert_true(saved >= 0);
+	assert_int_equal(dup2(fds[1], STDERR_FILENO), STDERR_FILENO);
+	unsetenv("JOURNAL_STREAM");
+	log_init("stamped", 0);
+	/* The clock the log reads (time() may be a coarser one). */
+	clock_gettime(CLOCK_REALTIME, &t0);
+	log_event(LOG_LEVEL_INFO, "accept", "qid=%s", "ABC");
+	clock_gettime(CLOCK_REALTIME, &t1);
+	assert_int_equal(dup2(saved, STDERR_FILENO), STDERR_FILENO);
+	close(saved);
+	close(fds[1]);
+	n = read(fds[0], out, sizeof(out) - 1);
+	close(fds[0]);
+	assert_true(n > 24);
+	out[n] = '\0';
+	/* The second may tick between the call and the checks: either. */
+	gmtime_r(&t0.tv_sec, &tm);
+	strftime(want, sizeof(want), "%Y-%m-%dT%H:%M:%S.", &tm);
+	if (strncmp(out, want, 20) != 0) {
+		gmtime_r(&t1.tv_sec, &tm);
+		strftime(want, sizeof(want), "%Y-%m-%dT%H:%M:%S.", &tm);
+	}
+	assert_memory_equal(out, want, 20);
+	for (int i = 20; i < 23; i++)
+		assert_true(out[i] >= '0' && out[i] <= '9');
+	snprintf(want, sizeof(want), "Z stamped[%ld]: level=info event=accept qid=ABC\n",
+	    (long)getpid());
+	assert_string_equal(out + 23, want);
+}
+
 int
 main(void)
 {
@@ -86,6 +131,7 @@ main(void)
 		cmocka_unit_test(test_quote),
 		cmocka_unit_test(test_quote_truncates),
 		cmocka_unit_test(test_event_line),
+		cmocka_unit_test(test_event_line_stamped),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
