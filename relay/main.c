@@ -58,7 +58,12 @@
 #include "mxspool/util.h"
 
 #define MAIN_GRACE_MS 10000     /* sessions and deliveries finishing on stop */
-#define MAIN_HO_IDLE_MS 1000    /* handover: idle sessions told 421 after */
+/* Handover: a session between commands that has been silent this long
+ * gets 421.  Silent, not merely between commands: a client just greeted or
+ * answered is about to send, and a 421 then crosses its command.  Generous
+ * for a slow link or a loaded client; new clients meanwhile wait in the
+ * listen queue, which SMTP clients do for minutes. */
+#define MAIN_HO_IDLE_MS 2000
 #define MAIN_HO_READY_MS 60000  /* handover: the new process must be ready */
 #define MAIN_STANDBY_POLL_MS 50 /* --standby: lock retry period */
 

@@ -401,14 +401,58 @@ smtp_server_stop_listening(struct smtp_server *srv, void (*done)(void *arg),
 		uv_close((uv_handle_t *)&srv->listeners[i], smtp_on_listener_closed);
 }
 
-/* Handover: the idle delay is over; the rest of the grace follows. */
+/*
+ * Handover: how much longer SESS must stay silent to count as idle (0: it
+ * is idle now), or -1 when it is busy (a transaction, a command being read
+ * or waiting, TLS, closing): busy sessions have the whole grace.  Idle is
+ * measured from the session's last input or output, not from the start of
+ * the handover: a client that has just been greeted, or answered, is about
+ * to send its next command, and a 421 then crosses it (the client sends
+ * into a closed connection and sees it reset).
+ */
+static long long
+smtp_handover_idle_left(const struct smtp_session *s, uint64_t now,
+    unsigned idle_ms)
+{
+	uint64_t quiet;
+
+	if (s->closing || (s->state != SMTP_STATE_INIT && s->state != SMTP_STATE_HELO) ||
+	    s->inlen > 0 || s->parked || s->pending > 0)
+		return -1;
+	quiet = now > s->active_ms ? now - s->active_ms : 0;
+	return quiet >= idle_ms ? 0 : (long long)(idle_ms - quiet);
+}
+
+#define SMTP_HANDOVER_TICK_MS 100   /* busy sessions may turn idle: look again */
+
+/* Handover: idle sessions get 421; until the grace is over, look again when
+ * the next one may have become idle. */
 static void
-smtp_on_handover_idle(uv_timer_t *t)
+smtp_on_handover_tick(uv_timer_t *t)
 {
 	struct smtp_server *srv = t->data;
+	uint64_t now = uv_now(srv->loop), next;
 
-	smtp_server_tell_idle(srv);
-	uv_timer_start(&srv->grace, smtp_on_grace, srv->handover_grace_ms, 0);
+	if (now >= srv->handover_deadline_ms) {
+		smtp_on_grace(t);
+		return;
+	}
+	next = srv->handover_deadline_ms - now;
+	if (next > SMTP_HANDOVER_TICK_MS)
+		next = SMTP_HANDOVER_TICK_MS;
+	for (struct smtp_session *s = srv->sessions, *n; s; s = n) {
+		long long left = smtp_handover_idle_left(s, now, srv->handover_idle_ms);
+
+		n = s->next;
+		if (left == 0) {
+			smtp_session_reply(s, "421 4.3.2 %s Service shutting down",
+			    srv->cfg->hostname);
+			smtp_session_reply_close(s, "shutdown");
+		} else if (left > 0 && (uint64_t)left < next) {
+			next = (uint64_t)left;
+		}
+	}
+	uv_timer_start(&srv->grace, smtp_on_handover_tick, next, 0);
 }
 
 void
@@ -416,11 +460,13 @@ smtp_server_close_handover(struct smtp_server *srv, unsigned idle_ms,
     unsigned grace_ms, void (*done)(void *arg), void *arg)
 {
 	smtp_server_stop_listening(srv, done, arg);
-	srv->handover_grace_ms = grace_ms > idle_ms ? grace_ms - idle_ms : 0;
+	srv->handover_idle_ms = idle_ms;
+	srv->handover_deadline_ms = uv_now(srv->loop) + grace_ms;
 	uv_timer_init(srv->loop, &srv->grace);
 	srv->grace.data = srv;
 	srv->grace_open = true;
-	uv_timer_start(&srv->grace, smtp_on_handover_idle, idle_ms, 0);
+	/* At once: sessions silent for idle_ms already need not wait. */
+	uv_timer_start(&srv->grace, smtp_on_handover_tick, 0, 0);
 	uv_unref((uv_handle_t *)&srv->grace);
 	smtp_server_maybe_done(srv);
 }

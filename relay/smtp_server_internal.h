@@ -129,7 +129,10 @@ struct smtp_server {
 	unsigned nclosing;            /* of nsessions: closed, memory not yet freed */
 	bool closing;
 	uv_timer_t grace;
-	unsigned handover_grace_ms;   /* SIGUSR2: grace left after the idle delay */
+	/* SIGUSR2: a session in INIT or HELO silent for handover_idle_ms gets
+	 * 421; at handover_deadline_ms (uv_now) the grace is over. */
+	unsigned handover_idle_ms;
+	uint64_t handover_deadline_ms;
 	bool grace_open;
 	bool inherited;               /* listeners came from systemd */
 	void (*done)(void *);
@@ -149,6 +152,9 @@ struct smtp_session {
 	bool closing;
 	bool paused;                  /* reading stopped: spool or peer slow */
 	uint64_t id;                  /* session number for logs */
+	/* uv_now() of the last input or output: what "idle" means at a
+	 * handover (a client that just got a reply is about to answer). */
+	uint64_t active_ms;
 
 	struct sockaddr_storage peer;
 	char peer_ip[INET6_ADDRSTRLEN];

@@ -143,6 +143,7 @@ smtp_session_flush(struct smtp_session *sess)
 		rc = smtp_write_raw(sess, sess->out, sess->outlen);
 	}
 	sess->outlen = 0;
+	sess->active_ms = uv_now(sess->srv->loop);
 	if (rc != 0)
 		smtp_session_close(sess, "write error");   /* may destroy */
 }
@@ -533,6 +534,7 @@ smtp_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		    sess->tls ? "client closed (no close_notify)" : "client closed");
 		return;   /* may destroy */
 	}
+	sess->active_ms = uv_now(sess->srv->loop);
 	/*
 	 * smtp_timeout is a deadline per command, not per read: in the
 	 * command phase the timer restarts only when a whole command line has

@@ -59,8 +59,9 @@ int smtp_server_start(struct smtp_server *s, struct spool *spool);
 void smtp_server_close(struct smtp_server *s, unsigned grace_ms,
     void (*done)(void *arg), void *arg);
 /* SIGUSR2: stop accepting (the new process accepts on the same sockets)
- * without telling anyone; sessions idle after IDLE_MS get 421, busy ones
- * have GRACE_MS, as for smtp_server_close. */
+ * without telling anyone; a session between commands that has been silent
+ * (no input, no output) for IDLE_MS gets 421, busy ones have GRACE_MS (from
+ * now), as for smtp_server_close. */
 void smtp_server_close_handover(struct smtp_server *s, unsigned idle_ms,
     unsigned grace_ms, void (*done)(void *arg), void *arg);
 /* The listening descriptors, up to MAX, in order; how many. */

@@ -499,7 +499,7 @@ def test_usr2_tells_systemd_the_new_pid(daemon_factory, notify_socket):
 def test_usr2_message_in_flight_finishes_on_the_old_process(daemon_factory):
     """A message in the middle of DATA when SIGUSR2 comes is finished and
     acknowledged by the old process and is in the new one's spool; a
-    session idle meanwhile gets 421 after about a second, so it cannot hold
+    session idle meanwhile gets 421 once silent for 2 s, so it cannot hold
     the handover up."""
     d = daemon_factory()
     busy = smtplib.SMTP("127.0.0.1", d.smtp_port, timeout=scaled(30))
@@ -538,3 +538,86 @@ def test_usr2_message_in_flight_finishes_on_the_old_process(daemon_factory):
                 pass
         if new:
             stop_pid(new)
+
+
+def test_usr2_active_client_between_commands_is_not_cut_off(daemon_factory):
+    """A client of the old process that keeps talking (a NOOP every 0.1 s,
+    so between commands it is in the idle HELO state) is not told 421 at
+    the handover's idle limit: idle means silent for 2 s, not "between
+    commands at the moment the limit strikes".  Its message is then taken by
+    the old process and is in the new one's spool.  (Before the fix every
+    session in INIT or HELO one second after the switch got 421, under a
+    client about to send its next command: the Prober's "Server not
+    connected".)"""
+    d = daemon_factory()
+    c = smtplib.SMTP("127.0.0.1", d.smtp_port, timeout=scaled(30))
+    new = None
+    try:
+        assert c.ehlo("paced.test")[0] == 250
+        mark = d.mark()
+        d.signal(signal.SIGUSR2)
+        d.wait_log("reexec", stage="ready", after=mark, timeout=20)
+        t = time.monotonic()
+        noops = 0
+        while time.monotonic() - t < 3.0:   # a limit at a fixed instant: 2 s
+            code, msg = c.noop()
+            assert code == 250, (noops, code, msg)
+            noops += 1
+            time.sleep(0.1)
+        assert c.mail("paced@client.test")[0] == 250
+        assert c.rcpt("u@example.test")[0] == 250
+        code, msg = c.data(b"Subject: paced\r\n\r\nstill served\r\n")
+        assert code == 250, (code, msg)
+        qid = msg.decode().rsplit(" ", 1)[1]
+        assert c.quit()[0] == 221
+        wait_until(lambda: ready_pid(d, mark), scaled(20), what="the new process ready")
+        new = ready_pid(d, mark)
+        assert d.wait_exit(scaled(20)) == 0, d.log_tail()
+        assert qid in queued_ids(d)
+        gone = d.log_lines("disconnect", helo="paced.test", after=mark)
+        assert gone and gone[0].get("reason") != "shutdown", gone
+    finally:
+        try:
+            c.close()
+        except OSError:
+            pass
+        if new:
+            stop_pid(new)
+
+
+def test_usr2_concurrent_clients_refused_nothing(daemon_factory):
+    """Four clients, each a connection every 10 ms, while SIGUSR2 switches
+    processes: connections reach the old process just before it stops
+    accepting, wait in the listen queue meanwhile, and go to the new one;
+    none is refused, reset or told 421, and every 250 is in the spool."""
+    d = daemon_factory()
+    probes = [Prober(d.smtp_port) for _ in range(4)]
+    for p in probes:
+        p.start()
+    new = None
+    try:
+        wait_until(lambda: all(len(p.acked) >= 5 for p in probes) or
+                   any(p.failures for p in probes), scaled(20), what="probes running")
+        mark = d.mark()
+        d.signal(signal.SIGUSR2)
+        wait_until(lambda: ready_pid(d, mark), scaled(20), what="the new process ready")
+        new = ready_pid(d, mark)
+        assert d.wait_exit(scaled(20)) == 0, d.log_tail()
+        n = sum(len(p.acked) for p in probes)
+        wait_until(lambda: sum(len(p.acked) for p in probes) >= n + 20 or
+                   any(p.failures for p in probes), scaled(20),
+                   what="probes served by the new process")
+    finally:
+        for p in probes:
+            p.halt.set()
+        for p in probes:
+            p.join(scaled(30))
+    try:
+        failures = [f for p in probes for f in p.failures]
+        assert not failures, (failures[:5], d.log_tail(80))
+        acked = [q for p in probes for q in p.acked]
+        ids = queued_ids(d)
+        assert not [q for q in acked if q not in ids]
+        assert sum(p.connections for p in probes) >= 40
+    finally:
+        stop_pid(new)
