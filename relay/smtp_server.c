@@ -15,6 +15,7 @@
 
 #include <arpa/inet.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,9 +110,11 @@ smtp_on_connection(uv_stream_t *listener, int status)
 
 	if (status != 0 || srv->closing)
 		return;
-	sess = calloc(1, sizeof(*sess));
+	/* Not calloc: see the end of struct smtp_session. */
+	sess = malloc(sizeof(*sess));
 	if (sess == NULL)
 		return;   /* the connection stays in the backlog; retried later */
+	memset(sess, 0, offsetof(struct smtp_session, out));
 	sess->srv = srv;
 	sess->id = ++srv->last_session_id;
 	uv_tcp_init(srv->loop, &sess->tcp);
