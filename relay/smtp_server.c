@@ -413,8 +413,8 @@ smtp_server_stop_listening(struct smtp_server *srv, void (*done)(void *arg),
  * to send its next command, and a 421 then crosses it (the client sends
  * into a closed connection and sees it reset).
  */
-static long long
-smtp_handover_idle_left(const struct smtp_session *s, uint64_t now,
+long long
+smtp_server_handover_idle_left(const struct smtp_session *s, uint64_t now,
     unsigned idle_ms)
 {
 	uint64_t quiet;
@@ -444,7 +444,8 @@ smtp_on_handover_tick(uv_timer_t *t)
 	if (next > SMTP_HANDOVER_TICK_MS)
 		next = SMTP_HANDOVER_TICK_MS;
 	for (struct smtp_session *s = srv->sessions, *n; s; s = n) {
-		long long left = smtp_handover_idle_left(s, now, srv->handover_idle_ms);
+		long long left = smtp_server_handover_idle_left(s, now,
+		    srv->handover_idle_ms);
 
 		n = s->next;
 		if (left == 0) {

@@ -208,6 +208,10 @@ smtp_session_cfg(const struct smtp_session *sess)
 void smtp_server_maybe_done(struct smtp_server *srv);
 /* The session no longer counts for its address (at close; idempotent). */
 void smtp_server_ip_release(struct smtp_session *sess);
+/* SIGUSR2: how much longer S (at NOW, uv_now) must stay silent to be idle
+ * (0: idle now), or -1: busy. */
+long long smtp_server_handover_idle_left(const struct smtp_session *s,
+    uint64_t now, unsigned idle_ms);
 
 /* ---- smtp_session.c ----------------------------------------------------- */
 

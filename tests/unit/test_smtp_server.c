@@ -40,6 +40,8 @@
 #include "mxspool/spool.h"
 #include "mxspool/tls.h"
 
+#include "../../relay/smtp_server_internal.h"
+
 #define WAIT_MS 10000   /* any single wait; generous for ASan on a busy box */
 
 /* ---- fixture ---------------------------------------------------------------- */
@@ -1185,6 +1187,49 @@ test_learn_client_gone(void **state)
 	fx_free(fx);
 }
 
+/* SIGUSR2: idle is silence since the last input or output, in the states
+ * between commands only (an injected clock: the times are arguments). */
+static void
+test_handover_idle_rule(void **state)
+{
+	struct smtp_session *s = calloc(1, sizeof(*s));
+	enum smtp_state busy[] = { SMTP_STATE_MAIL, SMTP_STATE_RCPT, SMTP_STATE_DATA,
+	    SMTP_STATE_BDAT, SMTP_STATE_COMMIT, SMTP_STATE_TLS, SMTP_STATE_QUIT };
+
+	(void)state;
+	assert_non_null(s);
+	s->active_ms = 10000;
+	for (int st = SMTP_STATE_INIT; st <= SMTP_STATE_HELO; st++) {
+		s->state = (enum smtp_state)st;
+		/* Just greeted or answered: about to speak, not idle. */
+		assert_int_equal(smtp_server_handover_idle_left(s, 10000, 2000), 2000);
+		assert_int_equal(smtp_server_handover_idle_left(s, 11500, 2000), 500);
+		assert_int_equal(smtp_server_handover_idle_left(s, 11999, 2000), 1);
+		assert_int_equal(smtp_server_handover_idle_left(s, 12000, 2000), 0);
+		assert_int_equal(smtp_server_handover_idle_left(s, 99000, 2000), 0);
+		/* A clock behind the last activity counts as no silence. */
+		assert_int_equal(smtp_server_handover_idle_left(s, 9000, 2000), 2000);
+	}
+	s->state = SMTP_STATE_HELO;
+	for (size_t i = 0; i < sizeof(busy) / sizeof(busy[0]); i++) {
+		s->state = busy[i];
+		assert_int_equal(smtp_server_handover_idle_left(s, 99000, 2000), -1);
+	}
+	s->state = SMTP_STATE_HELO;
+	s->inlen = 3;            /* part of a command has arrived */
+	assert_int_equal(smtp_server_handover_idle_left(s, 99000, 2000), -1);
+	s->inlen = 0;
+	s->parked = true;        /* a command waits for a DNSBL answer */
+	assert_int_equal(smtp_server_handover_idle_left(s, 99000, 2000), -1);
+	s->parked = false;
+	s->pending = 1;          /* a spool callback outstanding */
+	assert_int_equal(smtp_server_handover_idle_left(s, 99000, 2000), -1);
+	s->pending = 0;
+	s->closing = true;
+	assert_int_equal(smtp_server_handover_idle_left(s, 99000, 2000), -1);
+	free(s);
+}
+
 int
 main(void)
 {
@@ -1208,6 +1253,7 @@ main(void)
 		cmocka_unit_test(test_primary_caps),
 		cmocka_unit_test(test_learn_rcpt_waits),
 		cmocka_unit_test(test_learn_client_gone),
+		cmocka_unit_test(test_handover_idle_rule),
 	};
 
 	/* A hung test must not hang "make check": every wait is bounded, and
