@@ -510,7 +510,8 @@ static void
 h_push(struct spool_index *ix, struct heap *h, bool ready, uint32_t idx)
 {
 	if (h->n == h->cap) {
-		h->cap = h->cap ? h->cap + h->cap / 2 : 64;
+		/* + 1: a heap sized exactly by bulk_end may hold just one. */
+		h->cap = h->cap ? h->cap + h->cap / 2 + 1 : 64;
 		h->v = xrealloc(h->v, (size_t)h->cap * sizeof(*h->v));
 	}
 	h->v[h->n++] = idx;
@@ -914,6 +915,18 @@ spool_index_bulk_begin(struct spool_index *ix)
 	ix->bulk = true;
 }
 
+/* Room for the N entries counted into H (bulk_end), which then fills it
+ * from 0. */
+static void
+heap_reserve(struct heap *h)
+{
+	if (h->n > h->cap) {
+		h->cap = h->n;
+		h->v = xrealloc(h->v, (size_t)h->cap * sizeof(*h->v));
+	}
+	h->n = 0;
+}
+
 uint64_t
 spool_index_bulk_end(struct spool_index *ix)
 {
@@ -931,13 +944,28 @@ spool_index_bulk_end(struct spool_index *ix)
 			ix->capents = ix->nents;
 		}
 	}
+	/* Messages due at once (never deferred) go straight to the ready
+	 * heap: left in the wait heap, the first claim_next would promote all
+	 * of them one by one (seconds on the loop at 10 million).  Count
+	 * first, so both heaps get exactly their size. */
+	for (uint32_t i = 0; i < ix->ntenants; i++)
+		ix->tenants[i]->ready.n = ix->tenants[i]->wait.n = 0;
+	for (uint32_t i = 0; i < ix->nents; i++) {
+		const struct spool_index_ent *e = &ix->ents[i];
+
+		if ((spool_ent_flags(e) & (SPOOL_ENT_LIVE | SPOOL_ENT_CLAIMED)) ==
+		    SPOOL_ENT_LIVE) {
+			if (e->next_ms == 0)
+				ix->tenants[e->tenant]->ready.n++;
+			else
+				ix->tenants[e->tenant]->wait.n++;
+		}
+	}
 	for (uint32_t i = 0; i < ix->ntenants; i++) {
 		struct tenant *t = ix->tenants[i];
 
-		if (t->messages > t->wait.cap) {
-			t->wait.cap = (uint32_t)t->messages;
-			t->wait.v = xrealloc(t->wait.v, t->wait.cap * sizeof(uint32_t));
-		}
+		heap_reserve(&t->ready);
+		heap_reserve(&t->wait);
 		/* The oldest comes out of the pass below: a first status after
 		 * a start need not scan 25 million entries for it. */
 		t->oldest = UINT64_MAX;
@@ -959,12 +987,19 @@ spool_index_bulk_end(struct spool_index *ix)
 		 * queued by its release, not here. */
 		if (spool_ent_flags(e) & SPOOL_ENT_CLAIMED)
 			continue;
-		h_set(ix, &t->wait, t->wait.n++, i);
-		ent_set(e, SPOOL_ENT_WAITING);
+		if (e->next_ms == 0) {
+			h_set(ix, &t->ready, t->ready.n++, i);
+			ent_set(e, SPOOL_ENT_READY);
+		} else {
+			h_set(ix, &t->wait, t->wait.n++, i);
+			ent_set(e, SPOOL_ENT_WAITING);
+		}
 	}
 	for (uint32_t i = 0; i < ix->ntenants; i++) {
 		struct tenant *t = ix->tenants[i];
 
+		for (uint32_t k = t->ready.n / 2; k-- > 0;)
+			h_down(ix, &t->ready, true, k);
 		for (uint32_t k = t->wait.n / 2; k-- > 0;)
 			h_down(ix, &t->wait, false, k);
 	}

@@ -284,7 +284,8 @@ static void
 test_status_json_keys(void **state)
 {
 	static const char *const top[] = { "version", "uptime_s", "accepted_total",
-		"delivered_total", "bounced_total", "connections", "spool_bytes", "tenants" };
+		"delivered_total", "bounced_total", "connections", "spool_bytes",
+		"index_state", "index_scanned_bytes", "index_old_bytes", "tenants" };
 	static const char *const tenant[] = { "name", "domains", "primary_state",
 		"held", "queued_messages", "queued_bytes", "oldest_age_s", "drain_rate",
 		"drain_rate_limit", "in_flight", "delivered_total", "bounced_total", "eta_s",
@@ -302,7 +303,8 @@ test_status_json_keys(void **state)
 	assert_string_equal(s,
 	    "ok\n{\"version\": \"1.2.3\", \"uptime_s\": 75, \"accepted_total\": 12, "
 	    "\"delivered_total\": 9, \"bounced_total\": 1, \"connections\": 3, "
-	    "\"spool_bytes\": 4096, \"tenants\": [{\"name\": \"demo\", \"domains\": "
+	    "\"spool_bytes\": 4096, \"index_state\": null, \"index_scanned_bytes\": 0, "
+	    "\"index_old_bytes\": 0, \"tenants\": [{\"name\": \"demo\", \"domains\": "
 	    "[\"example.test\", \"two.example\"], \"primary_state\": \"up\", \"held\": false, "
 	    "\"queued_messages\": 5, \"queued_bytes\": 1234, \"oldest_age_s\": 61, "
 	    "\"drain_rate\": 1.500, \"drain_rate_limit\": 10.000, \"in_flight\": 2, "
