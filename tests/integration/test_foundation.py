@@ -163,8 +163,7 @@ def test_demo_config_passes_check(tmp_path):
 
 TOP_KEYS = {"version": str, "uptime_s": int, "accepted_total": int,
             "delivered_total": int, "bounced_total": int, "connections": int,
-            "spool_bytes": int, "index_state": str, "index_scanned_bytes": int,
-            "index_old_bytes": int, "tenants": list}
+            "spool_bytes": int, "tenants": list}
 TENANT_KEYS = {"name": str, "domains": list, "primary_state": str, "held": bool,
                "queued_messages": int, "queued_bytes": int, "oldest_age_s": int,
                "drain_rate": float, "drain_rate_limit": float, "in_flight": int,
