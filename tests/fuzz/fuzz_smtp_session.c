@@ -365,10 +365,23 @@ run_session(struct fz *fz, const struct buf *script, size_t step,
 
 	sin.sin_port = htons((uint16_t)fz->port);
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	CHECK(fd >= 0);
-	/* Blocking connect: the kernel completes it from the backlog. */
-	CHECK(connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+	/* Blocking connect: the kernel completes it from the backlog.  The
+	 * machine is shared: while another test floods loopback, the
+	 * ephemeral ports can run out for a moment; wait for one rather than
+	 * call that a bug of ours (our listener must still be there). */
+	for (int tries = 0;; tries++) {
+		fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		CHECK(fd >= 0);
+		if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0)
+			break;
+		if ((errno != EADDRNOTAVAIL && errno != EAGAIN) || tries == 100) {
+			fprintf(stderr, "fuzz_smtp_session: connect: %s\n",
+			    strerror(errno));
+			abort();
+		}
+		close(fd);
+		usleep(100000);
+	}
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	CHECK(fcntl(fd, F_SETFL, O_NONBLOCK) == 0);
 	while (!eof) {

@@ -5,7 +5,8 @@
  * Recovery feeds these decoders whatever a segment holds after a crash, a
  * disk error or a foreign writer, so each must refuse or accept any bytes
  * without reading past them, and what it accepts must survive a round trip:
- *   - the record header and the segment header: decode, encode, same bytes;
+ *   - the record header and the segment header: decode, encode, same bytes
+ *     (but for the segment header's reserved field and its CRC);
  *   - the MSG prefix: the tenant lies inside the bytes given;
  *   - the envelope: decode, encode, decode again, encode again: the two
  *     encodings are the same bytes;
@@ -36,9 +37,11 @@ check_headers(const uint8_t *data, size_t size)
 		spool_rec_hdr_encode(out, &h);
 		CHECK(memcmp(out, data, SPOOL_REC_HDR_LEN) == 0);
 	}
+	/* The decoder ignores the reserved field (the CRC covers it), and the
+	 * encoder writes it as 0: the rest must round-trip. */
 	if (size >= SPOOL_SEG_HDR_LEN && spool_seg_hdr_decode(data, &segno) == 0) {
 		spool_seg_hdr_encode(out, segno);
-		CHECK(memcmp(out, data, SPOOL_SEG_HDR_LEN) == 0);
+		CHECK(memcmp(out, data, 24) == 0);
 	}
 }
 
