@@ -105,6 +105,23 @@ now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static struct fz *fz_get(void);
+
+/* At exit: the scratch directory with the recipients file and the cert. */
+static void
+fz_cleanup(void)
+{
+	static const char *const names[] = { "recipients", "cert.pem", "key.pem" };
+	struct fz *fz = fz_get();
+	char path[128];
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", fz->dir, names[i]);
+		(void)unlink(path);
+	}
+	(void)rmdir(fz->dir);
+}
+
 static struct fz *
 fz_get(void)
 {
@@ -120,6 +137,7 @@ fz_get(void)
 	CHECK(fz != NULL && uv_loop_init(&fz->loop) == 0);
 	snprintf(fz->dir, sizeof(fz->dir), "/tmp/fuzz_smtp_session.XXXXXX");
 	CHECK(mkdtemp(fz->dir) != NULL);
+	CHECK(atexit(fz_cleanup) == 0);
 	snprintf(path, sizeof(path), "%s/recipients", fz->dir);
 	fp = fopen(path, "w");
 	CHECK(fp != NULL);
