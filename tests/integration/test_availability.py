@@ -244,16 +244,6 @@ def ready_pid(d, after):
     return int(lines[-1]["pid"]) if lines else None
 
 
-# Known defect, seen twice on a fresh Debian root under load and never in 40
-# loops here: a connection the old process accepts within about a
-# millisecond of SIGUSR2 is greeted, but its EHLO is never processed, and
-# after the 2 s idle rule it gets 421 (the client then sees "Server not
-# connected").  Kept running so that it reports XPASS once fixed.
-USR2_RACE = pytest.mark.xfail(
-    strict=False, reason="known: a connection accepted just before SIGUSR2 can "
-    "lose its EHLO in the old process (fresh-root runs)")
-
-
 class Prober(threading.Thread):
     """One SMTP connection every 10 ms, one message each, until stopped:
     every 250's queue id, and every failure (refused, reset, 4xx/5xx)."""
@@ -268,9 +258,10 @@ class Prober(threading.Thread):
     def one(self, i):
         t = time.monotonic()
         # local_hostname: without it smtplib calls socket.getfqdn() between
-        # the greeting and EHLO, which on a fresh root with a slow resolver
-        # takes seconds -- long enough for the old process of a handover to
-        # judge the client idle and say 421 (as designed for silent clients).
+        # the greeting and EHLO, which on a fresh Debian root takes seconds
+        # -- long enough for the old process of a handover to judge the
+        # client idle and say 421, as designed for silent clients (this
+        # failed 3 of 3 in a fresh root without it, passes with it).
         s = smtplib.SMTP("127.0.0.1", self.port, local_hostname="probe.test",
                          timeout=scaled(30))
         self.greet_max = max(getattr(self, "greet_max", 0.0), time.monotonic() - t)
@@ -304,7 +295,6 @@ class Prober(threading.Thread):
             time.sleep(0.01)
 
 
-@USR2_RACE
 def test_usr2_restart_refuses_nothing(daemon_factory):
     """Through a SIGUSR2 re-exec, a client connecting every 10 ms sees no
     refused or reset connection and no error, and every message it got a
@@ -606,7 +596,6 @@ def test_usr2_active_client_between_commands_is_not_cut_off(daemon_factory):
             stop_pid(new)
 
 
-@USR2_RACE
 def test_usr2_concurrent_clients_refused_nothing(daemon_factory):
     """Four clients, each a connection every 10 ms, while SIGUSR2 switches
     processes: connections reach the old process just before it stops
